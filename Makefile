@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: serve test lint unit jobs bench clean-db
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+serve: $(INSTALLED)  ## migrate, seed the demo program, serve on 127.0.0.1:8000
+	$(BIN)/loyalty serve
+
+test: $(INSTALLED) lint  ## the whole suite on a real PostgreSQL (embedded unless DATABASE_URL is set)
+	$(BIN)/python -m pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(INSTALLED)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.ledger_throughput
+
+clean-db:  ## stop and delete the embedded database
+	-$(BIN)/python -c "from service.db.embedded import stop_embedded; stop_embedded()"
+	rm -rf pgdata

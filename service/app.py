@@ -1,0 +1,67 @@
+"""create_app(settings) -> Litestar: lifespan, routes, error map."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from service.config import Settings
+from service.db.engine import close_pool, start_pool
+from service.domain.clock import Clock, SystemClock
+from service.http.auth import CredentialMiddleware, exclude_public_paths
+from service.http.controllers import admin, customers, health
+from service.http.dependencies import DEPENDENCIES
+from service.http.observability import observability_middleware
+from service.http.problems import EXCEPTION_HANDLERS
+
+API_DESCRIPTION = """Loyalty points and referrals on a double-entry ledger.
+
+Authenticate with `Authorization: Bearer <key>`: an API key (scopes `checkout`, `admin`,
+`finance`) or a customer token for the app. Errors are RFC 9457 problem+json documents.
+Writes accept an `Idempotency-Key` header."""
+
+
+def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Litestar:
+    """Build the ASGI app for a migrated database at dsn."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await start_pool(dsn, settings)
+        try:
+            yield
+        finally:
+            await close_pool()
+
+    return Litestar(
+        route_handlers=[
+            *health.ROUTES,
+            admin.ProgramController,
+            admin.ShopController,
+            admin.ApiKeyController,
+            customers.CustomerController,
+            customers.MeController,
+        ],
+        dependencies=DEPENDENCIES,
+        middleware=[
+            observability_middleware,
+            DefineMiddleware(CredentialMiddleware, exclude=exclude_public_paths()),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        state=State({"clock": clock or SystemClock(), "settings": settings}),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Loyalty ledger API",
+            version="0.1.0",
+            description=API_DESCRIPTION,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        ),
+        debug=False,
+    )

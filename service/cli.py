@@ -1,0 +1,136 @@
+"""The `loyalty` command: serve, migrate, seed-demo, create-program, create-api-key, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from service.config import Settings, SettingsError, load_settings
+from service.db.engine import resolve_dsn
+from service.db.migrate import migrate
+from service.db.piccolo_conf import DB
+from service.domain.access import Scope
+from service.domain.programs import ProgramSettings
+
+
+async def prepare_database(settings: Settings) -> str:
+    """Resolve (and start, if embedded) the database, migrate it, and return its DSN."""
+    dsn = await resolve_dsn(settings)
+    DB.configure({"dsn": dsn})
+    await migrate()
+    return dsn
+
+
+def _print_demo(demo: object) -> None:
+    from service.usecases.demo import DemoProgram
+
+    assert isinstance(demo, DemoProgram)
+    print(f"Seeded demo program {demo.program_id} with shop {demo.shop.id}.")
+    print("API keys (shown once; store them now):")
+    for key in demo.keys:
+        print(f"  {key.scope.value:<9} {key.key}")
+
+
+async def _seed(settings: Settings) -> None:
+    from service.usecases.demo import seed_demo
+
+    await prepare_database(settings)
+    demo = await seed_demo()
+    if demo is None:
+        print("Demo program prg_demo exists already; its keys were shown when it was seeded.")
+        print("Make another key with: loyalty create-api-key prg_demo --scope admin")
+    else:
+        _print_demo(demo)
+
+
+def cmd_serve(settings: Settings) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.http.observability import configure_logging
+
+    dsn = asyncio.run(_serve_prepare(settings))
+    configure_logging(settings.log_level)
+    print(f"Serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema/swagger)", flush=True)
+    uvicorn.run(
+        create_app(settings, dsn),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+async def _serve_prepare(settings: Settings) -> str:
+    await _seed(settings)
+    return await resolve_dsn(settings)
+
+
+async def _create_program(settings: Settings, args: argparse.Namespace) -> None:
+    from service.usecases.programs import create_api_key, create_program
+
+    await prepare_database(settings)
+    program = await create_program(
+        ProgramSettings(
+            name=args.name,
+            time_zone=args.time_zone,
+            currency=args.currency,
+            point_value_minor=args.point_value_minor,
+        )
+    )
+    key = await create_api_key(program.id, "initial admin", Scope.ADMIN)
+    print(f"Program {program.id} created. Admin key (shown once): {key.key}")
+
+
+async def _create_api_key(settings: Settings, args: argparse.Namespace) -> None:
+    from service.usecases.programs import create_api_key, get_program
+
+    await prepare_database(settings)
+    await get_program(args.program_id)
+    key = await create_api_key(args.program_id, args.name, Scope(args.scope))
+    print(f"{key.scope.value} key {key.id} (shown once): {key.key}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="migrate, seed the demo program and serve the API")
+    sub.add_parser("migrate", help="apply pending migrations")
+    sub.add_parser("seed-demo", help="create the demo program if it does not exist")
+    program = sub.add_parser("create-program", help="create a program and print its admin key")
+    program.add_argument("name")
+    program.add_argument("--time-zone", default="Europe/Amsterdam")
+    program.add_argument("--currency", default="EUR")
+    program.add_argument("--point-value-minor", type=int, default=1)
+    key = sub.add_parser("create-api-key", help="create an API key for a program")
+    key.add_argument("program_id")
+    key.add_argument("--scope", choices=["checkout", "admin", "finance"], required=True)
+    key.add_argument("--name", default="cli")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"loyalty: configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        cmd_serve(settings)
+    elif args.command == "migrate":
+        asyncio.run(prepare_database(settings))
+        print("Migrations applied.")
+    elif args.command == "seed-demo":
+        asyncio.run(_seed(settings))
+    elif args.command == "create-program":
+        asyncio.run(_create_program(settings, args))
+    elif args.command == "create-api-key":
+        asyncio.run(_create_api_key(settings, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Settings read once from the environment into a frozen Struct."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A variable of the environment has a value the service cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the service reads from its environment."""
+
+    database_url: str | None = None
+    pgdata: Path = PROJECT_ROOT / "pgdata"
+    database_name: str = "loyalty"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    pool_min_size: int = 4
+    pool_max_size: int = 16
+    pool_acquire_timeout_s: float = 5.0
+    max_body_bytes: int = 1_048_576
+    customer_token_ttl_s: int = 900
+    log_level: str = "INFO"
+    run_jobs: bool = True
+    job_interval_s: float = 30.0
+
+
+_VARIABLES: dict[str, tuple[str, type]] = {
+    "DATABASE_URL": ("database_url", str),
+    "LOYALTY_PGDATA": ("pgdata", Path),
+    "LOYALTY_DATABASE_NAME": ("database_name", str),
+    "LOYALTY_HOST": ("host", str),
+    "LOYALTY_PORT": ("port", int),
+    "LOYALTY_POOL_MIN_SIZE": ("pool_min_size", int),
+    "LOYALTY_POOL_MAX_SIZE": ("pool_max_size", int),
+    "LOYALTY_POOL_ACQUIRE_TIMEOUT_S": ("pool_acquire_timeout_s", float),
+    "LOYALTY_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "LOYALTY_CUSTOMER_TOKEN_TTL_S": ("customer_token_ttl_s", int),
+    "LOYALTY_LOG_LEVEL": ("log_level", str),
+    "LOYALTY_RUN_JOBS": ("run_jobs", bool),
+    "LOYALTY_JOB_INTERVAL_S": ("job_interval_s", float),
+}
+
+_POSITIVE = {"port", "pool_min_size", "pool_max_size", "max_body_bytes", "customer_token_ttl_s"}
+
+
+def _parse(variable: str, raw: str, kind: type) -> object:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{variable} must be true or false, got {raw!r}")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{variable} must be a number, got {raw!r}") from None
+    if kind is Path:
+        return Path(raw).expanduser().resolve()
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read Settings from the environment; a bad value raises SettingsError naming it."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for variable, (field, kind) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        value = _parse(variable, raw, kind)
+        if field in _POSITIVE and isinstance(value, int) and value <= 0:
+            raise SettingsError(f"{variable} must be positive, got {raw!r}")
+        values[field] = value
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.pool_min_size > settings.pool_max_size:
+        raise SettingsError("LOYALTY_POOL_MIN_SIZE must not exceed LOYALTY_POOL_MAX_SIZE")
+    if settings.database_url is not None and not settings.database_url.startswith(
+        ("postgres://", "postgresql://")
+    ):
+        raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+    return settings

@@ -1,0 +1,48 @@
+"""Transactions: one connection per unit of work, retried on deadlock or serialization failure."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import asyncpg
+
+from service.db.piccolo_conf import DB
+
+T = TypeVar("T")
+
+RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+MAX_ATTEMPTS = 8
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[asyncpg.Connection]:
+    """A database transaction; piccolo queries inside it join it."""
+    async with DB.transaction() as tx:
+        connection: asyncpg.Connection = tx.connection
+        yield connection
+
+
+async def with_retry(work: Callable[[], Awaitable[T]]) -> T:
+    """Run work (which opens its own transaction) again after a deadlock or serialization failure."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return await work()
+        except RETRYABLE:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter
+    raise AssertionError("unreachable")
+
+
+async def in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run work in one transaction, retried as a whole on deadlock."""
+
+    async def attempt() -> T:
+        async with transaction() as connection:
+            return await work(connection)
+
+    return await with_retry(attempt)

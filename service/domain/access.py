@@ -1,0 +1,137 @@
+"""Credentials: API keys (stored as hashes) and signed customer tokens for the app."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from service.domain.errors import Unauthorized
+from service.domain.ids import new_id
+
+API_KEY_PREFIX = "lk"
+CUSTOMER_TOKEN_PREFIX = "ct"
+
+
+class Scope(StrEnum):
+    """What a credential may do."""
+
+    CHECKOUT = "checkout"
+    ADMIN = "admin"
+    FINANCE = "finance"
+    CUSTOMER = "customer"
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: always exactly one program, and for the app exactly one customer."""
+
+    program_id: str
+    scope: Scope
+    key_id: str | None = None
+    customer_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """How entries and audit rows name this caller."""
+        if self.customer_id is not None:
+            return f"customer:{self.customer_id}"
+        return f"key:{self.key_id}"
+
+
+class IssuedApiKey(msgspec.Struct, frozen=True):
+    """A freshly made key: the plain text is shown once, only the hash is stored."""
+
+    key_id: str
+    plain_text: str
+    secret_hash: bytes
+
+
+class ParsedApiKey(msgspec.Struct, frozen=True):
+    program_id: str
+    key_id: str
+    secret: str
+
+
+def hash_secret(secret: str) -> bytes:
+    """SHA-256 of a high-entropy secret (no salt needed: secrets are 256-bit random)."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def issue_api_key(program_id: str) -> IssuedApiKey:
+    """Make a new key `lk.<program>.<key id>.<secret>` for a program."""
+    key_id = new_id("key")
+    secret = secrets.token_urlsafe(32)
+    return IssuedApiKey(
+        key_id=key_id,
+        plain_text=f"{API_KEY_PREFIX}.{program_id}.{key_id}.{secret}",
+        secret_hash=hash_secret(secret),
+    )
+
+
+def parse_api_key(text: str) -> ParsedApiKey | None:
+    """Split a presented API key, or None if it is not one."""
+    parts = text.split(".")
+    if len(parts) != 4 or parts[0] != API_KEY_PREFIX or not all(parts[1:]):
+        return None
+    return ParsedApiKey(program_id=parts[1], key_id=parts[2], secret=parts[3])
+
+
+def secret_matches(secret: str, stored_hash: bytes) -> bool:
+    """Constant-time comparison of a presented secret with a stored hash."""
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+class CustomerClaims(msgspec.Struct, frozen=True):
+    """What a customer token asserts."""
+
+    customer_id: str
+    expires_at: int  # unix seconds
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_customer_token(
+    program_id: str, customer_id: str, expires_at: datetime, key: bytes
+) -> str:
+    """`ct.<program>.<claims>.<hmac>`: readable by the service only, bound to one customer."""
+    claims = msgspec.json.encode(
+        CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp()))
+    )
+    body = f"{CUSTOMER_TOKEN_PREFIX}.{program_id}.{_b64(claims)}"
+    signature = hmac.new(key, body.encode(), hashlib.sha256).digest()
+    return f"{body}.{_b64(signature)}"
+
+
+def token_program(text: str) -> str | None:
+    """The program a customer token claims to belong to, before verification."""
+    parts = text.split(".")
+    if len(parts) != 4 or parts[0] != CUSTOMER_TOKEN_PREFIX or not parts[1]:
+        return None
+    return parts[1]
+
+
+def verify_customer_token(text: str, key: bytes, now: datetime) -> CustomerClaims:
+    """Check the signature and expiry; raise Unauthorized otherwise."""
+    body, _, signature = text.rpartition(".")
+    expected = hmac.new(key, body.encode(), hashlib.sha256).digest()
+    try:
+        presented = _unb64(signature)
+        claims = msgspec.json.decode(_unb64(body.split(".")[2]), type=CustomerClaims)
+    except (ValueError, IndexError, msgspec.DecodeError):
+        raise Unauthorized("malformed customer token") from None
+    if not hmac.compare_digest(expected, presented):
+        raise Unauthorized("customer token signature does not match")
+    if claims.expires_at <= int(now.timestamp()):
+        raise Unauthorized("customer token expired")
+    return claims

@@ -1,0 +1,85 @@
+"""Program administration: the program, its shops and its API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from service.domain.access import Principal, Scope
+from service.domain.clock import Clock
+from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
+from service.http.auth import requires
+from service.usecases import programs
+
+
+
+class ShopRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+
+
+class ApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)$")]
+
+
+class ProgramController(Controller):
+    path = "/v1/program"
+    tags = ["program"]
+
+    @get(guards=[requires(Scope.ADMIN, Scope.FINANCE, Scope.CHECKOUT)])
+    async def get_program(self, principal: NamedDependency[Principal]) -> Program:
+        """The caller's program."""
+        return await programs.get_program(principal.program_id)
+
+
+class ShopController(Controller):
+    path = "/v1/shops"
+    tags = ["program"]
+    guards = [requires(Scope.ADMIN)]
+
+    @post(status_code=HTTP_201_CREATED)
+    async def create_shop(self, data: JSONBody[ShopRequest], principal: NamedDependency[Principal]) -> Shop:
+        """Add a sales channel."""
+        return await programs.create_shop(principal.program_id, data.name)
+
+    @get()
+    async def list_shops(self, principal: NamedDependency[Principal]) -> list[Shop]:
+        """All shops of the program."""
+        return await programs.list_shops(principal.program_id)
+
+
+class ApiKeyController(Controller):
+    path = "/v1/api-keys"
+    tags = ["program"]
+    guards = [requires(Scope.ADMIN)]
+
+    @post(status_code=HTTP_201_CREATED)
+    async def create_key(
+        self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]
+    ) -> CreatedApiKey:
+        """Make a key; the response is the only time its plain text is shown."""
+        return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope))
+
+    @get()
+    async def list_keys(self, principal: NamedDependency[Principal]) -> list[ApiKeyRecord]:
+        """Keys of the program (never their secrets)."""
+        return await programs.list_api_keys(principal.program_id)
+
+    @delete("/{key_id:str}", status_code=HTTP_200_OK)
+    async def revoke_key(
+        self,
+        key_id: Annotated[str, PathParameter(min_length=1, max_length=64)],
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+    ) -> ApiKeyRecord:
+        """Revoke a key at once; revoking again is harmless."""
+        return await programs.revoke_api_key(principal.program_id, key_id, clock)
+
+
+__all__ = ["ApiKeyController", "ProgramController", "ShopController", "datetime"]

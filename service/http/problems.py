@@ -1,0 +1,141 @@
+"""Every error leaves as RFC 9457 application/problem+json, mapped in this one place."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import asyncpg
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from service.domain.errors import DomainError
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "/problems/"
+
+log = logging.getLogger("loyalty.http")
+
+_HTTP_TYPES = {
+    400: ("malformed-request", "Malformed request"),
+    401: ("unauthorized", "Missing or invalid credentials"),
+    403: ("forbidden", "Not allowed for this credential"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("rate-limited", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
+}
+_FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def problem(
+    status: int,
+    problem_type: str,
+    title: str,
+    detail: str,
+    request: Request[Any, Any, Any],
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + problem_type,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
+    """A refusal by the product's rules."""
+    return problem(
+        error.status, error.problem_type, error.title, error.detail, request, field=error.field, **error.extra
+    )
+
+
+def _field_errors(extra: Any) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    for item in extra if isinstance(extra, list) else []:
+        message = str(item.get("message", ""))
+        field = item.get("key")
+        matched = _FIELD_IN_MESSAGE.search(message)
+        if matched and matched.group(1):
+            nested = matched.group(1)
+            field = f"{field}.{nested}" if field and field not in {"data", "body"} else nested
+            message = message.split(" - at ")[0]
+        errors.append({"field": field, "message": message, "source": item.get("source")})
+    return errors
+
+
+def validation_handler(
+    request: Request[Any, Any, Any], error: ValidationException
+) -> Response[dict[str, Any]]:
+    """Input that does not fit the request's schema: 422 naming each field (400 if not JSON)."""
+    errors = _field_errors(error.extra)
+    if errors and all(e["field"] for e in errors):
+        first = errors[0]
+        return problem(
+            422,
+            "invalid-input",
+            "Invalid input",
+            f"{first['field']}: {first['message']}",
+            request,
+            field=first["field"],
+            errors=errors,
+        )
+    detail = errors[0]["message"] if errors else error.detail
+    return problem(400, "malformed-request", "Malformed request", detail, request, errors=errors or None)
+
+
+def http_error_handler(request: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+    """Framework errors (404 for unknown routes, 405, 413, 415, ...)."""
+    status = error.status_code
+    if status >= 500:
+        log.error("server error on %s %s: %s", request.method, request.url.path, error, exc_info=error)
+    problem_type, title = _HTTP_TYPES.get(status, ("http-error", "HTTP error"))
+    return problem(status, problem_type, title, error.detail, request, headers=error.headers)
+
+
+def database_unavailable_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    """The database cannot be reached or the pool is exhausted: fail fast, ask to retry."""
+    log.warning("database unavailable: %s", error)
+    return problem(
+        503, "unavailable", "Service unavailable", "the database is unavailable; retry shortly", request,
+        headers={"Retry-After": "1"},
+    )
+
+
+def internal_error_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    """Anything unexpected: logged with its traceback, reported without internals."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return problem(
+        HTTP_500_INTERNAL_SERVER_ERROR, "internal-error", "Internal error", "an unexpected error occurred", request
+    )
+
+
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    ConnectionRefusedError,
+    TimeoutError,
+    OSError,
+)
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    DomainError: domain_error_handler,
+    ValidationException: validation_handler,
+    HTTPException: http_error_handler,
+    **{error_type: database_unavailable_handler for error_type in UNAVAILABLE_ERRORS},
+    Exception: internal_error_handler,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]

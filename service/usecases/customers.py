@@ -1,0 +1,139 @@
+"""Enrol, read, update and list a program's customers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.db import ledger_accounts
+from service.db.transaction import in_transaction
+from service.domain.clock import Clock
+from service.domain.customers import Customer, Enrolment, ProfileChange, same_enrolment
+from service.domain.errors import Conflict, InvalidInput, NotFound
+from service.domain.ids import new_id
+from service.usecases.programs import shop_exists
+
+_COLUMNS = "id, external_id, shop_id, email, name, attributes, enrolled_at, updated_at"
+
+
+def _customer(row: asyncpg.Record) -> Customer:
+    values: dict[str, Any] = dict(row)
+    values["attributes"] = msgspec.json.decode(values["attributes"])
+    return msgspec.convert(values, Customer)
+
+
+async def enrol_customer(program_id: str, request: Enrolment, clock: Clock) -> tuple[Customer, bool]:
+    """Enrol once per external id; the same enrolment again returns the same customer."""
+    if request.shop_id is not None and not await shop_exists(program_id, request.shop_id):
+        raise InvalidInput(f"shop {request.shop_id} does not exist", field="shop_id")
+
+    async def work(connection: asyncpg.Connection) -> tuple[Customer, bool]:
+        now = clock.now()
+        row = await connection.fetchrow(
+            f"INSERT INTO customers (program_id, id, external_id, shop_id, email, name,"
+            f" attributes, enrolled_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+            f" ON CONFLICT (program_id, external_id) DO NOTHING RETURNING {_COLUMNS}",
+            program_id,
+            new_id("cus", int(now.timestamp() * 1000)),
+            request.external_id,
+            request.shop_id,
+            request.email,
+            request.name,
+            msgspec.json.encode(request.attributes).decode(),
+            now,
+        )
+        if row is not None:
+            customer = _customer(row)
+            await ledger_accounts.open_customer_accounts(connection, program_id, customer.id)
+            return customer, True
+        existing = await _find_by_external_id(connection, program_id, request.external_id)
+        if not same_enrolment(existing, request):
+            raise Conflict(
+                f"customer {request.external_id!r} is already enrolled with other details",
+                field="external_id",
+                customer_id=existing.id,
+            )
+        return existing, False
+
+    return await in_transaction(work)
+
+
+async def _find_by_external_id(
+    connection: asyncpg.Connection, program_id: str, external_id: str
+) -> Customer:
+    row = await connection.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND external_id = $2",
+        program_id,
+        external_id,
+    )
+    if row is None:
+        raise NotFound(f"customer {external_id!r} not found")
+    return _customer(row)
+
+
+async def get_customer(program_id: str, customer_id: str) -> Customer:
+    """One customer of the program, or NotFound (also for other programs' customers)."""
+
+    async def work(connection: asyncpg.Connection) -> Customer:
+        row = await connection.fetchrow(
+            f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND id = $2",
+            program_id,
+            customer_id,
+        )
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        return _customer(row)
+
+    return await in_transaction(work)
+
+
+async def update_customer(
+    program_id: str, customer_id: str, change: ProfileChange, clock: Clock
+) -> Customer:
+    """Change profile fields; unset fields keep their value. Repeating it changes nothing more."""
+    assignments: list[str] = []
+    values: list[object] = [program_id, customer_id]
+    for field in ("email", "name", "attributes"):
+        value = getattr(change, field)
+        if value is msgspec.UNSET:
+            continue
+        if field == "attributes":
+            value = msgspec.json.encode(value).decode()
+        values.append(value)
+        assignments.append(f"{field} = ${len(values)}")
+
+    async def work(connection: asyncpg.Connection) -> Customer:
+        if not assignments:
+            return await get_customer(program_id, customer_id)
+        values.append(clock.now())
+        row = await connection.fetchrow(
+            f"UPDATE customers SET {', '.join(assignments)}, updated_at = ${len(values)}"
+            f" WHERE program_id = $1 AND id = $2 RETURNING {_COLUMNS}",
+            *values,
+        )
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        return _customer(row)
+
+    return await in_transaction(work)
+
+
+async def list_customers(
+    program_id: str, limit: int, after: str | None
+) -> tuple[list[Customer], str | None]:
+    """A page of customers in enrolment order, and the cursor of the next page."""
+
+    async def work(connection: asyncpg.Connection) -> tuple[list[Customer], str | None]:
+        rows = await connection.fetch(
+            f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND ($2::text IS NULL OR id > $2)"
+            " ORDER BY id LIMIT $3",
+            program_id,
+            after,
+            limit + 1,
+        )
+        page = [_customer(row) for row in rows[:limit]]
+        return page, (page[-1].id if len(rows) > limit else None)
+
+    return await in_transaction(work)

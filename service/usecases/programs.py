@@ -1,0 +1,168 @@
+"""Create and configure programs, shops and API keys; authenticate callers."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+import msgspec
+
+from service.db.tables import ApiKey, Program, Shop
+from service.db.transaction import transaction
+from service.domain import access
+from service.domain.access import Principal, Scope
+from service.domain.clock import Clock
+from service.domain.errors import NotFound, Unauthorized
+from service.domain.ids import new_id
+from service.domain.programs import ApiKeyRecord, CreatedApiKey, ProgramSettings
+from service.domain.programs import Program as ProgramRecord
+from service.domain.programs import Shop as ShopRecord
+
+_PROGRAM_COLUMNS = (
+    Program.id,
+    Program.name,
+    Program.time_zone,
+    Program.currency,
+    Program.point_value_minor,
+    Program.created_at,
+)
+_KEY_COLUMNS = (ApiKey.id, ApiKey.name, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at)
+
+
+async def create_program(settings: ProgramSettings, program_id: str | None = None) -> ProgramRecord:
+    """Create a program (the tenant) with its token signing secret."""
+    settings = settings.validated()
+    program_id = program_id or new_id("prg")
+    async with transaction():
+        await Program.insert(
+            Program(
+                id=program_id,
+                name=settings.name,
+                time_zone=settings.time_zone,
+                currency=settings.currency,
+                point_value_minor=settings.point_value_minor,
+                token_secret=secrets.token_bytes(32),
+            )
+        ).run()
+    return await get_program(program_id)
+
+
+async def get_program(program_id: str) -> ProgramRecord:
+    """The program, or NotFound."""
+    row = await Program.select(*_PROGRAM_COLUMNS).where(Program.id == program_id).first().run()
+    if row is None:
+        raise NotFound(f"program {program_id} not found")
+    return msgspec.convert(row, ProgramRecord)
+
+
+async def create_shop(program_id: str, name: str) -> ShopRecord:
+    """Add a sales channel to a program."""
+    shop_id = new_id("shp")
+    rows = (
+        await Shop.insert(Shop(program_id=program_id, id=shop_id, name=name))
+        .returning(Shop.id, Shop.name, Shop.created_at)
+        .run()
+    )
+    return msgspec.convert(rows[0], ShopRecord)
+
+
+async def list_shops(program_id: str) -> list[ShopRecord]:
+    rows = (
+        await Shop.select(Shop.id, Shop.name, Shop.created_at)
+        .where(Shop.program_id == program_id)
+        .order_by(Shop.created_at)
+        .run()
+    )
+    return [msgspec.convert(row, ShopRecord) for row in rows]
+
+
+async def shop_exists(program_id: str, shop_id: str) -> bool:
+    return bool(
+        await Shop.exists().where((Shop.program_id == program_id) & (Shop.id == shop_id)).run()
+    )
+
+
+async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApiKey:
+    """Make a key; its plain text is returned here and never again."""
+    if scope is Scope.CUSTOMER:
+        raise ValueError("customer access uses customer tokens, not API keys")
+    issued = access.issue_api_key(program_id)
+    rows = (
+        await ApiKey.insert(
+            ApiKey(
+                program_id=program_id,
+                id=issued.key_id,
+                name=name,
+                scope=scope.value,
+                secret_hash=issued.secret_hash,
+            )
+        )
+        .returning(ApiKey.created_at)
+        .run()
+    )
+    return CreatedApiKey(
+        id=issued.key_id, name=name, scope=scope, created_at=rows[0]["created_at"], key=issued.plain_text
+    )
+
+
+async def list_api_keys(program_id: str) -> list[ApiKeyRecord]:
+    rows = (
+        await ApiKey.select(*_KEY_COLUMNS)
+        .where(ApiKey.program_id == program_id)
+        .order_by(ApiKey.created_at)
+        .run()
+    )
+    return [msgspec.convert(row, ApiKeyRecord) for row in rows]
+
+
+async def revoke_api_key(program_id: str, key_id: str, clock: Clock) -> ApiKeyRecord:
+    """Revoke a key at once; revoking twice keeps the first time."""
+    where = (ApiKey.program_id == program_id) & (ApiKey.id == key_id)
+    async with transaction():
+        row = await ApiKey.select(*_KEY_COLUMNS).where(where).first().run()
+        if row is None:
+            raise NotFound(f"api key {key_id} not found", field="key_id")
+        if row["revoked_at"] is None:
+            await ApiKey.update({ApiKey.revoked_at: clock.now()}).where(where).run()
+        row = await ApiKey.select(*_KEY_COLUMNS).where(where).first().run()
+    return msgspec.convert(row, ApiKeyRecord)
+
+
+async def authenticate(credential: str, clock: Clock) -> Principal:
+    """Turn a presented API key or customer token into a Principal, or raise Unauthorized."""
+    parsed = access.parse_api_key(credential)
+    if parsed is not None:
+        row = (
+            await ApiKey.select(ApiKey.scope, ApiKey.secret_hash, ApiKey.revoked_at)
+            .where((ApiKey.program_id == parsed.program_id) & (ApiKey.id == parsed.key_id))
+            .first()
+            .run()
+        )
+        if row is None or not access.secret_matches(parsed.secret, row["secret_hash"]):
+            raise Unauthorized("unknown API key")
+        if row["revoked_at"] is not None:
+            raise Unauthorized("API key revoked")
+        return Principal(program_id=parsed.program_id, scope=Scope(row["scope"]), key_id=parsed.key_id)
+    program_id = access.token_program(credential)
+    if program_id is None:
+        raise Unauthorized("credential is neither an API key nor a customer token")
+    secret = await _token_secret(program_id)
+    claims = access.verify_customer_token(credential, secret, clock.now())
+    return Principal(program_id=program_id, scope=Scope.CUSTOMER, customer_id=claims.customer_id)
+
+
+async def issue_customer_token(
+    program_id: str, customer_id: str, ttl: timedelta, clock: Clock
+) -> tuple[str, datetime]:
+    """A short-lived token that lets the app act as one customer only."""
+    expires_at = clock.now() + ttl
+    secret = await _token_secret(program_id)
+    return access.sign_customer_token(program_id, customer_id, expires_at, secret), expires_at
+
+
+async def _token_secret(program_id: str) -> bytes:
+    row = await Program.select(Program.token_secret).where(Program.id == program_id).first().run()
+    if row is None:
+        raise Unauthorized("unknown program")
+    secret: bytes = row["token_secret"]
+    return secret

@@ -1,0 +1,70 @@
+"""Customers through the HTTP API."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import ProgramFixture
+
+
+async def test_enrol_read_update_list(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    body = {"external_id": "shop-42", "email": "ann@example.com", "name": "Ann"}
+    created = await client.post("/v1/customers", json=body, headers=program.auth("checkout"))
+    assert created.status_code == 201, created.text
+    customer = created.json()
+    assert customer["external_id"] == "shop-42"
+    assert customer["id"].startswith("cus_")
+
+    again = await client.post("/v1/customers", json=body, headers=program.auth("checkout"))
+    assert again.status_code == 200
+    assert again.json()["id"] == customer["id"]
+
+    different = await client.post(
+        "/v1/customers", json={**body, "name": "Bob"}, headers=program.auth("checkout")
+    )
+    assert different.status_code == 409
+    assert different.headers["content-type"].startswith("application/problem+json")
+
+    fetched = await client.get(f"/v1/customers/{customer['id']}", headers=program.auth("finance"))
+    assert fetched.json() == customer
+
+    patched = await client.patch(
+        f"/v1/customers/{customer['id']}", json={"name": "Ann B."}, headers=program.auth("checkout")
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["name"] == "Ann B."
+    assert patched.json()["email"] == "ann@example.com"
+
+
+async def test_list_is_paginated_by_cursor(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    for index in range(5):
+        response = await client.post(
+            "/v1/customers", json={"external_id": f"c{index}"}, headers=program.auth("admin")
+        )
+        assert response.status_code == 201
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/customers", params=params, headers=program.auth("admin"))).json()
+        seen.extend(item["external_id"] for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"c{index}" for index in range(5)]
+
+
+async def test_customer_token_sees_only_its_customer(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    ann = (await client.post("/v1/customers", json={"external_id": "ann"}, headers=program.auth("checkout"))).json()
+    bob = (await client.post("/v1/customers", json={"external_id": "bob"}, headers=program.auth("checkout"))).json()
+    issued = await client.post(f"/v1/customers/{ann['id']}/tokens", headers=program.auth("checkout"))
+    assert issued.status_code == 201, issued.text
+    token = {"Authorization": f"Bearer {issued.json()['token']}"}
+
+    me = await client.get("/v1/me", headers=token)
+    assert me.status_code == 200
+    assert me.json()["id"] == ann["id"]
+    other = await client.get(f"/v1/customers/{bob['id']}", headers=token)
+    assert other.status_code == 403
