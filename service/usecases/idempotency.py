@@ -23,27 +23,20 @@ class StoredRefusal(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
 
-class ReplayedRefusal(DomainError):
-    """A refusal remembered under an idempotency key, raised again on retry."""
-
-    def __init__(self, stored: StoredRefusal) -> None:
-        super().__init__(stored.detail, field=stored.field, **stored.extra)
-        self.problem_type = stored.problem_type  # type: ignore[misc]
-        self.status = stored.status  # type: ignore[misc]
-        self.title = _TITLES.get(stored.problem_type, "Request refused")  # type: ignore[misc]
-
-
-def _all_titles() -> dict[str, str]:
-    titles: dict[str, str] = {}
+def _refusal_classes() -> dict[str, type[DomainError]]:
+    classes: dict[str, type[DomainError]] = {}
     pending: list[type[DomainError]] = [DomainError]
     while pending:
         cls = pending.pop()
-        titles[cls.problem_type] = cls.title
+        classes.setdefault(cls.problem_type, cls)
         pending.extend(cls.__subclasses__())
-    return titles
+    return classes
 
 
-_TITLES: dict[str, str] = {}
+def replay_refusal(stored: StoredRefusal) -> DomainError:
+    """The refusal remembered under a key, as the same error class it was first raised as."""
+    cls = _refusal_classes().get(stored.problem_type, DomainError)
+    return cls(stored.detail, field=stored.field, **stored.extra)
 
 
 def fingerprint(operation: str, request: object) -> bytes:
@@ -59,13 +52,10 @@ async def run_once(
     work: Callable[[asyncpg.Connection], Awaitable[T]],
 ) -> T:
     """Run work once per (program, key); replay its result or refusal for the same request."""
-    if not _TITLES:
-        _TITLES.update(_all_titles())
-
     async def attempt() -> T | DomainError:
         async with transaction() as connection:
             await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{program_id}\0{key}"
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{program_id}/{key}"
             )
             row = await connection.fetchrow(
                 "SELECT fingerprint, status_code, response FROM idempotency_keys"
@@ -81,7 +71,7 @@ async def run_once(
                     )
                 if row["status_code"] == 200:
                     return msgspec.json.decode(row["response"], type=result_type)
-                return ReplayedRefusal(msgspec.json.decode(row["response"], type=StoredRefusal))
+                return replay_refusal(msgspec.json.decode(row["response"], type=StoredRefusal))
             outcome: T | DomainError
             try:
                 async with connection.transaction():  # a savepoint: a refusal undoes only the work

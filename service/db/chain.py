@@ -1,0 +1,118 @@
+"""The hash chain in the database: sealing queued entries and verifying the chain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from service.domain.chain import GENESIS, ChainBreak, SealedEntry, SealedPosting, chain_hash, entry_hash
+
+_ENTRY_CONTENT = (
+    "SELECT e.id, e.kind, e.posted_at, e.actor, e.reverses_entry_id, e.metadata,"
+    " array_agg(p.line ORDER BY p.line) AS lines, array_agg(p.account_id ORDER BY p.line) AS accounts,"
+    " array_agg(p.unit ORDER BY p.line) AS units, array_agg(p.amount ORDER BY p.line) AS amounts"
+    " FROM entries e JOIN postings p ON p.program_id = e.program_id AND p.entry_id = e.id"
+    " WHERE e.program_id = $1 AND e.id = ANY($2::bigint[])"
+    " GROUP BY e.id, e.kind, e.posted_at, e.actor, e.reverses_entry_id, e.metadata"
+)
+
+
+def _sealed_entry(row: asyncpg.Record) -> SealedEntry:
+    return SealedEntry(
+        id=row["id"],
+        kind=row["kind"],
+        posted_at=row["posted_at"],
+        actor=row["actor"],
+        reverses_entry_id=row["reverses_entry_id"],
+        metadata=json.loads(row["metadata"]),
+        postings=[
+            SealedPosting(line, account, unit, amount)
+            for line, account, unit, amount in zip(
+                row["lines"], row["accounts"], row["units"], row["amounts"], strict=True
+            )
+        ],
+    )
+
+
+async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int) -> int:
+    """Seal up to `limit` committed entries in entry order; one sealer per program at a time."""
+    got_lock = await connection.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('seal:' || $1, 0))", program_id
+    )
+    if not got_lock:
+        return 0
+    queued = await connection.fetch(
+        "DELETE FROM seal_queue WHERE program_id = $1 AND entry_id IN"
+        " (SELECT entry_id FROM seal_queue WHERE program_id = $1 ORDER BY entry_id LIMIT $2)"
+        " RETURNING entry_id",
+        program_id,
+        limit,
+    )
+    if not queued:
+        return 0
+    ids = sorted(row["entry_id"] for row in queued)
+    last = await connection.fetchrow(
+        "SELECT seq, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1", program_id
+    )
+    seq, previous = (last["seq"], bytes(last["chain_hash"])) if last else (0, GENESIS)
+    contents = {row["id"]: _sealed_entry(row) for row in await connection.fetch(_ENTRY_CONTENT, program_id, ids)}
+    seqs, entry_ids, entry_hashes, chain_hashes = [], [], [], []
+    for entry_id in ids:
+        digest = entry_hash(contents[entry_id])
+        previous = chain_hash(previous, digest)
+        seq += 1
+        seqs.append(seq)
+        entry_ids.append(entry_id)
+        entry_hashes.append(digest)
+        chain_hashes.append(previous)
+    await connection.execute(
+        "INSERT INTO entry_seals (program_id, seq, entry_id, entry_hash, chain_hash)"
+        " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[])",
+        program_id,
+        seqs,
+        entry_ids,
+        entry_hashes,
+        chain_hashes,
+    )
+    return len(ids)
+
+
+async def iter_chain_breaks(
+    connection: asyncpg.Connection, program_id: str, page: int = 2000
+) -> AsyncIterator[ChainBreak | tuple[int, int]]:
+    """Walk the chain in seq order, recomputing every hash; yield breaks and finally (sealed, last seq)."""
+    previous, seq, count = GENESIS, 0, 0
+    while True:
+        seals = await connection.fetch(
+            "SELECT seq, entry_id, entry_hash, chain_hash FROM entry_seals"
+            " WHERE program_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            program_id,
+            seq,
+            page,
+        )
+        if not seals:
+            break
+        contents = {
+            row["id"]: _sealed_entry(row)
+            for row in await connection.fetch(_ENTRY_CONTENT, program_id, [s["entry_id"] for s in seals])
+        }
+        for seal in seals:
+            count += 1
+            if seal["seq"] != seq + 1:
+                yield ChainBreak(seal["seq"], seal["entry_id"], f"sequence jumps from {seq} to {seal['seq']}")
+            seq = seal["seq"]
+            content = contents.get(seal["entry_id"])
+            if content is None:
+                yield ChainBreak(seq, seal["entry_id"], "entry or its postings are missing")
+                return
+            digest = entry_hash(content)
+            if digest != bytes(seal["entry_hash"]):
+                yield ChainBreak(seq, seal["entry_id"], "entry content does not match its sealed hash")
+                return
+            previous = chain_hash(previous, digest)
+            if previous != bytes(seal["chain_hash"]):
+                yield ChainBreak(seq, seal["entry_id"], "chain hash does not follow from the previous link")
+                return
+    yield (count, seq)

@@ -1,0 +1,100 @@
+"""Jobs that age the ledger: void expired holds, expire points, seal the hash chain.
+
+Each is idempotent and safe in several workers at once: work items are re-checked under
+their own row locks, and the sealer takes a per-program advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.db.chain import seal_batch
+from service.db.ledger import write_entry
+from service.db.transaction import in_transaction, transaction
+from service.domain.clock import Clock
+from service.domain.errors import HoldNotOpen
+from service.domain.ledger import AccountKind, customer_account, system_account, transfer
+from service.usecases.ledger import resolve_hold
+
+JOB_ACTOR = "job:{}"
+
+
+async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
+    """Void every open hold past its expiry; returns how many this run resolved."""
+    now = clock.now()
+    async with transaction() as connection:
+        due = await connection.fetch(
+            "SELECT id FROM holds WHERE program_id = $1 AND status = 'open' AND expires_at <= $2"
+            " ORDER BY expires_at LIMIT $3",
+            program_id,
+            now,
+            batch,
+        )
+    resolved = 0
+    for row in due:
+
+        async def work(connection: asyncpg.Connection, hold_id: str = row["id"]) -> None:
+            await resolve_hold(connection, program_id, hold_id, 0, "expired", JOB_ACTOR.format("expire-holds"), now)
+
+        try:
+            await in_transaction(work)
+            resolved += 1
+        except HoldNotOpen:
+            continue  # captured or voided meanwhile, or another worker got there first
+    return resolved
+
+
+async def expire_points(program_id: str, clock: Clock) -> int:
+    """Move the unspent rest of expired lots to `expired`, one entry per customer."""
+    now = clock.now()
+    async with transaction() as connection:
+        due = await connection.fetch(
+            "SELECT DISTINCT a.customer_id FROM lots l"
+            " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+            " WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at <= $2 AND a.kind = 'available'",
+            program_id,
+            now,
+        )
+    entries = 0
+    for row in due:
+
+        async def work(connection: asyncpg.Connection, customer_id: str = row["customer_id"]) -> bool:
+            available = customer_account(customer_id, AccountKind.AVAILABLE)
+            await connection.execute(
+                "SELECT 1 FROM accounts WHERE program_id = $1 AND code = $2 FOR NO KEY UPDATE",
+                program_id,
+                available.code,
+            )
+            amount = await connection.fetchval(
+                "SELECT coalesce(sum(l.remaining), 0)::bigint FROM lots l"
+                " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+                " WHERE l.program_id = $1 AND a.code = $2 AND l.remaining > 0 AND l.expires_at <= $3",
+                program_id,
+                available.code,
+                now,
+            )
+            if not amount:
+                return False  # another worker expired them already
+            draft = transfer(
+                available,
+                system_account(AccountKind.EXPIRED),
+                amount,
+                kind="expiry",
+                metadata={"reason": "points expired", "as_of": now.isoformat()},
+            )
+            await write_entry(connection, program_id, draft, actor=JOB_ACTOR.format("expire-points"), now=now)
+            return True
+
+        if await in_transaction(work):
+            entries += 1
+    return entries
+
+
+async def seal_chain(program_id: str, batch: int = 1000) -> int:
+    """Append queued entries to the program's hash chain; returns how many were sealed."""
+    total = 0
+    while True:
+        sealed = await in_transaction(lambda connection: seal_batch(connection, program_id, batch))
+        total += sealed
+        if sealed < batch:
+            return total

@@ -1,0 +1,60 @@
+"""Helpers for ledger tests: enrol customers and read balances through the real database."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.domain.access import Principal, Scope
+from service.domain.clock import Clock
+from service.domain.customers import Enrolment
+from service.usecases.customers import enrol_customer
+
+
+def admin(program_id: str) -> Principal:
+    return Principal(program_id=program_id, scope=Scope.ADMIN, key_id="key_test")
+
+
+async def enrol(program_id: str, external_id: str, clock: Clock) -> str:
+    customer, _ = await enrol_customer(program_id, Enrolment(external_id=external_id), clock)
+    return customer.id
+
+
+async def balances(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
+    rows = await connection.fetch(
+        "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2", program_id, customer_id
+    )
+    return {row["kind"]: row["balance"] for row in rows}
+
+
+async def ledger_invariants(connection: asyncpg.Connection, program_id: str) -> None:
+    """Per-unit zero sum, balance rows equal the sum of postings, lots equal balances."""
+    unbalanced = await connection.fetch(
+        "SELECT entry_id, unit, sum(amount) FROM postings WHERE program_id = $1"
+        " GROUP BY entry_id, unit HAVING sum(amount) <> 0",
+        program_id,
+    )
+    assert not unbalanced, unbalanced
+    per_unit = await connection.fetch(
+        "SELECT unit, sum(amount) AS total FROM postings WHERE program_id = $1 GROUP BY unit", program_id
+    )
+    assert all(row["total"] == 0 for row in per_unit), per_unit
+    drift = await connection.fetch(
+        "SELECT a.code, a.balance, coalesce(sum(p.amount), 0) AS posted FROM accounts a"
+        " LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
+        " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL GROUP BY a.code, a.balance"
+        " HAVING a.balance <> coalesce(sum(p.amount), 0)",
+        program_id,
+    )
+    assert not drift, drift
+    lots_drift = await connection.fetch(
+        "SELECT a.code, a.balance, coalesce(sum(l.remaining), 0) AS in_lots FROM accounts a"
+        " LEFT JOIN lots l ON l.program_id = a.program_id AND l.account_id = a.id"
+        " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL GROUP BY a.code, a.balance"
+        " HAVING a.balance <> coalesce(sum(l.remaining), 0)",
+        program_id,
+    )
+    assert not lots_drift, lots_drift
+    negative = await connection.fetch(
+        "SELECT code, balance FROM accounts WHERE program_id = $1 AND balance < 0", program_id
+    )
+    assert not negative, negative

@@ -1,0 +1,89 @@
+"""The ledger's operations against PostgreSQL, with exact postings checked."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from service.domain.clock import ManualClock
+from service.domain.errors import AlreadyReversed, HoldNotOpen, IdempotencyKeyReused, InsufficientPoints
+from service.domain.expiry import ExpiryPolicy, ExpiryRule
+from service.usecases import ledger, ledger_jobs
+from service.usecases.finance import verify_chain
+from tests.conftest import ProgramFixture
+from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
+
+
+async def test_grant_hold_capture_void_reverse(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    grant = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=500, reason="welcome"), "g1", clock)
+    assert [(p.account, p.amount, p.balance_after) for p in grant.postings] == [
+        ("system:issued", -500, None),
+        (f"customer:{ann}:available", 500, 500),
+    ]
+    replay = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=500, reason="welcome"), "g1", clock)
+    assert replay == grant
+    with pytest.raises(IdempotencyKeyReused):
+        await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=501, reason="welcome"), "g1", clock)
+
+    hold = await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=300), "h1", clock)
+    assert await balances(owner_connection, program.id, ann) == {
+        "available": 200, "pending": 0, "held": 300, "credit_available": 0, "credit_held": 0,
+    }
+    captured = await ledger.capture_hold(who, hold.id, 120, "c1", clock)
+    assert (captured.status, captured.captured) == ("captured", 120)
+    with pytest.raises(HoldNotOpen):
+        await ledger.void_hold(who, hold.id, "v1", clock)
+    with pytest.raises(HoldNotOpen):  # the refusal is remembered under its key
+        await ledger.void_hold(who, hold.id, "v1", clock)
+    assert (await balances(owner_connection, program.id, ann))["available"] == 380
+
+    with pytest.raises(InsufficientPoints) as refused:
+        await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=381), "h2", clock)
+    assert refused.value.extra["available"] == 380
+
+    with pytest.raises(InsufficientPoints):  # 120 of the 500 were spent: no overdraft
+        await ledger.reverse(who, grant.id, "granted by mistake", "r0", clock)
+    bonus = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=70, reason="bonus"), "g2", clock)
+    reversal = await ledger.reverse(who, bonus.id, "granted by mistake", "r1", clock)
+    assert reversal.reverses_entry_id == bonus.id
+    assert [(p.account, p.amount) for p in reversal.postings] == [
+        ("system:issued", 70),
+        (f"customer:{ann}:available", -70),
+    ]
+    assert (await balances(owner_connection, program.id, ann))["available"] == 380
+    with pytest.raises(AlreadyReversed):
+        await ledger.reverse(who, bonus.id, "again", "r2", clock)
+
+    await ledger_invariants(owner_connection, program.id)
+    assert await ledger_jobs.seal_chain(program.id) == 5
+    report = await verify_chain(program.id)
+    assert report.valid and report.sealed == 5 and report.unsealed == 0
+
+
+async def test_expiry_and_hold_expiry(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    who = admin(program.id)
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
+    ann = await enrol(program.id, "ann", clock)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="a"), "g1", clock)
+    clock.advance(timedelta(days=10))
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=50, reason="b"), "g2", clock)
+    hold = await ledger.hold_points(
+        who, ledger.HoldRequest(customer_id=ann, amount=120, expires_in_seconds=60), "h1", clock
+    )
+    clock.advance(timedelta(minutes=5))
+    assert await ledger_jobs.expire_holds(program.id, clock) == 1
+    assert await ledger_jobs.expire_holds(program.id, clock) == 0
+    assert (await ledger.get_hold(program.id, hold.id)).status == "expired"
+    clock.advance(timedelta(days=22))  # the first lot (100) is past its date, the second is not
+    assert await ledger_jobs.expire_points(program.id, clock) == 1
+    assert await ledger_jobs.expire_points(program.id, clock) == 0
+    assert (await balances(owner_connection, program.id, ann))["available"] == 50
+    await ledger_invariants(owner_connection, program.id)
