@@ -15,7 +15,7 @@ from service.config import Settings
 from service.db.engine import close_pool, start_pool
 from service.domain.clock import Clock, SystemClock
 from service.http.auth import CredentialMiddleware, exclude_public_paths
-from service.http.controllers import admin, customers, health
+from service.http.controllers import admin, customers, finance, health, ledger
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.problems import EXCEPTION_HANDLERS
@@ -46,6 +46,10 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             admin.ApiKeyController,
             customers.CustomerController,
             customers.MeController,
+            ledger.LedgerController,
+            ledger.HoldController,
+            ledger.BalanceController,
+            finance.FinanceController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[

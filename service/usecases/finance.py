@@ -1,12 +1,38 @@
-"""Finance's read-only view of the ledger."""
+"""Finance's read-only view of the ledger: balances, statements, trial balance,
+liability, activity, journal export and chain verification."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import asyncpg
 import msgspec
 
 from service.db.chain import iter_chain_breaks
+from service.db.piccolo_conf import DB
 from service.db.transaction import transaction
 from service.domain.chain import ChainBreak
+from service.domain.errors import InvalidInput, NotFound
+
+
+@asynccontextmanager
+async def _snapshot() -> AsyncIterator[asyncpg.Connection]:
+    """One read-only, repeatable-read transaction, so every figure comes from one instant."""
+    async with transaction() as connection:
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield connection
+
+
+def _check_period(start: datetime, end: datetime) -> None:
+    if end <= start:
+        raise InvalidInput("`to` must be after `from`", field="to")
+
+
+# --- Chain ---------------------------------------------------------------------------
 
 
 class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,8 +45,7 @@ class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
 
 async def verify_chain(program_id: str) -> ChainReport:
     """Recompute the program's hash chain and name the first broken entry, if any."""
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    async with _snapshot() as connection:
         first_break: ChainBreak | None = None
         sealed = last_seq = 0
         async for item in iter_chain_breaks(connection, program_id):
@@ -36,3 +61,347 @@ async def verify_chain(program_id: str) -> ChainReport:
     return ChainReport(
         valid=first_break is None, sealed=sealed, last_seq=last_seq, unsealed=unsealed, first_break=first_break
     )
+
+
+# --- Accounts and balances -----------------------------------------------------------
+
+
+class AccountBalance(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: int
+    code: str
+    kind: str
+    unit: str
+    customer_id: str | None
+    balance: int
+    as_of: datetime | None
+
+
+_BALANCE_AS_OF = (
+    "SELECT a.id, a.code, a.kind, a.unit, a.customer_id,"
+    " CASE WHEN $3::timestamptz IS NULL AND a.customer_id IS NOT NULL THEN a.balance"
+    " WHEN a.customer_id IS NOT NULL THEN coalesce((SELECT p.balance_after FROM postings p"
+    "   WHERE p.program_id = a.program_id AND p.account_id = a.id AND p.posted_at <= $3"
+    "   ORDER BY p.posted_at DESC, p.entry_id DESC, p.line DESC LIMIT 1), 0)"
+    " ELSE coalesce((SELECT sum(p.amount) FROM postings p WHERE p.program_id = a.program_id"
+    "   AND p.account_id = a.id AND ($3::timestamptz IS NULL OR p.posted_at <= $3)), 0)::bigint END AS balance"
+    " FROM accounts a WHERE a.program_id = $1 AND a.id = $2"
+)
+
+
+async def account_balance(program_id: str, account_id: int, as_of: datetime | None) -> AccountBalance:
+    """An account's balance now or at any instant (a lookup of the posting's balance after)."""
+    async with _snapshot() as connection:
+        row = await connection.fetchrow(_BALANCE_AS_OF, program_id, account_id, as_of)
+    if row is None:
+        raise NotFound(f"account {account_id} not found", field="account_id")
+    return AccountBalance(
+        account_id=row["id"], code=row["code"], kind=row["kind"], unit=row["unit"],
+        customer_id=row["customer_id"], balance=row["balance"], as_of=as_of,
+    )
+
+
+async def list_accounts(
+    program_id: str, customer_id: str | None, limit: int, after: int | None
+) -> tuple[list[AccountBalance], int | None]:
+    """Accounts (system accounts first), with current balances, a page at a time."""
+    async with _snapshot() as connection:
+        rows = await connection.fetch(
+            "SELECT a.id FROM accounts a WHERE a.program_id = $1"
+            " AND ($2::text IS NULL OR a.customer_id = $2) AND ($3::bigint IS NULL OR a.id > $3)"
+            " ORDER BY a.id LIMIT $4",
+            program_id, customer_id, after, limit + 1,
+        )
+        page = [
+            await connection.fetchrow(_BALANCE_AS_OF, program_id, row["id"], None) for row in rows[:limit]
+        ]
+    items = [
+        AccountBalance(
+            account_id=r["id"], code=r["code"], kind=r["kind"], unit=r["unit"],
+            customer_id=r["customer_id"], balance=r["balance"], as_of=None,
+        )
+        for r in page
+    ]
+    return items, (items[-1].account_id if len(rows) > limit else None)
+
+
+class ExpiringPoints(msgspec.Struct, frozen=True):
+    date: date
+    points: int
+
+
+class CustomerBalance(msgspec.Struct, frozen=True, kw_only=True):
+    customer_id: str
+    available: int
+    pending: int
+    held: int
+    credit_available: int
+    credit_held: int
+    expiring: list[ExpiringPoints]
+
+
+async def customer_balance(program_id: str, customer_id: str, now: datetime, days: int = 30) -> CustomerBalance:
+    """A customer's balances, and the points that expire in the next `days` days by local date."""
+    async with _snapshot() as connection:
+        rows = await connection.fetch(
+            "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2", program_id, customer_id
+        )
+        if not rows:
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        expiring = await connection.fetch(
+            "SELECT (l.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date AS last_day,"
+            " sum(l.remaining)::bigint AS points FROM lots l"
+            " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+            " JOIN programs p ON p.id = l.program_id"
+            " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
+            " AND l.expires_at > $3 AND l.expires_at <= $4 GROUP BY 1 ORDER BY 1",
+            program_id, customer_id, now, now + timedelta(days=days),
+        )
+    balances = {row["kind"]: row["balance"] for row in rows}
+    return CustomerBalance(
+        customer_id=customer_id,
+        available=balances["available"],
+        pending=balances["pending"],
+        held=balances["held"],
+        credit_available=balances["credit_available"],
+        credit_held=balances["credit_held"],
+        expiring=[ExpiringPoints(row["last_day"], row["points"]) for row in expiring],
+    )
+
+
+# --- Statements ----------------------------------------------------------------------
+
+
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+    entry_id: int
+    line: int
+    kind: str
+    posted_at: datetime
+    amount: int
+    balance_after: int
+    metadata: dict[str, Any]
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True):
+    account: AccountBalance
+    opening_balance: int
+    lines: list[StatementLine]
+    next_cursor: str | None
+
+
+def _cursor(line: StatementLine) -> str:
+    return f"{line.posted_at.isoformat()}|{line.entry_id}|{line.line}"
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int, int]:
+    try:
+        posted, entry, line = cursor.split("|")
+        return datetime.fromisoformat(posted), int(entry), int(line)
+    except ValueError:
+        raise InvalidInput("malformed cursor", field="cursor") from None
+
+
+async def statement(
+    program_id: str, account_id: int, start: datetime, end: datetime, limit: int, cursor: str | None
+) -> Statement:
+    """Postings of one account in [start, end) with the running balance, a page at a time."""
+    _check_period(start, end)
+    after = _parse_cursor(cursor) if cursor else (start - timedelta(microseconds=1), 0, 0)
+    async with _snapshot() as connection:
+        account_row = await connection.fetchrow(_BALANCE_AS_OF, program_id, account_id, end)
+        if account_row is None:
+            raise NotFound(f"account {account_id} not found", field="account_id")
+        opening = await connection.fetchval(
+            "SELECT coalesce(sum(amount), 0)::bigint FROM postings WHERE program_id = $1 AND account_id = $2"
+            " AND (posted_at, entry_id, line) <= ($3, $4, $5)",
+            program_id, account_id, *after,
+        )
+        rows = await connection.fetch(
+            "SELECT p.entry_id, p.line, e.kind, p.posted_at, p.amount, e.metadata FROM postings p"
+            " JOIN entries e ON e.program_id = p.program_id AND e.id = p.entry_id"
+            " WHERE p.program_id = $1 AND p.account_id = $2 AND (p.posted_at, p.entry_id, p.line) > ($3, $4, $5)"
+            " AND p.posted_at < $6 ORDER BY p.posted_at, p.entry_id, p.line LIMIT $7",
+            program_id, account_id, *after, end, limit + 1,
+        )
+    running = opening
+    lines: list[StatementLine] = []
+    for row in rows[:limit]:
+        running += row["amount"]
+        lines.append(
+            StatementLine(
+                entry_id=row["entry_id"], line=row["line"], kind=row["kind"], posted_at=row["posted_at"],
+                amount=row["amount"], balance_after=running, metadata=json.loads(row["metadata"]),
+            )
+        )
+    account = AccountBalance(
+        account_id=account_row["id"], code=account_row["code"], kind=account_row["kind"],
+        unit=account_row["unit"], customer_id=account_row["customer_id"], balance=account_row["balance"], as_of=end,
+    )
+    return Statement(
+        account=account,
+        opening_balance=opening,
+        lines=lines,
+        next_cursor=_cursor(lines[-1]) if len(rows) > limit else None,
+    )
+
+
+# --- Trial balance, liability, activity ----------------------------------------------
+
+
+class TrialBalanceRow(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    unit: str
+    normal_side: str
+    accounts: int
+    debit: int
+    credit: int
+    balance: int  # credit - debit
+
+
+class UnitTotals(msgspec.Struct, frozen=True, kw_only=True):
+    unit: str
+    debit: int
+    credit: int
+    balanced: bool
+
+
+class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
+    as_of: datetime
+    rows: list[TrialBalanceRow]
+    totals: list[UnitTotals]
+
+
+async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
+    """Debit and credit totals per account kind as of an instant; per unit they must agree."""
+    async with _snapshot() as connection:
+        rows = await connection.fetch(
+            "SELECT a.kind, a.unit, a.normal_side, count(DISTINCT a.id) AS accounts,"
+            " coalesce(sum(-p.amount) FILTER (WHERE p.amount < 0), 0)::bigint AS debit,"
+            " coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)::bigint AS credit"
+            " FROM accounts a LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
+            " AND p.posted_at <= $2 WHERE a.program_id = $1 GROUP BY a.kind, a.unit, a.normal_side"
+            " ORDER BY a.unit, a.kind",
+            program_id, as_of,
+        )
+    result = [
+        TrialBalanceRow(
+            kind=r["kind"], unit=r["unit"], normal_side=r["normal_side"], accounts=r["accounts"],
+            debit=r["debit"], credit=r["credit"], balance=r["credit"] - r["debit"],
+        )
+        for r in rows
+    ]
+    totals = []
+    for unit in sorted({row.unit for row in result}):
+        debit = sum(row.debit for row in result if row.unit == unit)
+        credit = sum(row.credit for row in result if row.unit == unit)
+        totals.append(UnitTotals(unit=unit, debit=debit, credit=credit, balanced=debit == credit))
+    return TrialBalance(as_of=as_of, rows=result, totals=totals)
+
+
+class ShopLiability(msgspec.Struct, frozen=True, kw_only=True):
+    shop_id: str | None
+    points: int
+    value_minor: int
+
+
+class Liability(msgspec.Struct, frozen=True, kw_only=True):
+    as_of: datetime
+    currency: str
+    point_value_minor: int
+    points_outstanding: int
+    value_minor: int
+    credit_outstanding_minor: int
+    by_shop: list[ShopLiability]
+
+
+async def liability(program_id: str, as_of: datetime) -> Liability:
+    """Points customers hold (available, pending, held) at an instant, valued at the point value;
+    per shop by the customer's enrolling shop."""
+    async with _snapshot() as connection:
+        program = await connection.fetchrow(
+            "SELECT currency, point_value_minor FROM programs WHERE id = $1", program_id
+        )
+        rows = await connection.fetch(
+            "SELECT c.shop_id, a.unit, coalesce(sum(last.balance_after), 0)::bigint AS outstanding"
+            " FROM accounts a JOIN customers c ON c.program_id = a.program_id AND c.id = a.customer_id"
+            " CROSS JOIN LATERAL (SELECT p.balance_after FROM postings p WHERE p.program_id = a.program_id"
+            "   AND p.account_id = a.id AND p.posted_at <= $2 ORDER BY p.posted_at DESC, p.entry_id DESC,"
+            "   p.line DESC LIMIT 1) AS last"
+            " WHERE a.program_id = $1 GROUP BY c.shop_id, a.unit ORDER BY c.shop_id NULLS FIRST",
+            program_id, as_of,
+        )
+    value = program["point_value_minor"]
+    by_shop = [
+        ShopLiability(shop_id=r["shop_id"], points=r["outstanding"], value_minor=r["outstanding"] * value)
+        for r in rows
+        if r["unit"] == "POINTS"
+    ]
+    points = sum(shop.points for shop in by_shop)
+    credit = sum(r["outstanding"] for r in rows if r["unit"] == "CREDIT")
+    return Liability(
+        as_of=as_of, currency=program["currency"], point_value_minor=value, points_outstanding=points,
+        value_minor=points * value, credit_outstanding_minor=credit, by_shop=by_shop,
+    )
+
+
+class Activity(msgspec.Struct, frozen=True, kw_only=True):
+    start: datetime
+    end: datetime
+    issued: int
+    redeemed: int
+    expired: int
+    referral_rewards: int
+    adjustments: int
+    credit_issued: int
+    credit_redeemed: int
+
+
+async def activity(program_id: str, start: datetime, end: datetime) -> Activity:
+    """Net movement of each system account in [start, end): points issued, redeemed, expired (breakage)."""
+    _check_period(start, end)
+    async with _snapshot() as connection:
+        rows = await connection.fetch(
+            "SELECT a.kind, coalesce(sum(p.amount), 0)::bigint AS net FROM accounts a"
+            " LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
+            " AND p.posted_at >= $2 AND p.posted_at < $3"
+            " WHERE a.program_id = $1 AND a.customer_id IS NULL GROUP BY a.kind",
+            program_id, start, end,
+        )
+    net = {row["kind"]: row["net"] for row in rows}
+    return Activity(
+        start=start,
+        end=end,
+        issued=-net.get("issued", 0),
+        redeemed=net.get("redeemed", 0),
+        expired=net.get("expired", 0),
+        referral_rewards=-net.get("referral_rewards", 0),
+        adjustments=net.get("adjustments", 0),
+        credit_issued=-net.get("credit_issued", 0),
+        credit_redeemed=net.get("credit_redeemed", 0),
+    )
+
+
+# --- Journal export ------------------------------------------------------------------
+
+JOURNAL_COLUMNS = (
+    "entry_id", "posted_at", "kind", "actor", "reverses_entry_id", "line", "account", "unit", "amount",
+    "balance_after", "metadata",
+)
+
+
+async def journal_rows(program_id: str, start: datetime, end: datetime) -> AsyncIterator[tuple[Any, ...]]:
+    """Every posting in [start, end) in journal order, streamed through a server-side cursor."""
+    _check_period(start, end)
+    if DB.pool is None:
+        raise RuntimeError("connection pool not started")
+    async with DB.pool.acquire() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
+        cursor = connection.cursor(
+            "SELECT e.id, e.posted_at, e.kind, e.actor, e.reverses_entry_id, p.line, a.code, p.unit,"
+            " p.amount, p.balance_after, e.metadata FROM entries e"
+            " JOIN postings p ON p.program_id = e.program_id AND p.entry_id = e.id"
+            " JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
+            " WHERE e.program_id = $1 AND e.posted_at >= $2 AND e.posted_at < $3"
+            " ORDER BY e.posted_at, e.id, p.line",
+            program_id, start, end, prefetch=2000,
+        )
+        async for row in cursor:
+            yield tuple(row)

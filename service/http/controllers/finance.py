@@ -1,0 +1,146 @@
+"""Finance's read-only audit API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import PathParameter, QueryParameter
+from litestar.response import Stream
+
+from service.domain.access import Principal, Scope
+from service.domain.clock import Clock
+from service.http.auth import requires
+from service.usecases import finance
+
+AsOf = Annotated[datetime | None, QueryParameter(description="RFC 3339 instant; default now")]
+From = Annotated[datetime, QueryParameter(name="from", description="inclusive RFC 3339 instant")]
+To = Annotated[datetime, QueryParameter(name="to", description="exclusive RFC 3339 instant")]
+AccountId = Annotated[int, PathParameter(ge=1)]
+
+
+class AccountPageResponse(msgspec.Struct, kw_only=True):
+    items: list[finance.AccountBalance]
+    next_cursor: int | None
+
+
+def _ndjson(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[bytes]:
+    async def lines() -> AsyncIterator[bytes]:
+        async for row in rows:
+            record = dict(zip(finance.JOURNAL_COLUMNS, row, strict=True))
+            record["metadata"] = json.loads(record["metadata"])
+            yield msgspec.json.encode(record) + b"\n"
+
+    return lines()
+
+
+def _csv(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[bytes]:
+    async def lines() -> AsyncIterator[bytes]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(finance.JOURNAL_COLUMNS)
+        async for row in rows:
+            writer.writerow(
+                [value.isoformat() if isinstance(value, datetime) else value for value in row]
+            )
+            if buffer.tell() > 64_000:
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue().encode()
+
+    return lines()
+
+
+class FinanceController(Controller):
+    """Read-only: nothing here can change the ledger."""
+
+    path = "/v1/finance"
+    tags = ["finance"]
+    guards = [requires(Scope.FINANCE, Scope.ADMIN)]
+
+    @get("/journal")
+    async def journal(
+        self,
+        principal: NamedDependency[Principal],
+        start: From,
+        end: To,
+        format: Annotated[Literal["ndjson", "csv"], QueryParameter()] = "ndjson",  # noqa: A002
+    ) -> Stream:
+        """Every posting of the period in journal order, streamed in constant memory."""
+        rows = finance.journal_rows(principal.program_id, start, end)
+        first = await anext(rows, None)  # validates the period before the response starts
+
+        async def with_first() -> AsyncIterator[tuple[Any, ...]]:
+            if first is not None:
+                yield first
+                async for row in rows:
+                    yield row
+
+        body = _csv(with_first()) if format == "csv" else _ndjson(with_first())
+        media_type = "text/csv" if format == "csv" else "application/x-ndjson"
+        filename = f"journal-{principal.program_id}.{format}"
+        return Stream(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    @get("/accounts")
+    async def accounts(
+        self,
+        principal: NamedDependency[Principal],
+        customer_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        cursor: Annotated[int | None, QueryParameter(ge=0)] = None,
+    ) -> AccountPageResponse:
+        """Accounts with their current balances, a page at a time."""
+        items, next_cursor = await finance.list_accounts(principal.program_id, customer_id, limit, cursor)
+        return AccountPageResponse(items=items, next_cursor=next_cursor)
+
+    @get("/accounts/{account_id:int}/balance")
+    async def balance(
+        self, account_id: AccountId, principal: NamedDependency[Principal], as_of: AsOf = None
+    ) -> finance.AccountBalance:
+        """An account's balance now or at any instant."""
+        return await finance.account_balance(principal.program_id, account_id, as_of)
+
+    @get("/accounts/{account_id:int}/statement")
+    async def statement(
+        self,
+        account_id: AccountId,
+        principal: NamedDependency[Principal],
+        start: From,
+        end: To,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+        cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
+    ) -> finance.Statement:
+        """The account's postings in the period with opening and running balances."""
+        return await finance.statement(principal.program_id, account_id, start, end, limit, cursor)
+
+    @get("/trial-balance")
+    async def trial_balance(
+        self, principal: NamedDependency[Principal], clock: NamedDependency[Clock], as_of: AsOf = None
+    ) -> finance.TrialBalance:
+        """Debit and credit totals per account kind; per unit they agree."""
+        return await finance.trial_balance(principal.program_id, as_of or clock.now())
+
+    @get("/liability")
+    async def liability(
+        self, principal: NamedDependency[Principal], clock: NamedDependency[Clock], as_of: AsOf = None
+    ) -> finance.Liability:
+        """Outstanding points valued at the program's point value, per shop and in total."""
+        return await finance.liability(principal.program_id, as_of or clock.now())
+
+    @get("/activity")
+    async def activity(self, principal: NamedDependency[Principal], start: From, end: To) -> finance.Activity:
+        """Points issued, redeemed and expired (breakage) in the period."""
+        return await finance.activity(principal.program_id, start, end)
+
+    @get("/chain")
+    async def chain(self, principal: NamedDependency[Principal]) -> finance.ChainReport:
+        """Recompute the hash chain; name the first broken entry if any."""
+        return await finance.verify_chain(principal.program_id)

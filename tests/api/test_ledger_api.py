@@ -1,0 +1,110 @@
+"""Ledger writes and the finance audit view over HTTP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+
+from service.domain.clock import ManualClock
+from service.usecases import ledger_jobs
+from tests.conftest import ProgramFixture
+
+
+async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str) -> str:
+    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
+    assert response.status_code == 201, response.text
+    customer_id: str = response.json()["id"]
+    return customer_id
+
+
+async def test_adjust_hold_capture_and_audit(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    ann = await _customer(client, program, "ann")
+    start = clock.now() - timedelta(seconds=1)
+    admin = program.auth("admin")
+    grant = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 1000, "reason": "welcome"},
+        headers={**admin, "Idempotency-Key": "grant-1"},
+    )
+    assert grant.status_code == 201, grant.text
+    retry = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 1000, "reason": "welcome"},
+        headers={**admin, "Idempotency-Key": "grant-1"},
+    )
+    assert retry.json() == grant.json()
+    conflict = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 5, "reason": "welcome"},
+        headers={**admin, "Idempotency-Key": "grant-1"},
+    )
+    assert conflict.status_code == 409
+    assert conflict.json()["type"] == "/problems/idempotency-key-reused"
+    clock.advance(timedelta(seconds=5))
+
+    checkout = program.auth("checkout")
+    hold = await client.post(
+        "/v1/holds", json={"customer_id": ann, "amount": 400}, headers={**checkout, "Idempotency-Key": "h-1"}
+    )
+    assert hold.status_code == 201, hold.text
+    too_much = await client.post(
+        "/v1/holds", json={"customer_id": ann, "amount": 601}, headers={**checkout, "Idempotency-Key": "h-2"}
+    )
+    assert too_much.status_code == 409
+    assert too_much.json()["available"] == 600
+    capture = await client.post(
+        f"/v1/holds/{hold.json()['id']}/capture", json={"amount": 250}, headers={**checkout, "Idempotency-Key": "c-1"}
+    )
+    assert capture.status_code == 200, capture.text
+    assert capture.json()["status"] == "captured"
+
+    balance = await client.get(f"/v1/customers/{ann}/balance", headers=checkout)
+    assert balance.json()["available"] == 750
+    assert balance.json()["held"] == 0
+
+    finance = program.auth("finance")
+    denied = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 1, "reason": "x"},
+        headers={**finance, "Idempotency-Key": "f-1"},
+    )
+    assert denied.status_code == 403
+
+    trial = (await client.get("/v1/finance/trial-balance", headers=finance)).json()
+    assert all(total["balanced"] for total in trial["totals"])
+    points = next(t for t in trial["totals"] if t["unit"] == "POINTS")
+    assert points["debit"] == points["credit"] == 1000 + 400 + 400
+
+    liability = (await client.get("/v1/finance/liability", headers=finance)).json()
+    assert liability["points_outstanding"] == 750
+    period = {"from": start.isoformat(), "to": (clock.now() + timedelta(seconds=1)).isoformat()}
+    activity = (await client.get("/v1/finance/activity", params=period, headers=finance)).json()
+    assert (activity["issued"], activity["redeemed"], activity["expired"]) == (1000, 250, 0)
+
+    journal = await client.get("/v1/finance/journal", params=period, headers=finance)
+    assert journal.status_code == 200
+    lines = journal.text.strip().splitlines()
+    assert len(lines) == 2 + 2 + 3  # grant, hold, capture (held -> redeemed + available)
+    csv_export = await client.get("/v1/finance/journal", params={**period, "format": "csv"}, headers=finance)
+    assert csv_export.text.splitlines()[0].startswith("entry_id,posted_at,kind")
+    assert len(csv_export.text.strip().splitlines()) == 1 + 7
+
+    accounts = (await client.get("/v1/finance/accounts", params={"customer_id": ann}, headers=finance)).json()
+    available = next(a for a in accounts["items"] if a["kind"] == "available")
+    statement = await client.get(
+        f"/v1/finance/accounts/{available['account_id']}/statement", params=period, headers=finance
+    )
+    assert [line["balance_after"] for line in statement.json()["lines"]] == [1000, 600, 750]
+    as_of = await client.get(
+        f"/v1/finance/accounts/{available['account_id']}/balance",
+        params={"as_of": grant.json()["posted_at"]},
+        headers=finance,
+    )
+    assert as_of.json()["balance"] == 1000
+
+    await ledger_jobs.seal_chain(program.id)
+    chain = (await client.get("/v1/finance/chain", headers=finance)).json()
+    assert chain["valid"] and chain["sealed"] == 3 and chain["unsealed"] == 0
