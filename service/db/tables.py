@@ -12,7 +12,7 @@ from piccolo.table import Table
 from service.db.piccolo_conf import DB
 
 
-class Program(Table, tablename="programs", db=DB):  # type: ignore[misc]
+class Program(Table, tablename="programs", db=DB):
     """The tenant: a loyalty program."""
 
     id = Text(primary_key=True)
@@ -24,7 +24,7 @@ class Program(Table, tablename="programs", db=DB):  # type: ignore[misc]
     created_at = Timestamptz()
 
 
-class Shop(Table, tablename="shops", db=DB):  # type: ignore[misc]
+class Shop(Table, tablename="shops", db=DB):
     """A sales channel of a program."""
 
     program_id = Text()
@@ -33,7 +33,7 @@ class Shop(Table, tablename="shops", db=DB):  # type: ignore[misc]
     created_at = Timestamptz()
 
 
-class ApiKey(Table, tablename="api_keys", db=DB):  # type: ignore[misc]
+class ApiKey(Table, tablename="api_keys", db=DB):
     """A server-to-server key with one scope; only its hash is stored."""
 
     program_id = Text()
@@ -46,7 +46,7 @@ class ApiKey(Table, tablename="api_keys", db=DB):  # type: ignore[misc]
     revoked_at = Timestamptz(null=True, default=None)
 
 
-class Customer(Table, tablename="customers", db=DB):  # type: ignore[misc]
+class Customer(Table, tablename="customers", db=DB):
     """A member of a program, known to shops by its external id."""
 
     program_id = Text()

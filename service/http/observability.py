@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Histogram
 
@@ -55,9 +56,10 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
     """Tag each request with an id (X-Request-Id in and out), count it, time it, log it."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
+        method = str(scope.get("method", "-"))
         headers = dict(scope.get("headers", []))
         presented = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
         request_id = presented or uuid.uuid4().hex
@@ -77,11 +79,11 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(scope["method"], route).observe(elapsed)
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(elapsed)
             log.info(
                 "%s %s %s",
-                scope["method"],
+                method,
                 scope["path"],
                 status,
                 extra={"fields": {"status": status, "duration_ms": round(elapsed * 1000, 2), "route": route}},

@@ -91,7 +91,13 @@ _BALANCE_AS_OF = (
 async def account_balance(program_id: str, account_id: int, as_of: datetime | None) -> AccountBalance:
     """An account's balance now or at any instant (a lookup of the posting's balance after)."""
     async with _snapshot() as connection:
-        row = await connection.fetchrow(_BALANCE_AS_OF, program_id, account_id, as_of)
+        return await _balance_as_of(connection, program_id, account_id, as_of)
+
+
+async def _balance_as_of(
+    connection: asyncpg.Connection, program_id: str, account_id: int, as_of: datetime | None
+) -> AccountBalance:
+    row = await connection.fetchrow(_BALANCE_AS_OF, program_id, account_id, as_of)
     if row is None:
         raise NotFound(f"account {account_id} not found", field="account_id")
     return AccountBalance(
@@ -111,16 +117,7 @@ async def list_accounts(
             " ORDER BY a.id LIMIT $4",
             program_id, customer_id, after, limit + 1,
         )
-        page = [
-            await connection.fetchrow(_BALANCE_AS_OF, program_id, row["id"], None) for row in rows[:limit]
-        ]
-    items = [
-        AccountBalance(
-            account_id=r["id"], code=r["code"], kind=r["kind"], unit=r["unit"],
-            customer_id=r["customer_id"], balance=r["balance"], as_of=None,
-        )
-        for r in page
-    ]
+        items = [await _balance_as_of(connection, program_id, row["id"], None) for row in rows[:limit]]
     return items, (items[-1].account_id if len(rows) > limit else None)
 
 
@@ -207,9 +204,7 @@ async def statement(
     _check_period(start, end)
     after = _parse_cursor(cursor) if cursor else (start - timedelta(microseconds=1), 0, 0)
     async with _snapshot() as connection:
-        account_row = await connection.fetchrow(_BALANCE_AS_OF, program_id, account_id, end)
-        if account_row is None:
-            raise NotFound(f"account {account_id} not found", field="account_id")
+        account = await _balance_as_of(connection, program_id, account_id, end)
         opening = await connection.fetchval(
             "SELECT coalesce(sum(amount), 0)::bigint FROM postings WHERE program_id = $1 AND account_id = $2"
             " AND (posted_at, entry_id, line) <= ($3, $4, $5)",
@@ -232,10 +227,6 @@ async def statement(
                 amount=row["amount"], balance_after=running, metadata=json.loads(row["metadata"]),
             )
         )
-    account = AccountBalance(
-        account_id=account_row["id"], code=account_row["code"], kind=account_row["kind"],
-        unit=account_row["unit"], customer_id=account_row["customer_id"], balance=account_row["balance"], as_of=end,
-    )
     return Statement(
         account=account,
         opening_balance=opening,
@@ -329,6 +320,7 @@ async def liability(program_id: str, as_of: datetime) -> Liability:
             " WHERE a.program_id = $1 GROUP BY c.shop_id, a.unit ORDER BY c.shop_id NULLS FIRST",
             program_id, as_of,
         )
+    assert program is not None
     value = program["point_value_minor"]
     by_shop = [
         ShopLiability(shop_id=r["shop_id"], points=r["outstanding"], value_minor=r["outstanding"] * value)

@@ -182,7 +182,8 @@ _HOLD_COLUMNS = (
 )
 
 
-def _hold(row: asyncpg.Record) -> Hold:
+def _hold(row: asyncpg.Record | None) -> Hold:
+    assert row is not None, "the statement returns the hold row"
     return msgspec.convert(dict(row), Hold)
 
 

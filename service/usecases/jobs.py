@@ -1,0 +1,66 @@
+"""The scheduled work of every program, run in the service or by `loyalty jobs run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from service.db.transaction import transaction
+from service.domain.clock import Clock
+from service.usecases import ledger_jobs
+
+log = logging.getLogger("loyalty.jobs")
+
+
+class JobReport(msgspec.Struct, kw_only=True):
+    program_id: str
+    holds_expired: int = 0
+    expiry_entries: int = 0
+    entries_sealed: int = 0
+
+
+async def program_ids() -> list[str]:
+    async with transaction() as connection:
+        rows = await connection.fetch("SELECT id FROM programs ORDER BY id")
+    return [row["id"] for row in rows]
+
+
+async def run_program_jobs(program_id: str, clock: Clock) -> JobReport:
+    """Void expired holds, expire points, then seal the chain, for one program."""
+    report = JobReport(program_id=program_id)
+    report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)
+    report.expiry_entries = await ledger_jobs.expire_points(program_id, clock)
+    report.entries_sealed = await ledger_jobs.seal_chain(program_id)
+    return report
+
+
+async def run_all(clock: Clock) -> list[JobReport]:
+    """Every job for every program, once."""
+    return [await run_program_jobs(program_id, clock) for program_id in await program_ids()]
+
+
+async def seal_all() -> int:
+    """Seal the queued entries of every program."""
+    return sum([await ledger_jobs.seal_chain(program_id) for program_id in await program_ids()])
+
+
+async def scheduler(clock: Clock, interval_s: float, seal_interval_s: float = 1.0) -> None:
+    """Run the jobs forever: the sealer every second, the rest every interval."""
+    elapsed = interval_s
+    while True:
+        try:
+            if elapsed >= interval_s:
+                elapsed = 0.0
+                for report in await run_all(clock):
+                    if report.holds_expired or report.expiry_entries:
+                        log.info("jobs ran", extra={"fields": msgspec.structs.asdict(report)})
+            else:
+                await seal_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduled jobs failed; retrying next round")
+        await asyncio.sleep(seal_interval_s)
+        elapsed += seal_interval_s
