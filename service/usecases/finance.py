@@ -397,3 +397,88 @@ async def journal_rows(program_id: str, start: datetime, end: datetime) -> Async
         )
         async for row in cursor:
             yield tuple(row)
+
+
+# --- One entry, traced -------------------------------------------------------------
+
+
+class EntryPosting(msgspec.Struct, frozen=True, kw_only=True):
+    line: int
+    account_id: int
+    account: str
+    unit: str
+    amount: int
+    balance_after: int | None
+
+
+class LotMovement(msgspec.Struct, frozen=True, kw_only=True):
+    """Part of a lot this entry consumed, and the entry that earned that lot."""
+
+    lot_id: int
+    amount: int
+    earned_by_entry_id: int
+    earned_at: datetime
+    expires_at: datetime | None
+
+
+class EntryDetail(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str
+    posted_at: datetime
+    actor: str
+    reverses_entry_id: int | None
+    reversed_by_entry_id: int | None
+    metadata: dict[str, Any]
+    postings: list[EntryPosting]
+    lots_consumed: list[LotMovement]
+    lots_created: list[LotMovement]
+    seal_seq: int | None
+
+
+async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
+    """An entry with its postings, the lots it spent (traced to where they were earned) and created."""
+    async with _snapshot() as connection:
+        entry = await connection.fetchrow(
+            "SELECT e.id, e.kind, e.posted_at, e.actor, e.reverses_entry_id, e.metadata,"
+            " (SELECT r.id FROM entries r WHERE r.program_id = e.program_id AND r.reverses_entry_id = e.id)"
+            " AS reversed_by, (SELECT s.seq FROM entry_seals s WHERE s.program_id = e.program_id"
+            " AND s.entry_id = e.id) AS seal_seq FROM entries e WHERE e.program_id = $1 AND e.id = $2",
+            program_id, entry_id,
+        )
+        if entry is None:
+            raise NotFound(f"entry {entry_id} not found", field="entry_id")
+        postings = await connection.fetch(
+            "SELECT p.line, p.account_id, a.code, p.unit, p.amount, p.balance_after FROM postings p"
+            " JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
+            " WHERE p.program_id = $1 AND p.entry_id = $2 ORDER BY p.line",
+            program_id, entry_id,
+        )
+        consumed = await connection.fetch(
+            "SELECT l.id, al.amount, l.entry_id, l.earned_at, l.expires_at FROM lot_allocations al"
+            " JOIN lots l ON l.program_id = al.program_id AND l.id = al.lot_id"
+            " WHERE al.program_id = $1 AND al.entry_id = $2 ORDER BY l.expires_at NULLS LAST, l.id",
+            program_id, entry_id,
+        )
+        created = await connection.fetch(
+            "SELECT id, amount, entry_id, earned_at, expires_at FROM lots"
+            " WHERE program_id = $1 AND entry_id = $2 ORDER BY id",
+            program_id, entry_id,
+        )
+
+    def movements(rows: list[asyncpg.Record]) -> list[LotMovement]:
+        return [
+            LotMovement(lot_id=r[0], amount=r[1], earned_by_entry_id=r[2], earned_at=r[3], expires_at=r[4])
+            for r in rows
+        ]
+
+    return EntryDetail(
+        id=entry["id"], kind=entry["kind"], posted_at=entry["posted_at"], actor=entry["actor"],
+        reverses_entry_id=entry["reverses_entry_id"], reversed_by_entry_id=entry["reversed_by"],
+        metadata=json.loads(entry["metadata"]),
+        postings=[
+            EntryPosting(line=p["line"], account_id=p["account_id"], account=p["code"], unit=p["unit"],
+                         amount=p["amount"], balance_after=p["balance_after"])
+            for p in postings
+        ],
+        lots_consumed=movements(consumed), lots_created=movements(created), seal_seq=entry["seal_seq"],
+    )

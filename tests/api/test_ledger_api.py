@@ -105,6 +105,17 @@ async def test_adjust_hold_capture_and_audit(
     )
     assert as_of.json()["balance"] == 1000
 
+    traced = (await client.get(f"/v1/finance/entries/{capture.json()['resolve_entry_id']}", headers=finance)).json()
+    assert [(p["account"], p["amount"]) for p in traced["postings"]] == [
+        (f"customer:{ann}:held", -400),
+        ("system:redeemed", 250),
+        (f"customer:{ann}:available", 150),
+    ]
+    assert sum(m["amount"] for m in traced["lots_consumed"]) == 400
+    assert [m["amount"] for m in traced["lots_created"]] == [150]
+    hold_entry = (await client.get(f"/v1/finance/entries/{hold.json()['authorize_entry_id']}", headers=finance)).json()
+    assert hold_entry["lots_consumed"][0]["earned_by_entry_id"] == int(grant.json()["id"])
+
     await ledger_jobs.seal_chain(program.id)
     chain = (await client.get("/v1/finance/chain", headers=finance)).json()
     assert chain["valid"] and chain["sealed"] == 3 and chain["unsealed"] == 0

@@ -140,6 +140,13 @@ class FinanceController(Controller):
         """Points issued, redeemed and expired (breakage) in the period."""
         return await finance.activity(principal.program_id, start, end)
 
+    @get("/entries/{entry_id:int}")
+    async def entry(
+        self, entry_id: Annotated[int, PathParameter(ge=1)], principal: NamedDependency[Principal]
+    ) -> finance.EntryDetail:
+        """One entry: postings, the lots it spent (traced to where they were earned), its seal."""
+        return await finance.entry_detail(principal.program_id, entry_id)
+
     @get("/chain")
     async def chain(self, principal: NamedDependency[Principal]) -> finance.ChainReport:
         """Recompute the hash chain; name the first broken entry if any."""
