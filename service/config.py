@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,7 +51,24 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "LOYALTY_JOB_INTERVAL_S": ("job_interval_s", float),
 }
 
-_POSITIVE = {"port", "pool_min_size", "pool_max_size", "max_body_bytes", "customer_token_ttl_s"}
+_POSITIVE = {
+    "port",
+    "pool_min_size",
+    "pool_max_size",
+    "pool_acquire_timeout_s",
+    "max_body_bytes",
+    "customer_token_ttl_s",
+    "job_interval_s",
+}
+# The name goes into CREATE DATABASE "<name>": keep it a plain identifier.
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _positive(value: object) -> bool:
+    """A whole number above zero, or a finite float above zero (not nan, not inf)."""
+    if isinstance(value, int):
+        return value > 0
+    return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
 def _parse(variable: str, raw: str, kind: type) -> object:
@@ -64,7 +83,8 @@ def _parse(variable: str, raw: str, kind: type) -> object:
         try:
             return kind(raw)
         except ValueError:
-            raise SettingsError(f"{variable} must be a number, got {raw!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise SettingsError(f"{variable} must be {what}, got {raw!r}") from None
     if kind is Path:
         return Path(raw).expanduser().resolve()
     return raw
@@ -79,7 +99,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if raw is None or raw == "":
             continue
         value = _parse(variable, raw, kind)
-        if field in _POSITIVE and isinstance(value, int) and value <= 0:
+        if field in _POSITIVE and not _positive(value):
             raise SettingsError(f"{variable} must be positive, got {raw!r}")
         values[field] = value
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -89,6 +109,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ("postgres://", "postgresql://")
     ):
         raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    if settings.port > 65535:
+        raise SettingsError(f"LOYALTY_PORT must be at most 65535, got {settings.port}")
+    if not _DATABASE_NAME.fullmatch(settings.database_name):
+        raise SettingsError(
+            "LOYALTY_DATABASE_NAME must be letters, digits and underscores (at most 63),"
+            f" got {settings.database_name!r}"
+        )
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+        raise SettingsError(
+            f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}"
+        )
     return settings

@@ -27,7 +27,7 @@ from service.domain.clock import ManualClock
 from service.domain.programs import ProgramSettings
 from service.usecases.programs import create_api_key, create_program, create_shop
 
-TEST_DATABASE = "loyalty_test"
+TEST_DATABASE = f"loyalty_test_{os.getpid()}"  # one per session: parallel sessions never collide
 
 
 async def _fresh_database(settings: Settings) -> tuple[str, str]:
@@ -52,12 +52,17 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 async def database(settings: Settings) -> AsyncIterator[str]:
     """DSN of a migrated test database, with the app's pool open on it."""
-    _, dsn = await _fresh_database(settings)
+    server_dsn, dsn = await _fresh_database(settings)
     DB.configure({"dsn": dsn})
     await migrate()
     await start_pool(dsn, settings)
     yield dsn
     await close_pool()
+    connection = await asyncpg.connect(server_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +90,7 @@ def app(settings: Settings, database: str, clock: ManualClock) -> Litestar:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime
 from enum import StrEnum
@@ -15,7 +16,10 @@ from service.domain.errors import Unauthorized
 from service.domain.ids import new_id
 
 API_KEY_PREFIX = "lk"
-CUSTOMER_TOKEN_PREFIX = "ct"
+CUSTOMER_TOKEN_PREFIX = "ct"  # noqa: S105 - a prefix, not a secret
+# Keys and tokens are made of ids and url-safe base64 joined by dots; anything else (a NUL,
+# say, which PostgreSQL would refuse in a query) is not a credential.
+_CREDENTIAL_CHARACTERS = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 class Scope(StrEnum):
@@ -75,6 +79,8 @@ def issue_api_key(program_id: str) -> IssuedApiKey:
 
 def parse_api_key(text: str) -> ParsedApiKey | None:
     """Split a presented API key, or None if it is not one."""
+    if not _CREDENTIAL_CHARACTERS.fullmatch(text):
+        return None
     parts = text.split(".")
     if len(parts) != 4 or parts[0] != API_KEY_PREFIX or not all(parts[1:]):
         return None
@@ -115,6 +121,8 @@ def sign_customer_token(
 
 def token_program(text: str) -> str | None:
     """The program a customer token claims to belong to, before verification."""
+    if not _CREDENTIAL_CHARACTERS.fullmatch(text):
+        return None
     parts = text.split(".")
     if len(parts) != 4 or parts[0] != CUSTOMER_TOKEN_PREFIX or not parts[1]:
         return None

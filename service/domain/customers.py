@@ -7,9 +7,17 @@ from typing import Annotated, Any
 
 import msgspec
 
-ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Email = Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-PersonName = Annotated[str, msgspec.Meta(max_length=200)]
+from service.domain.errors import InvalidInput
+
+# PostgreSQL text cannot hold NUL (U+0000), so no text field accepts it.
+NO_NUL = r"^[^\x00]*$"
+ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Email = Annotated[
+    str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
+]
+PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
+ShopRef = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+MAX_ATTRIBUTE_DEPTH = 32
 
 
 class Customer(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,15 +37,15 @@ class Enrolment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     external_id: ExternalId
     email: Email | None = None
     name: PersonName | None = None
-    shop_id: str | None = None
+    shop_id: ShopRef | None = None
     attributes: dict[str, Any] = {}
 
 
 class ProfileChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A partial update: fields left unset keep their value."""
 
-    email: Email | None | msgspec.UnsetType = msgspec.UNSET
-    name: PersonName | None | msgspec.UnsetType = msgspec.UNSET
+    email: Email | msgspec.UnsetType | None = msgspec.UNSET
+    name: PersonName | msgspec.UnsetType | None = msgspec.UNSET
     attributes: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -49,3 +57,26 @@ def same_enrolment(existing: Customer, request: Enrolment) -> bool:
         and existing.shop_id == request.shop_id
         and existing.attributes == request.attributes
     )
+
+
+def check_attributes(attributes: dict[str, Any]) -> None:
+    """Refuse attributes jsonb cannot store (NUL in a key or a string) or absurdly deep ones."""
+    pending: list[tuple[object, int]] = [(attributes, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_ATTRIBUTE_DEPTH:
+            raise InvalidInput(
+                f"attributes may be nested at most {MAX_ATTRIBUTE_DEPTH} levels deep",
+                field="attributes",
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise InvalidInput(
+                        "attribute names must not contain NUL (U+0000)", field="attributes"
+                    )
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise InvalidInput("attribute values must not contain NUL (U+0000)", field="attributes")

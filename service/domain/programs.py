@@ -11,7 +11,7 @@ import msgspec
 from service.domain.access import Scope
 from service.domain.errors import InvalidInput
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]  # no NUL
 
 
 class ProgramSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import Receive, Send
+from litestar.types import Scope as AsgiScope
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.errors import Forbidden, Unauthorized
+from service.http.body import require_json_body
+from service.http.problems import domain_error_handler
 from service.usecases.programs import authenticate
 
 PUBLIC_PATHS = {"/health", "/metrics", "/schema", "/problems"}
@@ -20,11 +25,29 @@ PUBLIC_PATHS = {"/health", "/metrics", "/schema", "/problems"}
 class CredentialMiddleware(AbstractAuthenticationMiddleware):
     """Reads `Authorization: Bearer <api key | customer token>` into a Principal."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        """Authenticate; answer a refusal here rather than raise it past the outer middleware.
+
+        An exception raised in a middleware skips the send wrappers of the middleware around
+        it, so a raised 401 would leave without its X-Request-Id and be counted as a 500.
+        Errors of the handler itself never get here: Litestar renders them inside the stack.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        except Unauthorized as refusal:
+            request: Request[Any, Any, Any] = Request(scope, receive, send)
+            response = domain_error_handler(request, refusal)
+            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
-            raise Unauthorized("send `Authorization: Bearer <api key or customer token>`", field="Authorization")
+            raise Unauthorized(
+                "send `Authorization: Bearer <api key or customer token>`", field="Authorization"
+            )
         clock: Clock = connection.app.state.clock
         principal = await authenticate(credential.strip(), clock)
         return AuthenticationResult(user=principal, auth=credential)
@@ -35,16 +58,29 @@ def exclude_public_paths() -> list[str]:
     return [f"^{path}" for path in PUBLIC_PATHS]
 
 
-def requires(*scopes: Scope) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """A guard admitting only principals with one of the scopes."""
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
+
+
+def requires(*scopes: Scope) -> Guard:
+    """A guard admitting only principals with one of the scopes, then only a JSON body.
+
+    Every protected route passes through this guard, so the body check (which must come
+    after the scope check: a finance key gets 403, not 415) lives here rather than in
+    each controller.
+    """
     allowed = frozenset(scopes)
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
+    ) -> None:
         principal = connection.user
         if not isinstance(principal, Principal):
             raise Unauthorized("no credentials")
         if principal.scope not in allowed:
             names = ", ".join(sorted(scope.value for scope in allowed))
-            raise Forbidden(f"this operation needs one of the scopes: {names}", scope=principal.scope.value)
+            raise Forbidden(
+                f"this operation needs one of the scopes: {names}", scope=principal.scope.value
+            )
+        await require_json_body(connection, route_handler)
 
     return guard

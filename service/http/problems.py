@@ -30,6 +30,10 @@ _HTTP_TYPES = {
     503: ("unavailable", "Service unavailable"),
 }
 _FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([^`]*)`")
+# msgspec names the field inside the message when the error is about the enclosing object.
+_FIELD_NAMED_IN_MESSAGE = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
+# Litestar reports errors about the request body as a whole under the key of its parameter.
+_BODY_KEYS = {None, "", "data", "body"}
 
 
 def problem(
@@ -53,10 +57,25 @@ def problem(
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
+def domain_error_handler(
+    request: Request[Any, Any, Any], error: DomainError
+) -> Response[dict[str, Any]]:
     """A refusal by the product's rules."""
+    # RFC 9110: a 401 must say which authentication scheme would be accepted.
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    extra = dict(error.extra)
+    if error.problem_type == "invalid-input" and error.field and "errors" not in extra:
+        # the same shape as a schema error, so clients read one list of field errors
+        extra["errors"] = [{"field": error.field, "message": error.detail, "source": None}]
     return problem(
-        error.status, error.problem_type, error.title, error.detail, request, field=error.field, **error.extra
+        error.status,
+        error.problem_type,
+        error.title,
+        error.detail,
+        request,
+        headers=headers,
+        field=error.field,
+        **extra,
     )
 
 
@@ -64,12 +83,16 @@ def _field_errors(extra: Any) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     for item in extra if isinstance(extra, list) else []:
         message = str(item.get("message", ""))
-        field = item.get("key")
+        key = item.get("key")
+        field = None if key in _BODY_KEYS else str(key)
         matched = _FIELD_IN_MESSAGE.search(message)
         if matched and matched.group(1):
             nested = matched.group(1)
-            field = f"{field}.{nested}" if field and field not in {"data", "body"} else nested
+            field = f"{field}.{nested}" if field else nested
             message = message.split(" - at ")[0]
+        named = _FIELD_NAMED_IN_MESSAGE.search(message)
+        if named:
+            field = f"{field}.{named.group(1)}" if field else named.group(1)
         errors.append({"field": field, "message": message, "source": item.get("source")})
     return errors
 
@@ -77,7 +100,10 @@ def _field_errors(extra: Any) -> list[dict[str, Any]]:
 def validation_handler(
     request: Request[Any, Any, Any], error: ValidationException
 ) -> Response[dict[str, Any]]:
-    """Input that does not fit the request's schema: 422 naming each field (400 if not JSON)."""
+    """Input that does not fit the request's schema: 422 naming each field.
+
+    An error about the body as a whole (not an object, say) names no field: that is a 400.
+    """
     errors = _field_errors(error.extra)
     if errors and all(e["field"] for e in errors):
         first = errors[0]
@@ -91,32 +117,64 @@ def validation_handler(
             errors=errors,
         )
     detail = errors[0]["message"] if errors else error.detail
-    return problem(400, "malformed-request", "Malformed request", detail, request, errors=errors or None)
+    return problem(
+        400, "malformed-request", "Malformed request", detail, request, errors=errors or None
+    )
 
 
-def http_error_handler(request: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+def http_error_handler(
+    request: Request[Any, Any, Any], error: HTTPException
+) -> Response[dict[str, Any]]:
     """Framework errors (404 for unknown routes, 405, 413, 415, ...)."""
     status = error.status_code
     if status >= 500:
-        log.error("server error on %s %s: %s", request.method, request.url.path, error, exc_info=error)
+        log.error(
+            "server error on %s %s: %s", request.method, request.url.path, error, exc_info=error
+        )
     problem_type, title = _HTTP_TYPES.get(status, ("http-error", "HTTP error"))
     return problem(status, problem_type, title, error.detail, request, headers=error.headers)
 
 
-def database_unavailable_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+def database_unavailable_handler(
+    request: Request[Any, Any, Any], error: Exception
+) -> Response[dict[str, Any]]:
     """The database cannot be reached or the pool is exhausted: fail fast, ask to retry."""
     log.warning("database unavailable: %s", error)
     return problem(
-        503, "unavailable", "Service unavailable", "the database is unavailable; retry shortly", request,
+        503,
+        "unavailable",
+        "Service unavailable",
+        "the database is unavailable; retry shortly",
+        request,
         headers={"Retry-After": "1"},
     )
 
 
-def internal_error_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+def unstorable_text_handler(
+    request: Request[Any, Any, Any], error: Exception
+) -> Response[dict[str, Any]]:
+    """Text PostgreSQL cannot store (a NUL character) that reached a query: bad input, not a 500."""
+    log.info("refused unstorable text on %s %s: %s", request.method, request.url.path, error)
+    return problem(
+        422,
+        "invalid-input",
+        "Invalid input",
+        "the request contains a character that cannot be stored (NUL, U+0000)",
+        request,
+    )
+
+
+def internal_error_handler(
+    request: Request[Any, Any, Any], error: Exception
+) -> Response[dict[str, Any]]:
     """Anything unexpected: logged with its traceback, reported without internals."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem(
-        HTTP_500_INTERNAL_SERVER_ERROR, "internal-error", "Internal error", "an unexpected error occurred", request
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal-error",
+        "Internal error",
+        "an unexpected error occurred",
+        request,
     )
 
 
@@ -130,11 +188,19 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 
+# A NUL in a text parameter, or a \u0000 escape inside jsonb; the last line of defence for
+# values no request schema checked (path and query parameters, say).
+UNSTORABLE_TEXT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     DomainError: domain_error_handler,
     ValidationException: validation_handler,
     HTTPException: http_error_handler,
     **{error_type: database_unavailable_handler for error_type in UNAVAILABLE_ERRORS},
+    **{error_type: unstorable_text_handler for error_type in UNSTORABLE_TEXT_ERRORS},
     Exception: internal_error_handler,
 }
 

@@ -10,7 +10,13 @@ import msgspec
 from service.db import ledger_accounts
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
-from service.domain.customers import Customer, Enrolment, ProfileChange, same_enrolment
+from service.domain.customers import (
+    Customer,
+    Enrolment,
+    ProfileChange,
+    check_attributes,
+    same_enrolment,
+)
 from service.domain.errors import Conflict, InvalidInput, NotFound
 from service.domain.ids import new_id
 from service.usecases.programs import shop_exists
@@ -24,8 +30,11 @@ def _customer(row: asyncpg.Record) -> Customer:
     return msgspec.convert(values, Customer)
 
 
-async def enrol_customer(program_id: str, request: Enrolment, clock: Clock) -> tuple[Customer, bool]:
+async def enrol_customer(
+    program_id: str, request: Enrolment, clock: Clock
+) -> tuple[Customer, bool]:
     """Enrol once per external id; the same enrolment again returns the same customer."""
+    check_attributes(request.attributes)
     if request.shop_id is not None and not await shop_exists(program_id, request.shop_id):
         raise InvalidInput(f"shop {request.shop_id} does not exist", field="shop_id")
 
@@ -93,6 +102,8 @@ async def update_customer(
     program_id: str, customer_id: str, change: ProfileChange, clock: Clock
 ) -> Customer:
     """Change profile fields; unset fields keep their value. Repeating it changes nothing more."""
+    if change.attributes is not msgspec.UNSET:
+        check_attributes(change.attributes)
     assignments: list[str] = []
     values: list[object] = [program_id, customer_id]
     for field in ("email", "name", "attributes"):
@@ -127,8 +138,8 @@ async def list_customers(
 
     async def work(connection: asyncpg.Connection) -> tuple[list[Customer], str | None]:
         rows = await connection.fetch(
-            f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND ($2::text IS NULL OR id > $2)"
-            " ORDER BY id LIMIT $3",
+            f"SELECT {_COLUMNS} FROM customers"
+            " WHERE program_id = $1 AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
             program_id,
             after,
             limit + 1,

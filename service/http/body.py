@@ -1,0 +1,52 @@
+"""Request bodies: a handler that takes `data` accepts only a non-empty JSON document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.exceptions import ClientException, SerializationException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+
+def is_json_media_type(media_type: str) -> bool:
+    """`application/json` or a structured `application/*+json` type."""
+    media_type = media_type.strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def require_json_body(
+    connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
+) -> None:
+    """Refuse, before anything is parsed or stored, a body that is empty, not JSON or unreadable.
+
+    Reads the body once (Litestar caches it and the decoded JSON for the handler), so an
+    oversized body is a 413, and decoding failures Litestar would let escape as a 500
+    (invalid UTF-8, nesting deeper than the recursion limit) become a 400.
+    """
+    data = route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None or not isinstance(connection, Request):
+        return
+    body = await connection.body()
+    if not body.strip():
+        if data.is_optional or data.has_default:
+            return
+        raise ClientException("the request body is empty; send a JSON document")
+    media_type, _ = connection.content_type
+    if not is_json_media_type(media_type):
+        raise ClientException(
+            f"send the body as application/json, not {media_type or 'without a Content-Type'}",
+            status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        )
+    try:
+        await connection.json()
+    except SerializationException as error:
+        raise ClientException(str(error)) from None
+    except UnicodeDecodeError:
+        raise ClientException("the request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ClientException("the JSON document is nested too deeply") from None
