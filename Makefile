@@ -29,6 +29,9 @@ unit: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.ledger_throughput
 
-clean-db:  ## stop and delete the embedded database
-	-$(BIN)/python -c "from service.db.embedded import stop_embedded; stop_embedded()"
+jobs: $(INSTALLED)  ## run the scheduled jobs once (expire holds and points, seal the chain)
+	$(BIN)/loyalty jobs run
+
+clean-db: $(INSTALLED)  ## stop and delete the embedded database
+	$(BIN)/loyalty stop-db
 	rm -rf pgdata

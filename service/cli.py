@@ -1,4 +1,4 @@
-"""The `loyalty` command: serve, migrate, seed-demo, create-program, create-api-key, jobs."""
+"""The `loyalty` command: serve, migrate, seed-demo, create-program, create-api-key, jobs, stop-db."""
 
 from __future__ import annotations
 
@@ -64,8 +64,41 @@ def cmd_serve(settings: Settings) -> None:
 
 
 async def _serve_prepare(settings: Settings) -> str:
-    await _seed(settings)
-    return await resolve_dsn(settings)
+    if settings.seed_demo:
+        await _seed(settings)
+        return await resolve_dsn(settings)
+    return await prepare_database(settings)
+
+
+async def _run_jobs(settings: Settings) -> None:
+    from service.db.engine import close_pool, start_pool
+    from service.domain.clock import SystemClock
+    from service.usecases.jobs import run_all
+
+    dsn = await prepare_database(settings)
+    await start_pool(dsn, settings)
+    try:
+        for report in await run_all(SystemClock()):
+            print(
+                f"{report.program_id}: {report.holds_expired} holds expired,"
+                f" {report.expiry_entries} expiry entries, {report.entries_sealed} entries sealed"
+            )
+    finally:
+        await close_pool()
+
+
+def _stop_database(settings: Settings) -> None:
+    from service.db.embedded import start_embedded, stop_embedded
+
+    if settings.database_url:
+        print("DATABASE_URL is set: the server is not ours to stop.")
+        return
+    if not (settings.pgdata / "PG_VERSION").exists():
+        print(f"No embedded database at {settings.pgdata}.")
+        return
+    start_embedded(settings.pgdata)  # attach to the server (starting it if needed) ...
+    stop_embedded()  # ... and let go: it stops once no other process of ours uses it
+    print(f"Embedded PostgreSQL at {settings.pgdata} released; it stops when no other process uses it.")
 
 
 async def _create_program(settings: Settings, args: argparse.Namespace) -> None:
@@ -108,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("program_id")
     key.add_argument("--scope", choices=["checkout", "admin", "finance"], required=True)
     key.add_argument("--name", default="cli")
+    jobs = sub.add_parser("jobs", help="run scheduled jobs on demand")
+    jobs.add_argument("action", choices=["run"], help="run every job for every program once")
+    sub.add_parser("stop-db", help="stop the embedded PostgreSQL of this checkout")
     return parser
 
 
@@ -129,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_create_program(settings, args))
     elif args.command == "create-api-key":
         asyncio.run(_create_api_key(settings, args))
+    elif args.command == "jobs":
+        asyncio.run(_run_jobs(settings))
+    elif args.command == "stop-db":
+        _stop_database(settings)
     return 0
 
 

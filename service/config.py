@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     customer_token_ttl_s: int = 900
     log_level: str = "INFO"
     run_jobs: bool = True
+    seed_demo: bool = True
     job_interval_s: float = 30.0
 
 
@@ -48,6 +49,7 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "LOYALTY_CUSTOMER_TOKEN_TTL_S": ("customer_token_ttl_s", int),
     "LOYALTY_LOG_LEVEL": ("log_level", str),
     "LOYALTY_RUN_JOBS": ("run_jobs", bool),
+    "LOYALTY_SEED_DEMO": ("seed_demo", bool),
     "LOYALTY_JOB_INTERVAL_S": ("job_interval_s", float),
 }
 

@@ -3,7 +3,7 @@ check, and append entry, postings, lot movements and the seal-queue row."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -99,8 +99,12 @@ async def write_entry(
     actor: str,
     now: datetime,
     restored: Sequence[Slice] = (),
+    reclaimed: Collection[int] = (),
 ) -> WrittenEntry:
-    """Append one balanced entry inside the caller's transaction; refuse overdrafts."""
+    """Append one balanced entry inside the caller's transaction; refuse overdrafts.
+
+    `restored` and `reclaimed` are for reversals: the slices the original consumed (given
+    back) and the lots it created (taken back before any other)."""
     validate_entry(draft)
     net = net_by_account(draft.postings)
     customer_refs = sorted((ref for ref in net if ref.is_customer), key=lambda ref: ref.code)
@@ -114,7 +118,8 @@ async def write_entry(
             account_ids[ref] = system_ids[ref.kind]
 
     debited = {ref: account_ids[ref] for ref, change in net.items() if ref.is_customer and change < 0}
-    plan = plan_lots(draft, await _open_lots(connection, program_id, debited), now, restored)
+    open_lots = await _open_lots(connection, program_id, debited)
+    plan = plan_lots(draft, open_lots, now, restored, reclaimed)
 
     posted_at = max([now, *(s.last_posted_at for s in locked.values() if s.last_posted_at)])
     entry_id: int = await connection.fetchval(
@@ -245,4 +250,12 @@ async def consumed_slices(connection: asyncpg.Connection, program_id: str, entry
     return [Slice(r["lot_id"], r["amount"], r["earned_at"], r["expires_at"]) for r in rows]
 
 
-__all__ = ["AccountKind", "WrittenEntry", "consumed_slices", "write_entry"]
+async def created_lots(connection: asyncpg.Connection, program_id: str, entry_id: int) -> list[int]:
+    """The lots an entry created (what a reversal of it takes back first)."""
+    rows = await connection.fetch(
+        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = $2", program_id, entry_id
+    )
+    return [row["id"] for row in rows]
+
+
+__all__ = ["AccountKind", "WrittenEntry", "consumed_slices", "created_lots", "write_entry"]

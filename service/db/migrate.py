@@ -30,13 +30,23 @@ def sql_migration(migration_id: str, filename: str) -> Callable[[], Awaitable[Mi
     return forwards
 
 
+MIGRATION_LOCK = 7_202_611_230  # pg advisory lock key: one migrator at a time
+
+
 async def migrate() -> None:
-    """Apply every migration that has not run yet."""
+    """Apply every migration that has not run yet; concurrent starts wait for each other."""
     import contextlib
     import io
 
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):  # piccolo prints progress with emoji
-        result = await ForwardsMigrationManager(app_name="loyalty").run()
+    import asyncpg
+
+    lock = await asyncpg.connect(DB.config["dsn"])
+    try:
+        await lock.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet):  # piccolo prints progress with emoji
+            result = await ForwardsMigrationManager(app_name="loyalty").run()
+    finally:
+        await lock.close()  # closing the session releases the lock
     if not result.success:
         raise RuntimeError(f"migrations failed: {result.message}\n{quiet.getvalue()}")

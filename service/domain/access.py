@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import msgspec
 
-from service.domain.errors import Unauthorized
+from service.domain.errors import Forbidden, Unauthorized
 from service.domain.ids import new_id
 
 API_KEY_PREFIX = "lk"
@@ -38,6 +38,12 @@ class Principal(msgspec.Struct, frozen=True):
     scope: Scope
     key_id: str | None = None
     customer_id: str | None = None
+
+    def own_customer_id(self) -> str:
+        """The customer a customer token stands for; Forbidden for any other credential."""
+        if self.customer_id is None:
+            raise Forbidden("a customer token is required")
+        return self.customer_id
 
     @property
     def actor(self) -> str:

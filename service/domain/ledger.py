@@ -8,7 +8,7 @@ debits it. Customer accounts never go below zero; system accounts may.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -220,11 +220,11 @@ def expiry_order(lot: OpenLot | Slice) -> tuple[int, datetime, datetime, int]:
     return (1 if never else 0, far, lot.earned_at, lot.lot_id if isinstance(lot, Slice) else lot.id)
 
 
-def consume(lots: Sequence[OpenLot], amount: int) -> list[Slice]:
-    """Take amount from the lots, soonest-expiring first."""
+def consume(lots: Sequence[OpenLot], amount: int, first: Collection[int] = ()) -> list[Slice]:
+    """Take amount from the lots, soonest-expiring first (the lots named in `first` before all)."""
     slices: list[Slice] = []
     left = amount
-    for lot in sorted(lots, key=expiry_order):
+    for lot in sorted(lots, key=lambda lot: (lot.id not in first, expiry_order(lot))):
         if left == 0:
             break
         taken = min(lot.remaining, left)
@@ -243,10 +243,12 @@ def plan_lots(
     open_lots: Mapping[AccountRef, Sequence[OpenLot]],
     now: datetime,
     restored: Sequence[Slice] = (),
+    reclaimed: Collection[int] = (),
 ) -> LotPlan:
     """Which lots an entry consumes and creates.
 
-    Debits of customer accounts consume their soonest-expiring lots. Credits of customer
+    Debits of customer accounts consume their soonest-expiring lots, after the `reclaimed`
+    ones (a reversal takes back the lots its original created first). Credits of customer
     accounts first take over consumed slices (latest-expiring first, so the soonest-expiring
     points are the ones that left to system accounts) and `restored` slices (a reversal
     gives back the lots its original consumed); the rest is a fresh lot earned now that
@@ -255,7 +257,7 @@ def plan_lots(
     consumed: list[Slice] = []
     for account, change in net_by_account(draft.postings).items():
         if account.is_customer and change < 0:
-            consumed.extend(consume(open_lots.get(account, ()), -change))
+            consumed.extend(consume(open_lots.get(account, ()), -change, reclaimed))
     pool = sorted([*consumed, *restored], key=expiry_order)
     created: list[NewLot] = []
     for account, change in net_by_account(draft.postings).items():

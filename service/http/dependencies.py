@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.di import Provide
 
+from service.config import Settings
 from service.domain.access import Principal
 from service.domain.clock import Clock
 
@@ -24,7 +25,14 @@ def provide_clock(request: Request[Any, Any, Any]) -> Clock:
     return clock
 
 
+def provide_settings(request: Request[Any, Any, Any]) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 DEPENDENCIES = {
+    "settings": Provide(provide_settings, sync_to_thread=False),
     "principal": Provide(provide_principal, sync_to_thread=False),
     "clock": Provide(provide_clock, sync_to_thread=False),
 }

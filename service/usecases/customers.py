@@ -118,11 +118,11 @@ async def update_customer(
     async def work(connection: asyncpg.Connection) -> Customer:
         if not assignments:
             return await get_customer(program_id, customer_id)
-        values.append(clock.now())
+        parameters = [*values, clock.now()]  # built afresh on every attempt (retries)
         row = await connection.fetchrow(
-            f"UPDATE customers SET {', '.join(assignments)}, updated_at = ${len(values)}"
+            f"UPDATE customers SET {', '.join(assignments)}, updated_at = ${len(parameters)}"
             f" WHERE program_id = $1 AND id = $2 RETURNING {_COLUMNS}",
-            *values,
+            *parameters,
         )
         if row is None:
             raise NotFound(f"customer {customer_id} not found", field="customer_id")

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
-from service.db.ledger import WrittenEntry, consumed_slices, write_entry
+from service.db.ledger import WrittenEntry, consumed_slices, created_lots, write_entry
 from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
@@ -139,9 +139,11 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
         postings = [PostingDraft(AccountRef(AccountKind(r["kind"]), r["customer_id"]), r["amount"]) for r in rows]
         draft = reversal_of(original["kind"], postings, entry_id, reason)
         restored = await consumed_slices(connection, principal.program_id, entry_id)
+        reclaimed = await created_lots(connection, principal.program_id, entry_id)
         try:
             return await write_entry(
-                connection, principal.program_id, draft, actor=principal.actor, now=clock.now(), restored=restored
+                connection, principal.program_id, draft, actor=principal.actor, now=clock.now(),
+                restored=restored, reclaimed=reclaimed,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyReversed(f"entry {entry_id} was already reversed", field="entry_id") from None

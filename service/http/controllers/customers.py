@@ -11,10 +11,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from service.config import Settings
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment, ProfileChange
-from service.domain.errors import Forbidden
 from service.http.auth import requires
 from service.usecases import customers
 from service.usecases.programs import issue_customer_token
@@ -102,15 +102,19 @@ class CustomerController(Controller):
         customer_id: CustomerId,
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
-        ttl_seconds: Annotated[int, QueryParameter(ge=60, le=86_400)] = 900,
+        settings: NamedDependency[Settings],
+        ttl_seconds: Annotated[int | None, QueryParameter(ge=60, le=86_400)] = None,
     ) -> CustomerTokenResponse:
         """A short-lived bearer token for the customer's app; it sees only this customer."""
         customer = await customers.get_customer(principal.program_id, customer_id)
         token, expires_at = await issue_customer_token(
-            principal.program_id, customer.id, timedelta(seconds=ttl_seconds), clock
+            principal.program_id, customer.id, timedelta(seconds=ttl_seconds or settings.customer_token_ttl_s), clock
         )
         return CustomerTokenResponse(
-            token=token, token_type="Bearer", expires_at=expires_at, customer_id=customer.id
+            token=token,
+            token_type="Bearer",  # noqa: S106 - the scheme's name, not a secret
+            expires_at=expires_at,
+            customer_id=customer.id,
         )
 
 
@@ -123,6 +127,4 @@ class MeController(Controller):
     @get(guards=[requires(Scope.CUSTOMER)])
     async def me(self, principal: NamedDependency[Principal]) -> CustomerResponse:
         """The customer's own profile."""
-        if principal.customer_id is None:
-            raise Forbidden("a customer token is required")
-        return _response(await customers.get_customer(principal.program_id, principal.customer_id))
+        return _response(await customers.get_customer(principal.program_id, principal.own_customer_id()))

@@ -13,7 +13,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.db.ledger import WrittenEntry
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.errors import Forbidden
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
@@ -171,6 +170,4 @@ class BalanceController(Controller):
         self, principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> finance.CustomerBalance:
         """The token's customer's balances."""
-        if principal.customer_id is None:
-            raise Forbidden("a customer token is required")
-        return await finance.customer_balance(principal.program_id, principal.customer_id, clock.now())
+        return await finance.customer_balance(principal.program_id, principal.own_customer_id(), clock.now())
