@@ -21,6 +21,7 @@ from service.http.controllers import admin, customers, finance, health, ledger
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.problems import EXCEPTION_HANDLERS
+from service.usecases.group_commit import close_batchers
 from service.usecases.jobs import scheduler
 
 API_DESCRIPTION = """Loyalty points and referrals on a double-entry ledger.
@@ -46,6 +47,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
                 jobs.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await jobs
+            await close_batchers()
             await close_pool()
 
     return Litestar(

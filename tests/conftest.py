@@ -25,6 +25,7 @@ from service.db.piccolo_conf import DB
 from service.domain.access import Scope
 from service.domain.clock import ManualClock
 from service.domain.programs import ProgramSettings
+from service.usecases.group_commit import close_batchers
 from service.usecases.programs import create_api_key, create_program, create_shop
 
 TEST_DATABASE = f"loyalty_test_{os.getpid()}"  # one per session: parallel sessions never collide
@@ -57,6 +58,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     await migrate()
     await start_pool(dsn, settings)
     yield dsn
+    await close_batchers()
     await close_pool()
     connection = await asyncpg.connect(server_dsn)
     try:

@@ -1,9 +1,12 @@
-"""Writing entries: lock the touched customer balances (one statement, ordered by id),
-check, and append entry, postings, lot movements and the seal-queue row."""
+"""Writing entries, set-based: lock every customer balance the entries touch in one
+statement ordered by id, decide each entry in order against running balances (the pure
+domain does the checking and the lot planning), then append entries, postings, lot
+movements and seal-queue rows with one statement per table, however many entries."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,11 +14,11 @@ import asyncpg
 import msgspec
 
 from service.db.ledger_accounts import system_account_ids
-from service.domain.errors import NotFound
+from service.domain.errors import DomainError, NotFound
 from service.domain.ledger import (
-    AccountKind,
     AccountRef,
     EntryDraft,
+    NewLot,
     OpenLot,
     Slice,
     check_balances,
@@ -44,16 +47,44 @@ class WrittenEntry(msgspec.Struct, frozen=True):
     postings: list[WrittenPosting]
 
 
-class _Locked(msgspec.Struct):
+class EntryToWrite(msgspec.Struct, frozen=True):
+    """A draft with what only its writer knows: who asks and, for a reversal, the slices
+    its original consumed (given back) and the lots it created (taken back first)."""
+
+    draft: EntryDraft
+    actor: str
+    restored: tuple[Slice, ...] = ()
+    reclaimed: tuple[int, ...] = ()
+
+
+@dataclass
+class _Account:
+    """A locked customer account as the batch moves it along."""
+
     id: int
     balance: int
     version: int
     last_posted_at: datetime | None
+    lots: list[OpenLot] = field(default_factory=list)
+    touched: bool = False
+
+
+@dataclass
+class _Rows:
+    """Everything the batch appends, column by column."""
+
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[tuple[Any, ...]] = field(default_factory=list)
+    consumed: list[tuple[int, int, int]] = field(default_factory=list)  # entry, lot, amount
+    created: list[tuple[int, int, int, int, int, datetime, datetime | None]] = field(default_factory=list)
+    # created: lot id, entry, account, remaining after the batch, amount, earned at, expires at
 
 
 async def _lock_customer_accounts(
-    connection: asyncpg.Connection, program_id: str, refs: list[AccountRef]
-) -> dict[AccountRef, _Locked]:
+    connection: asyncpg.Connection, program_id: str, refs: Sequence[AccountRef]
+) -> dict[AccountRef, _Account]:
+    if not refs:
+        return {}
     by_code = {ref.code: ref for ref in refs}
     rows = await connection.fetch(
         "SELECT id, code, balance, version, last_posted_at FROM accounts"
@@ -61,34 +92,226 @@ async def _lock_customer_accounts(
         program_id,
         list(by_code),
     )
-    locked = {
-        by_code[row["code"]]: _Locked(row["id"], row["balance"], row["version"], row["last_posted_at"])
+    return {
+        by_code[row["code"]]: _Account(row["id"], row["balance"], row["version"], row["last_posted_at"])
         for row in rows
     }
-    missing = [ref for ref in refs if ref not in locked]
-    if missing:
-        raise NotFound(f"customer {missing[0].customer_id} not found", field="customer_id")
-    return locked
 
 
-async def _open_lots(
-    connection: asyncpg.Connection, program_id: str, accounts: dict[AccountRef, int]
-) -> dict[AccountRef, list[OpenLot]]:
-    if not accounts:
-        return {}
-    by_id = {account_id: ref for ref, account_id in accounts.items()}
+async def _load_open_lots(
+    connection: asyncpg.Connection, program_id: str, accounts: dict[AccountRef, _Account]
+) -> None:
+    by_id = {account.id: account for account in accounts.values()}
     rows = await connection.fetch(
         "SELECT id, account_id, remaining, earned_at, expires_at FROM lots"
         " WHERE program_id = $1 AND account_id = ANY($2::bigint[]) AND remaining > 0",
         program_id,
         list(by_id),
     )
-    lots: dict[AccountRef, list[OpenLot]] = {ref: [] for ref in accounts}
     for row in rows:
-        lots[by_id[row["account_id"]]].append(
+        by_id[row["account_id"]].lots.append(
             OpenLot(row["id"], row["remaining"], row["earned_at"], row["expires_at"])
         )
-    return lots
+
+
+def _decide(
+    item: EntryToWrite, accounts: dict[AccountRef, _Account], now: datetime
+) -> tuple[dict[AccountRef, int], tuple[Slice, ...], tuple[NewLot, ...]]:
+    """Check one entry against the running state; raises a DomainError and changes nothing."""
+    draft = item.draft
+    validate_entry(draft)
+    net = net_by_account(draft.postings)
+    missing = [ref for ref in net if ref.is_customer and ref not in accounts]
+    if missing:
+        raise NotFound(f"customer {missing[0].customer_id} not found", field="customer_id")
+    after = check_balances(draft, {ref: accounts[ref].balance for ref in net if ref.is_customer})
+    debited = {ref: accounts[ref].lots for ref, change in net.items() if ref.is_customer and change < 0}
+    plan = plan_lots(draft, debited, now, item.restored, item.reclaimed)
+    return after, plan.consumed, plan.created
+
+
+def _apply_lots(accounts: dict[AccountRef, _Account], net: dict[AccountRef, int], consumed: Sequence[Slice]) -> None:
+    taken: dict[int, int] = {}
+    for piece in consumed:
+        taken[piece.lot_id] = taken.get(piece.lot_id, 0) + piece.amount
+    for ref, change in net.items():
+        if ref.is_customer and change < 0:
+            account = accounts[ref]
+            account.lots = [
+                msgspec.structs.replace(lot, remaining=lot.remaining - taken.get(lot.id, 0))
+                for lot in account.lots
+                if lot.remaining - taken.get(lot.id, 0) > 0
+            ]
+
+
+async def write_entries(
+    connection: asyncpg.Connection, program_id: str, items: Sequence[EntryToWrite], *, now: datetime
+) -> list[WrittenEntry | DomainError]:
+    """Append the entries that pass their checks, in order, inside the caller's transaction.
+
+    Each result is the written entry or the refusal of that entry alone; a refused entry
+    changes nothing and does not stop the others."""
+    refs = sorted({p.account for item in items for p in item.draft.postings if p.account.is_customer}, key=str)
+    accounts = await _lock_customer_accounts(connection, program_id, refs)
+    debits = {
+        ref: accounts[ref]
+        for item in items
+        for ref, change in net_by_account(item.draft.postings).items()
+        if ref.is_customer and change < 0 and ref in accounts
+    }
+    if debits:
+        await _load_open_lots(connection, program_id, debits)
+    system_ids = await system_account_ids(connection, program_id)
+
+    # per entry: the customer balances before it (the batch moves them entry by entry)
+    decided: list[
+        tuple[EntryToWrite, dict[AccountRef, int], tuple[Slice, ...], tuple[tuple[int, NewLot], ...]]
+    ] = []
+    batch_lots: list[NewLot] = []
+    results: list[WrittenEntry | DomainError | None] = []
+    for item in items:
+        try:
+            after, consumed, planned = _decide(item, accounts, now)
+        except DomainError as refusal:
+            results.append(refusal)
+            continue
+        net = net_by_account(item.draft.postings)
+        before = {ref: accounts[ref].balance for ref in after}
+        _apply_lots(accounts, net, consumed)
+        for ref, balance in after.items():
+            accounts[ref].balance = balance
+        new_ids = []
+        for lot in planned:  # later entries of the batch may spend these lots already
+            temporary_id = -(len(batch_lots) + 1)
+            batch_lots.append(lot)
+            new_ids.append(temporary_id)
+            accounts[lot.account].lots.append(OpenLot(temporary_id, lot.amount, lot.earned_at, lot.expires_at))
+        decided.append((item, before, consumed, tuple(zip(new_ids, planned, strict=True))))
+        results.append(None)
+    if not decided:
+        return [r for r in results if r is not None]
+
+    reserved = await connection.fetchrow(
+        "SELECT ARRAY(SELECT nextval('entry_id_seq') FROM generate_series(1, $1::int)) AS entries,"
+        " ARRAY(SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, $2::int)) AS lots",
+        len(decided),
+        len(batch_lots),
+    )
+    assert reserved is not None
+    entry_ids: list[int] = list(reserved["entries"])
+    lot_ids = {-(index + 1): lot_id for index, lot_id in enumerate(reserved["lots"])}
+    left = {lot.id: lot.remaining for account in accounts.values() for lot in account.lots if lot.id < 0}
+    rows = _Rows()
+    written: list[WrittenEntry] = []
+    for entry_id, (item, before, consumed, created) in zip(entry_ids, decided, strict=True):
+        draft = item.draft
+        touched = [accounts[p.account] for p in draft.postings if p.account.is_customer]
+        posted_at = max([now, *(a.last_posted_at for a in touched if a.last_posted_at)])
+        rows.entries.append(
+            (entry_id, draft.kind, posted_at, item.actor, draft.reverses_entry_id, msgspec.json.encode(draft.metadata).decode())
+        )
+        postings: list[WrittenPosting] = []
+        running: dict[AccountRef, int] = {}
+        for line, posting in enumerate(draft.postings, start=1):
+            balance_after: int | None = None
+            version: int | None = None
+            if posting.account.is_customer:
+                account = accounts[posting.account]
+                balance_after = running.get(posting.account, before[posting.account]) + posting.amount
+                running[posting.account] = balance_after
+                account.version += 1
+                account.last_posted_at = posted_at
+                account.touched = True
+                version = account.version
+                account_id = account.id
+            else:
+                account_id = system_ids[posting.account.kind]
+            rows.postings.append(
+                (entry_id, line, account_id, posting.account.unit.value, posting.amount, balance_after, version, posted_at)
+            )
+            postings.append(
+                WrittenPosting(line, account_id, posting.account.code, posting.account.unit.value, posting.amount, balance_after)
+            )
+        rows.consumed.extend((entry_id, lot_ids.get(piece.lot_id, piece.lot_id), piece.amount) for piece in consumed)
+        for temporary_id, lot in created:
+            rows.created.append(
+                (lot_ids[temporary_id], entry_id, accounts[lot.account].id, left.get(temporary_id, 0),
+                 lot.amount, lot.earned_at, lot.expires_at)
+            )
+        written.append(
+            WrittenEntry(
+                id=entry_id,
+                kind=draft.kind,
+                posted_at=posted_at,
+                actor=item.actor,
+                metadata=draft.metadata,
+                reverses_entry_id=draft.reverses_entry_id,
+                postings=postings,
+            )
+        )
+    await _append(connection, program_id, rows, [a for a in accounts.values() if a.touched])
+    written_iter = iter(written)
+    return [next(written_iter) if result is None else result for result in results]
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], count: int) -> list[list[Any]]:
+    return [[row[index] for row in rows] for index in range(count)]
+
+
+async def _append(
+    connection: asyncpg.Connection, program_id: str, rows: _Rows, touched: Sequence[_Account]
+) -> None:
+    entry_id, kind, posted_at, actor, reverses, metadata = _columns(rows.entries, 6)
+    await connection.execute(
+        "INSERT INTO entries (program_id, id, kind, posted_at, actor, reverses_entry_id, metadata)"
+        " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[],"
+        " $7::jsonb[])",
+        program_id, entry_id, kind, posted_at, actor, reverses, metadata,
+    )
+    await connection.execute(
+        "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, balance_after,"
+        " account_version, posted_at)"
+        " SELECT $1, * FROM unnest($2::bigint[], $3::smallint[], $4::bigint[], $5::text[], $6::bigint[],"
+        " $7::bigint[], $8::bigint[], $9::timestamptz[])",
+        program_id, *_columns(rows.postings, 8),
+    )
+    if touched:
+        await connection.execute(
+            "UPDATE accounts AS a SET balance = u.balance, version = u.version, last_posted_at = u.posted"
+            " FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[]) AS u(id, balance, version, posted)"
+            " WHERE a.program_id = $1 AND a.id = ANY($2::bigint[]) AND a.id = u.id",
+            program_id,
+            [a.id for a in touched],
+            [a.balance for a in touched],
+            [a.version for a in touched],
+            [a.last_posted_at for a in touched],
+        )
+    if rows.created:
+        await connection.execute(
+            "INSERT INTO lots (program_id, id, entry_id, account_id, remaining, amount, earned_at, expires_at)"
+            " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],"
+            " $7::timestamptz[], $8::timestamptz[])",
+            program_id, *_columns(rows.created, 7),
+        )
+    if rows.consumed:
+        consumed_entry, lot_id, amount = _columns(rows.consumed, 3)
+        new_lots = {row[0] for row in rows.created}  # inserted with what the batch left of them
+        old = [(lot, taken) for lot, taken in zip(lot_id, amount, strict=True) if lot not in new_lots]
+        await connection.execute(
+            "UPDATE lots AS l SET remaining = l.remaining - c.amount"
+            " FROM (SELECT id, sum(amount)::bigint AS amount FROM unnest($2::bigint[], $3::bigint[]) AS c(id, amount)"
+            " GROUP BY id) AS c WHERE l.program_id = $1 AND l.id = ANY($2::bigint[]) AND l.id = c.id",
+            program_id, [lot for lot, _ in old], [taken for _, taken in old],
+        )
+        await connection.execute(
+            "INSERT INTO lot_allocations (program_id, entry_id, lot_id, amount)"
+            " SELECT $1, entry_id, lot_id, sum(amount) FROM unnest($2::bigint[], $3::bigint[], $4::bigint[])"
+            " AS c(entry_id, lot_id, amount) GROUP BY entry_id, lot_id",
+            program_id, consumed_entry, lot_id, amount,
+        )
+    await connection.execute(
+        "INSERT INTO seal_queue (program_id, entry_id) SELECT $1, unnest($2::bigint[])", program_id, entry_id
+    )
 
 
 async def write_entry(
@@ -101,141 +324,12 @@ async def write_entry(
     restored: Sequence[Slice] = (),
     reclaimed: Collection[int] = (),
 ) -> WrittenEntry:
-    """Append one balanced entry inside the caller's transaction; refuse overdrafts.
-
-    `restored` and `reclaimed` are for reversals: the slices the original consumed (given
-    back) and the lots it created (taken back before any other)."""
-    validate_entry(draft)
-    net = net_by_account(draft.postings)
-    customer_refs = sorted((ref for ref in net if ref.is_customer), key=lambda ref: ref.code)
-    locked = await _lock_customer_accounts(connection, program_id, customer_refs)
-    balances_after = check_balances(draft, {ref: state.balance for ref, state in locked.items()})
-
-    system_ids = await system_account_ids(connection, program_id)
-    account_ids: dict[AccountRef, int] = {ref: state.id for ref, state in locked.items()}
-    for ref in net:
-        if not ref.is_customer:
-            account_ids[ref] = system_ids[ref.kind]
-
-    debited = {ref: account_ids[ref] for ref, change in net.items() if ref.is_customer and change < 0}
-    open_lots = await _open_lots(connection, program_id, debited)
-    plan = plan_lots(draft, open_lots, now, restored, reclaimed)
-
-    posted_at = max([now, *(s.last_posted_at for s in locked.values() if s.last_posted_at)])
-    entry_id: int = await connection.fetchval(
-        "INSERT INTO entries (program_id, kind, posted_at, actor, reverses_entry_id, metadata)"
-        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        program_id,
-        draft.kind,
-        posted_at,
-        actor,
-        draft.reverses_entry_id,
-        msgspec.json.encode(draft.metadata).decode(),
-    )
-
-    running = {ref: (state.balance, state.version) for ref, state in locked.items()}
-    postings: list[WrittenPosting] = []
-    versions: list[int | None] = []
-    for line, posting in enumerate(draft.postings, start=1):
-        balance_after: int | None = None
-        version: int | None = None
-        if posting.account.is_customer:
-            balance, version = running[posting.account]
-            balance_after, version = balance + posting.amount, version + 1
-            running[posting.account] = (balance_after, version)
-        versions.append(version)
-        postings.append(
-            WrittenPosting(
-                line=line,
-                account_id=account_ids[posting.account],
-                account=posting.account.code,
-                unit=posting.account.unit.value,
-                amount=posting.amount,
-                balance_after=balance_after,
-            )
-        )
-    await connection.execute(
-        "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, balance_after,"
-        " account_version, posted_at)"
-        " SELECT $1, $2, line, account_id, unit, amount, balance_after, version, $3"
-        " FROM unnest($4::smallint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])"
-        " AS p(line, account_id, unit, amount, balance_after, version)",
-        program_id,
-        entry_id,
-        posted_at,
-        [p.line for p in postings],
-        [p.account_id for p in postings],
-        [p.unit for p in postings],
-        [p.amount for p in postings],
-        [p.balance_after for p in postings],
-        versions,
-    )
-    if locked:
-        refs = list(locked)
-        await connection.execute(
-            "UPDATE accounts AS a SET balance = u.balance, version = u.version, last_posted_at = $2"
-            " FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS u(id, balance, version)"
-            " WHERE a.program_id = $1 AND a.id = u.id",
-            program_id,
-            posted_at,
-            [locked[ref].id for ref in refs],
-            [balances_after.get(ref, locked[ref].balance) for ref in refs],
-            [running[ref][1] for ref in refs],
-        )
-    await _record_lots(connection, program_id, entry_id, plan.consumed, plan.created, account_ids)
-    await connection.execute(
-        "INSERT INTO seal_queue (program_id, entry_id) VALUES ($1, $2)", program_id, entry_id
-    )
-    return WrittenEntry(
-        id=entry_id,
-        kind=draft.kind,
-        posted_at=posted_at,
-        actor=actor,
-        metadata=draft.metadata,
-        reverses_entry_id=draft.reverses_entry_id,
-        postings=postings,
-    )
-
-
-async def _record_lots(
-    connection: asyncpg.Connection,
-    program_id: str,
-    entry_id: int,
-    consumed: Sequence[Slice],
-    created: Sequence[Any],
-    account_ids: dict[AccountRef, int],
-) -> None:
-    if consumed:
-        await connection.execute(
-            "UPDATE lots AS l SET remaining = l.remaining - c.amount"
-            " FROM unnest($2::bigint[], $3::bigint[]) AS c(id, amount)"
-            " WHERE l.program_id = $1 AND l.id = c.id",
-            program_id,
-            [s.lot_id for s in consumed],
-            [s.amount for s in consumed],
-        )
-        await connection.execute(
-            "INSERT INTO lot_allocations (program_id, entry_id, lot_id, amount)"
-            " SELECT $1, $2, id, sum(amount) FROM unnest($3::bigint[], $4::bigint[]) AS c(id, amount)"
-            " GROUP BY id",
-            program_id,
-            entry_id,
-            [s.lot_id for s in consumed],
-            [s.amount for s in consumed],
-        )
-    if created:
-        await connection.execute(
-            "INSERT INTO lots (program_id, account_id, entry_id, amount, remaining, earned_at, expires_at)"
-            " SELECT $1, account_id, $2, amount, amount, earned_at, expires_at"
-            " FROM unnest($3::bigint[], $4::bigint[], $5::timestamptz[], $6::timestamptz[])"
-            " AS n(account_id, amount, earned_at, expires_at)",
-            program_id,
-            entry_id,
-            [account_ids[lot.account] for lot in created],
-            [lot.amount for lot in created],
-            [lot.earned_at for lot in created],
-            [lot.expires_at for lot in created],
-        )
+    """Append one balanced entry inside the caller's transaction; raise its refusal."""
+    item = EntryToWrite(draft, actor, tuple(restored), tuple(reclaimed))
+    [result] = await write_entries(connection, program_id, [item], now=now)
+    if isinstance(result, DomainError):
+        raise result
+    return result
 
 
 async def consumed_slices(connection: asyncpg.Connection, program_id: str, entry_id: int) -> list[Slice]:
@@ -252,10 +346,5 @@ async def consumed_slices(connection: asyncpg.Connection, program_id: str, entry
 
 async def created_lots(connection: asyncpg.Connection, program_id: str, entry_id: int) -> list[int]:
     """The lots an entry created (what a reversal of it takes back first)."""
-    rows = await connection.fetch(
-        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = $2", program_id, entry_id
-    )
+    rows = await connection.fetch("SELECT id FROM lots WHERE program_id = $1 AND entry_id = $2", program_id, entry_id)
     return [row["id"] for row in rows]
-
-
-__all__ = ["AccountKind", "WrittenEntry", "consumed_slices", "created_lots", "write_entry"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from service.domain.errors import NotFound
 from service.domain.ledger import CHART, CUSTOMER_KINDS, SYSTEM_KINDS, AccountKind, AccountRef
 
 _system_ids: dict[tuple[str, AccountKind], int] = {}
@@ -26,11 +27,8 @@ async def open_customer_accounts(connection: asyncpg.Connection, program_id: str
     )
 
 
-async def system_account_ids(connection: asyncpg.Connection, program_id: str) -> dict[AccountKind, int]:
-    """Ids of the program's system accounts, opening them the first time."""
-    cached = {kind: _system_ids.get((program_id, kind)) for kind in SYSTEM_KINDS}
-    if all(account_id is not None for account_id in cached.values()):
-        return {kind: account_id for kind, account_id in cached.items() if account_id is not None}
+async def open_system_accounts(connection: asyncpg.Connection, program_id: str) -> None:
+    """Open the program's system accounts (in the transaction that creates the program)."""
     refs = [AccountRef(kind) for kind in SYSTEM_KINDS]
     await connection.execute(
         "INSERT INTO accounts (program_id, code, kind, unit, normal_side)"
@@ -43,10 +41,21 @@ async def system_account_ids(connection: asyncpg.Connection, program_id: str) ->
         [CHART[ref.kind].unit.value for ref in refs],
         [CHART[ref.kind].normal_side.value for ref in refs],
     )
+
+
+async def system_account_ids(connection: asyncpg.Connection, program_id: str) -> dict[AccountKind, int]:
+    """Ids of the program's system accounts. They are committed with the program and never
+    change or go away, so they are read once per process and kept."""
+    cached = {kind: _system_ids.get((program_id, kind)) for kind in SYSTEM_KINDS}
+    if all(account_id is not None for account_id in cached.values()):
+        return {kind: account_id for kind, account_id in cached.items() if account_id is not None}
     rows = await connection.fetch(
         "SELECT id, kind FROM accounts WHERE program_id = $1 AND customer_id IS NULL", program_id
     )
     found = {AccountKind(row["kind"]): row["id"] for row in rows}
+    missing = [kind.value for kind in SYSTEM_KINDS if kind not in found]
+    if missing:
+        raise NotFound(f"program {program_id} has no system accounts {missing}")
     for kind, account_id in found.items():
         _system_ids[(program_id, kind)] = account_id
     return found

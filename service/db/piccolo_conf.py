@@ -36,6 +36,25 @@ class BoundedWaitTransaction(PostgresTransaction):
     """Waits at most the engine's acquire timeout for a pooled connection, so an exhausted
     pool fails fast (TimeoutError, answered with 503) instead of hanging."""
 
+    async def __aexit__(self, exception_type: Any, exception: Any, traceback: Any) -> bool:
+        """Release the connection even when COMMIT itself fails (a deferred constraint, a
+        serialization failure): piccolo's own exit skips the release then, leaking it."""
+        if self._parent:
+            return exception is None
+        try:
+            if exception:
+                if not self._rolled_back:
+                    await self.rollback()  # type: ignore[no-untyped-call]
+            elif not self._committed and not self._rolled_back:
+                await self.commit()  # type: ignore[no-untyped-call]
+        finally:
+            if self.engine.pool:
+                await self.engine.pool.release(self.connection)
+            else:
+                await self.connection.close()
+            self.engine.current_transaction.reset(self.context)
+        return exception is None
+
     async def get_connection(self) -> Any:
         engine = self.engine
         assert isinstance(engine, DeferredPostgresEngine)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -13,7 +12,7 @@ from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.errors import AlreadyReversed, Conflict, HoldNotOpen, InvalidInput, NotFound
-from service.domain.expiry import ExpiryPolicy, ExpiryRule, expires_at
+from service.domain.expiry import ExpiryRule, expires_at
 from service.domain.ids import new_id
 from service.domain.ledger import (
     HOLD_ACCOUNTS,
@@ -27,27 +26,9 @@ from service.domain.ledger import (
     system_account,
     transfer,
 )
+from service.usecases.group_commit import post_once
 from service.usecases.idempotency import fingerprint, run_once
-
-
-class ProgramLedgerSettings(msgspec.Struct, frozen=True):
-    time_zone: str
-    expiry: ExpiryRule
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
-
-
-async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> ProgramLedgerSettings:
-    row = await connection.fetchrow(
-        "SELECT time_zone, expiry_policy, expiry_period FROM programs WHERE id = $1", program_id
-    )
-    if row is None:
-        raise NotFound(f"program {program_id} not found")
-    return ProgramLedgerSettings(
-        row["time_zone"], ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"])
-    )
+from service.usecases.ledger_settings import ProgramLedgerSettings, ledger_settings
 
 
 async def set_expiry_rule(program_id: str, rule: ExpiryRule) -> ExpiryRule:
@@ -81,29 +62,38 @@ class Adjustment(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+def adjustment_draft(adjustment: Adjustment, settings: ProgramLedgerSettings, now: datetime) -> EntryDraft:
+    """A grant moves value from `issued` to the customer (a lot expiring by the program's
+    policy); a deduction moves it from the customer to `adjustments`."""
+    spendable = HOLD_ACCOUNTS[adjustment.unit][0]
+    customer = customer_account(adjustment.customer_id, spendable)
+    metadata = {"reason": adjustment.reason}
+    points = adjustment.unit is Unit.POINTS
+    if adjustment.amount > 0:
+        return transfer(
+            system_account(AccountKind.ISSUED if points else AccountKind.CREDIT_ISSUED),
+            customer,
+            adjustment.amount,
+            kind="adjustment.grant",
+            metadata=metadata,
+            lot_expires_at=expires_at(settings.expiry, now, settings.zone) if points else None,
+        )
+    sink = AccountKind.ADJUSTMENTS if points else AccountKind.CREDIT_ISSUED
+    return transfer(customer, system_account(sink), -adjustment.amount, kind="adjustment.deduct", metadata=metadata)
+
+
 async def adjust(principal: Principal, adjustment: Adjustment, key: str, clock: Clock) -> WrittenEntry:
-    """Grant (from `issued`) or deduct (to `adjustments`) points or credit, with a reason."""
+    """Grant (positive amount) or deduct (negative) points or credit, with a reason; once per key."""
     if adjustment.amount == 0:
         raise InvalidInput("amount must not be zero", field="amount")
-
-    async def work(connection: asyncpg.Connection) -> WrittenEntry:
-        now = clock.now()
-        spendable = HOLD_ACCOUNTS[adjustment.unit][0]
-        source_kind = AccountKind.ISSUED if adjustment.unit is Unit.POINTS else AccountKind.CREDIT_ISSUED
-        customer = customer_account(adjustment.customer_id, spendable)
-        metadata = {"reason": adjustment.reason}
-        if adjustment.amount > 0:
-            expiry = await earn_expiry(connection, principal.program_id, now) if adjustment.unit is Unit.POINTS else None
-            draft = transfer(
-                system_account(source_kind), customer, adjustment.amount,
-                kind="adjustment.grant", metadata=metadata, lot_expires_at=expiry,
-            )
-        else:
-            sink = AccountKind.ADJUSTMENTS if adjustment.unit is Unit.POINTS else AccountKind.CREDIT_ISSUED
-            draft = transfer(customer, system_account(sink), -adjustment.amount, kind="adjustment.deduct", metadata=metadata)
-        return await write_entry(connection, principal.program_id, draft, actor=principal.actor, now=now)
-
-    return await run_once(principal.program_id, key, fingerprint("adjust", adjustment), WrittenEntry, work)
+    return await post_once(
+        principal.program_id,
+        key,
+        fingerprint("adjust", adjustment),
+        lambda settings, now: adjustment_draft(adjustment, settings, now),
+        principal.actor,
+        clock.now(),
+    )
 
 
 # --- Reversals -----------------------------------------------------------------------
@@ -122,6 +112,13 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
             raise NotFound(f"entry {entry_id} not found", field="entry_id")
         if original["kind"].startswith(NOT_REVERSIBLE):
             raise Conflict(f"a {original['kind']} entry cannot be reversed", field="entry_id")
+        # Reversals of one entry take turns, so a late one sees the first and is refused as
+        # already reversed (not as short of points, which is what the balance would say).
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('reverse:' || $1 || ':' || $2, 0))",
+            principal.program_id,
+            str(entry_id),
+        )
         already = await connection.fetchval(
             "SELECT id FROM entries WHERE program_id = $1 AND reverses_entry_id = $2",
             principal.program_id,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from service.db.ledger_accounts import open_system_accounts
 from service.db.tables import ApiKey, Program, Shop
 from service.db.transaction import transaction
 from service.domain import access
@@ -33,7 +34,7 @@ async def create_program(settings: ProgramSettings, program_id: str | None = Non
     """Create a program (the tenant) with its token signing secret."""
     settings = settings.validated()
     program_id = program_id or new_id("prg")
-    async with transaction():
+    async with transaction() as connection:
         await Program.insert(
             Program(
                 id=program_id,
@@ -44,6 +45,7 @@ async def create_program(settings: ProgramSettings, program_id: str | None = Non
                 token_secret=secrets.token_bytes(32),
             )
         ).run()
+        await open_system_accounts(connection, program_id)
     return await get_program(program_id)
 
 

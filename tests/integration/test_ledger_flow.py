@@ -87,3 +87,29 @@ async def test_expiry_and_hold_expiry(
     assert await ledger_jobs.expire_points(program.id, clock) == 0
     assert (await balances(owner_connection, program.id, ann))["available"] == 50
     await ledger_invariants(owner_connection, program.id)
+
+
+async def test_reversing_a_grant_takes_back_its_own_lot(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Undoing a mistaken grant must not swap the customer's older, sooner-expiring points
+    for the grant's later-expiring ones (which would extend their life)."""
+    who = admin(program.id)
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
+    ann = await enrol(program.id, "ann", clock)
+    def change(amount: int) -> ledger.Adjustment:
+        return ledger.Adjustment(customer_id=ann, amount=amount, reason="test")
+
+    old = await ledger.adjust(who, change(100), "g1", clock)
+    clock.advance(timedelta(days=20))
+    mistake = await ledger.adjust(who, change(60), "g2", clock)
+    await ledger.adjust(who, change(-30), "d1", clock)  # spends the old points, soonest first
+    await ledger.reverse(who, mistake.id, "granted by mistake", "r1", clock)
+    lots = await owner_connection.fetch(
+        "SELECT entry_id, remaining FROM lots WHERE program_id = $1 AND remaining > 0", program.id
+    )
+    assert [(row["entry_id"], row["remaining"]) for row in lots] == [(old.id, 70)]
+    clock.advance(timedelta(days=11))  # past the old points' date
+    assert await ledger_jobs.expire_points(program.id, clock) == 1
+    assert (await balances(owner_connection, program.id, ann))["available"] == 0
+    await ledger_invariants(owner_connection, program.id)

@@ -1,0 +1,32 @@
+"""A program's ledger settings: its time zone and how earned points expire."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+
+from service.domain.errors import NotFound
+from service.domain.expiry import ExpiryPolicy, ExpiryRule
+
+
+class ProgramLedgerSettings(msgspec.Struct, frozen=True):
+    time_zone: str
+    expiry: ExpiryRule
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+
+async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> ProgramLedgerSettings:
+    """Read inside the caller's transaction, so a batch sees one consistent policy."""
+    row = await connection.fetchrow(
+        "SELECT time_zone, expiry_policy, expiry_period FROM programs WHERE id = $1", program_id
+    )
+    if row is None:
+        raise NotFound(f"program {program_id} not found")
+    return ProgramLedgerSettings(
+        row["time_zone"], ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"])
+    )

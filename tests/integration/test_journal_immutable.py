@@ -1,0 +1,303 @@
+"""The journal is append-only in the database itself, whoever asks, and tampering shows.
+
+As the owner (a superuser) the append-only triggers refuse every change; as the app role
+(the pool's connections) the missing privileges refuse it first. An unbalanced entry fails
+at COMMIT (deferred constraint trigger). Changing a sealed entry behind the triggers' back
+breaks the hash chain, and verification names the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+
+import asyncpg
+import pytest
+
+from service.db.piccolo_conf import DB
+from service.domain.clock import ManualClock
+from service.usecases import ledger, ledger_jobs
+from service.usecases.finance import verify_chain
+from tests.conftest import ProgramFixture
+from tests.integration.ledger_helpers import admin, enrol, ledger_invariants
+
+CHANGES = [
+    "UPDATE entries SET kind = 'changed' WHERE program_id = $1",
+    "UPDATE entries SET metadata = '{}' WHERE program_id = $1",
+    "DELETE FROM entries WHERE program_id = $1",
+    "UPDATE postings SET amount = amount * 2 WHERE program_id = $1",
+    "UPDATE postings SET balance_after = 0 WHERE program_id = $1",
+    "DELETE FROM postings WHERE program_id = $1",
+    "UPDATE lot_allocations SET amount = amount + 1 WHERE program_id = $1",
+    "DELETE FROM lot_allocations WHERE program_id = $1",
+    "UPDATE entry_seals SET chain_hash = entry_hash WHERE program_id = $1",
+    "DELETE FROM entry_seals WHERE program_id = $1",
+]
+TRUNCATES = ["TRUNCATE postings", "TRUNCATE entries CASCADE"]
+
+
+@dataclass
+class Journal:
+    program_id: str
+    customer_id: str
+    entry_ids: list[int]
+
+
+@pytest.fixture
+async def journal(program: ProgramFixture, clock: ManualClock) -> Journal:
+    """A program with a few entries (one consuming a lot), all sealed."""
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    grant = await ledger.adjust(
+        who, ledger.Adjustment(customer_id=ann, amount=500, reason="a"), "g1", clock
+    )
+    deduct = await ledger.adjust(
+        who, ledger.Adjustment(customer_id=ann, amount=-80, reason="b"), "d1", clock
+    )
+    bonus = await ledger.adjust(
+        who, ledger.Adjustment(customer_id=ann, amount=40, reason="c"), "g2", clock
+    )
+    assert await ledger_jobs.seal_chain(program.id) == 3
+    return Journal(program.id, ann, [grant.id, deduct.id, bonus.id])
+
+
+@pytest.fixture
+async def app_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from the app's pool, as the app role."""
+    pool = DB.pool
+    assert pool is not None
+    async with pool.acquire() as proxy:
+        connection = cast(asyncpg.Connection, proxy)
+        if await connection.fetchval("SELECT current_user") != "loyalty_app":
+            pytest.skip("the database has no loyalty_app role to connect as")
+        yield connection
+
+
+async def refusal(
+    connection: asyncpg.Connection, statement: str, *args: object
+) -> asyncpg.PostgresError:
+    """The error the statement fails with; it runs in a transaction that is always rolled back."""
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await connection.execute(statement, *args)
+    except asyncpg.PostgresError as error:
+        return error
+    finally:
+        await transaction.rollback()
+    raise AssertionError(f"{statement!r} was allowed")
+
+
+async def journal_rows(connection: asyncpg.Connection, program_id: str) -> list[asyncpg.Record]:
+    return await connection.fetch(
+        "SELECT e.id, e.kind, e.metadata, p.line, p.amount, p.balance_after FROM entries e"
+        " JOIN postings p ON p.program_id = e.program_id AND p.entry_id = e.id"
+        " WHERE e.program_id = $1 ORDER BY e.id, p.line",
+        program_id,
+    )
+
+
+@pytest.mark.parametrize("statement", CHANGES)
+async def test_owner_cannot_change_the_journal(
+    journal: Journal, owner_connection: asyncpg.Connection, statement: str
+) -> None:
+    before = await journal_rows(owner_connection, journal.program_id)
+    error = await refusal(owner_connection, statement, journal.program_id)
+    assert isinstance(error, asyncpg.RestrictViolationError), error
+    assert "append-only" in str(error)
+    assert await journal_rows(owner_connection, journal.program_id) == before
+
+
+@pytest.mark.parametrize("statement", CHANGES)
+async def test_app_role_cannot_change_the_journal(
+    journal: Journal, app_connection: asyncpg.Connection, statement: str
+) -> None:
+    error = await refusal(app_connection, statement, journal.program_id)
+    assert isinstance(error, asyncpg.InsufficientPrivilegeError), error
+
+
+@pytest.mark.parametrize("statement", TRUNCATES)
+async def test_nobody_can_truncate_the_journal(
+    journal: Journal,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    statement: str,
+) -> None:
+    owner_error = await refusal(owner_connection, statement)
+    assert isinstance(owner_error, asyncpg.RestrictViolationError), owner_error
+    app_error = await refusal(app_connection, statement)
+    assert isinstance(app_error, asyncpg.InsufficientPrivilegeError), app_error
+    assert len(await journal_rows(owner_connection, journal.program_id)) == 6
+
+
+# --- Balance at COMMIT -----------------------------------------------------------------
+
+
+async def account_ids(connection: asyncpg.Connection, journal: Journal) -> dict[str, int]:
+    rows = await connection.fetch(
+        "SELECT kind, id FROM accounts"
+        " WHERE program_id = $1 AND (customer_id IS NULL OR customer_id = $2)",
+        journal.program_id,
+        journal.customer_id,
+    )
+    return {row["kind"]: row["id"] for row in rows}
+
+
+async def write_raw(
+    connection: asyncpg.Connection, program_id: str, postings: list[tuple[int, str, int]]
+) -> int:
+    """Insert an entry and its postings (account id, unit, amount) in the current transaction."""
+    entry_id: int = await connection.fetchval(
+        "INSERT INTO entries (program_id, kind, posted_at, actor) VALUES ($1, 'raw', now(), 'test')"
+        " RETURNING id",
+        program_id,
+    )
+    for line, (account_id, unit, amount) in enumerate(postings, start=1):
+        await connection.execute(
+            "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, posted_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, now())",
+            program_id,
+            entry_id,
+            line,
+            account_id,
+            unit,
+            amount,
+        )
+    return entry_id
+
+
+UNBALANCED = {
+    "no postings": [],
+    "one posting": [("issued", "POINTS", -10)],
+    "two postings not summing to zero": [("issued", "POINTS", -10), ("adjustments", "POINTS", 9)],
+    "zero per entry but not per unit": [("issued", "POINTS", -10), ("credit_issued", "CREDIT", 10)],
+    "one unit balanced, the other not": [
+        ("issued", "POINTS", -10),
+        ("adjustments", "POINTS", 10),
+        ("credit_issued", "CREDIT", -5),
+        ("credit_redeemed", "CREDIT", 4),
+    ],
+}
+
+
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+@pytest.mark.parametrize("postings", list(UNBALANCED.values()), ids=list(UNBALANCED))
+async def test_unbalanced_entry_fails_at_commit(
+    journal: Journal,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    as_owner: bool,
+    postings: list[tuple[str, str, int]],
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:  # the statements succeed: the check is deferred to COMMIT
+        entry_id = await write_raw(
+            connection,
+            journal.program_id,
+            [(ids[kind], unit, amount) for kind, unit, amount in postings],
+        )
+    except BaseException:
+        await transaction.rollback()
+        raise
+    with pytest.raises(asyncpg.CheckViolationError, match=f"entry {entry_id} "):
+        await transaction.commit()
+    assert not connection.is_in_transaction()
+    assert not await owner_connection.fetchval(
+        "SELECT count(*) FROM entries WHERE program_id = $1 AND id = $2",
+        journal.program_id,
+        entry_id,
+    )
+    await ledger_invariants(owner_connection, journal.program_id)
+
+
+async def test_entry_balanced_in_each_of_two_units_is_accepted(
+    journal: Journal, owner_connection: asyncpg.Connection, app_connection: asyncpg.Connection
+) -> None:
+    ids = await account_ids(owner_connection, journal)
+    async with app_connection.transaction():
+        entry_id = await write_raw(
+            app_connection,
+            journal.program_id,
+            [
+                (ids["issued"], "POINTS", -10),
+                (ids["credit_issued"], "CREDIT", -250),
+                (ids["adjustments"], "POINTS", 10),
+                (ids["credit_redeemed"], "CREDIT", 250),
+            ],
+        )
+    sums = await owner_connection.fetch(
+        "SELECT unit, sum(amount) AS total, count(*) AS lines FROM postings"
+        " WHERE program_id = $1 AND entry_id = $2 GROUP BY unit ORDER BY unit",
+        journal.program_id,
+        entry_id,
+    )
+    assert [(r["unit"], r["total"], r["lines"]) for r in sums] == [
+        ("CREDIT", 0, 2),
+        ("POINTS", 0, 2),
+    ]
+    await ledger_invariants(owner_connection, journal.program_id)
+
+
+# --- Tamper evidence -------------------------------------------------------------------
+
+
+async def behind_the_trigger(
+    connection: asyncpg.Connection, table: str, trigger: str, statement: str, *args: object
+) -> None:
+    """What only someone able to switch the append-only trigger off could do (all in one
+    transaction, so no other session ever sees the trigger disabled)."""
+    async with connection.transaction():
+        await connection.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+        status = await connection.execute(statement, *args)
+        await connection.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+    assert status.endswith(" 1"), status
+
+
+TAMPERING = {
+    "posting amount": (
+        "postings",
+        "postings_append_only",
+        "UPDATE postings SET amount = amount + 1"
+        " WHERE program_id = $1 AND entry_id = $2 AND line = 2",
+        "UPDATE postings SET amount = amount - 1"
+        " WHERE program_id = $1 AND entry_id = $2 AND line = 2",
+    ),
+    "entry metadata": (
+        "entries",
+        "entries_append_only",
+        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"forged\"')"
+        " WHERE program_id = $1 AND id = $2",
+        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"b\"')"
+        " WHERE program_id = $1 AND id = $2",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(TAMPERING))
+async def test_changing_a_sealed_entry_breaks_the_chain_there(
+    journal: Journal, owner_connection: asyncpg.Connection, what: str
+) -> None:
+    table, trigger, tamper, restore = TAMPERING[what]
+    target = journal.entry_ids[1]  # the middle one: the break must name it, not its neighbours
+    report = await verify_chain(journal.program_id)
+    assert (report.valid, report.sealed, report.unsealed) == (True, 3, 0)
+
+    await behind_the_trigger(owner_connection, table, trigger, tamper, journal.program_id, target)
+    try:
+        report = await verify_chain(journal.program_id)
+        assert not report.valid, report
+        assert report.first_break is not None
+        assert (report.first_break.entry_id, report.first_break.seq) == (target, 2)
+        assert "does not match" in report.first_break.reason
+    finally:
+        await behind_the_trigger(
+            owner_connection, table, trigger, restore, journal.program_id, target
+        )
+
+    report = await verify_chain(journal.program_id)
+    assert report.valid and report.first_break is None, report
+    await ledger_invariants(owner_connection, journal.program_id)
