@@ -37,9 +37,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await start_pool(dsn, settings)
-        jobs = (
-            asyncio.create_task(scheduler(app.state.clock, settings.job_interval_s)) if settings.run_jobs else None
-        )
+        jobs = asyncio.create_task(scheduler(app.state.clock, settings.job_interval_s)) if settings.run_jobs else None
         try:
             yield
         finally:

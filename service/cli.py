@@ -53,7 +53,10 @@ def cmd_serve(settings: Settings) -> None:
 
     dsn = asyncio.run(_serve_prepare(settings))
     configure_logging(settings.log_level)
-    print(f"Serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema/swagger)", flush=True)
+    print(
+        f"Serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema/swagger)",
+        flush=True,
+    )
     uvicorn.run(
         create_app(settings, dsn),
         host=settings.host,

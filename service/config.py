@@ -107,10 +107,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.pool_min_size > settings.pool_max_size:
         raise SettingsError("LOYALTY_POOL_MIN_SIZE must not exceed LOYALTY_POOL_MAX_SIZE")
-    if settings.database_url is not None and not settings.database_url.startswith(
-        ("postgres://", "postgresql://")
-    ):
+    if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
         raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    if not 60 <= settings.customer_token_ttl_s <= 86_400:
+        raise SettingsError(
+            f"LOYALTY_CUSTOMER_TOKEN_TTL_S must be between 60 and 86400, got {settings.customer_token_ttl_s}"
+        )
     if settings.port > 65535:
         raise SettingsError(f"LOYALTY_PORT must be at most 65535, got {settings.port}")
     if not _DATABASE_NAME.fullmatch(settings.database_name):
@@ -119,7 +121,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f" got {settings.database_name!r}"
         )
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise SettingsError(
-            f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}"
-        )
+        raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
     return settings

@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from service.domain.chain import GENESIS, ChainBreak, SealedEntry, SealedPosting, chain_hash, entry_hash
+from service.domain.chain import (
+    GENESIS,
+    ChainBreak,
+    SealedEntry,
+    SealedPosting,
+    chain_hash,
+    entry_hash,
+)
 
 _ENTRY_CONTENT = (
     "SELECT e.id, e.kind, e.posted_at, e.actor, e.reverses_entry_id, e.metadata,"
@@ -54,7 +61,8 @@ async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int
         return 0
     ids = sorted(row["entry_id"] for row in queued)
     last = await connection.fetchrow(
-        "SELECT seq, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1", program_id
+        "SELECT seq, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1",
+        program_id,
     )
     seq, previous = (last["seq"], bytes(last["chain_hash"])) if last else (0, GENESIS)
     contents = {row["id"]: _sealed_entry(row) for row in await connection.fetch(_ENTRY_CONTENT, program_id, ids)}

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.db.idempotency import encode_outcome, remember
 from service.db.ledger_accounts import system_account_ids
 from service.domain.errors import DomainError, NotFound
 from service.domain.ledger import (
@@ -80,22 +81,55 @@ class _Rows:
     # created: lot id, entry, account, remaining after the batch, amount, earned at, expires at
 
 
+_RESERVE = (
+    "SELECT ARRAY(SELECT nextval('entry_id_seq') FROM generate_series(1, $1::int)) AS entries,"
+    " ARRAY(SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, $2::int)) AS lots"
+)
+
+
+class _Reserved:
+    """Entry and lot ids taken from their sequences ahead of the writes (gaps are harmless)."""
+
+    def __init__(self, entries: list[int], lots: list[int]) -> None:
+        self.entries = iter(entries)
+        self.lots = iter(lots)
+
+    async def next_lot(self, connection: asyncpg.Connection) -> int:
+        lot_id = next(self.lots, None)
+        if lot_id is None:  # planning made more lots than foreseen
+            row = await connection.fetchrow(_RESERVE, 0, 16)
+            assert row is not None
+            self.lots = iter(row["lots"])
+            lot_id = next(self.lots)
+        return lot_id
+
+
 async def _lock_customer_accounts(
-    connection: asyncpg.Connection, program_id: str, refs: Sequence[AccountRef]
-) -> dict[AccountRef, _Account]:
-    if not refs:
-        return {}
+    connection: asyncpg.Connection,
+    program_id: str,
+    refs: Sequence[AccountRef],
+    entries: int,
+    lots: int,
+) -> tuple[dict[AccountRef, _Account], _Reserved]:
+    """Lock the accounts (one statement, in id order) and reserve ids in the same round trip."""
     by_code = {ref.code: ref for ref in refs}
-    rows = await connection.fetch(
-        "SELECT id, code, balance, version, last_posted_at FROM accounts"
-        " WHERE program_id = $1 AND code = ANY($2::text[]) ORDER BY id FOR NO KEY UPDATE",
+    row = await connection.fetchrow(
+        f"WITH locked AS (SELECT id, code, balance, version, last_posted_at FROM accounts"
+        f" WHERE program_id = $3 AND code = ANY($4::text[]) ORDER BY id FOR NO KEY UPDATE),"
+        f" reserved AS MATERIALIZED ({_RESERVE})"
+        f" SELECT reserved.*, ARRAY(SELECT ROW(id, code, balance, version, last_posted_at) FROM locked) AS locked"
+        f" FROM reserved",
+        entries,
+        lots,
         program_id,
         list(by_code),
     )
-    return {
-        by_code[row["code"]]: _Account(row["id"], row["balance"], row["version"], row["last_posted_at"])
-        for row in rows
+    assert row is not None
+    accounts = {
+        by_code[code]: _Account(account_id, balance, version, last_posted_at)
+        for account_id, code, balance, version, last_posted_at in row["locked"]
     }
+    return accounts, _Reserved(list(row["entries"]), list(row["lots"]))
 
 
 async def _load_open_lots(
@@ -109,9 +143,7 @@ async def _load_open_lots(
         list(by_id),
     )
     for row in rows:
-        by_id[row["account_id"]].lots.append(
-            OpenLot(row["id"], row["remaining"], row["earned_at"], row["expires_at"])
-        )
+        by_id[row["account_id"]].lots.append(OpenLot(row["id"], row["remaining"], row["earned_at"], row["expires_at"]))
 
 
 def _decide(
@@ -145,14 +177,21 @@ def _apply_lots(accounts: dict[AccountRef, _Account], net: dict[AccountRef, int]
 
 
 async def write_entries(
-    connection: asyncpg.Connection, program_id: str, items: Sequence[EntryToWrite], *, now: datetime
+    connection: asyncpg.Connection,
+    program_id: str,
+    items: Sequence[EntryToWrite],
+    *,
+    now: datetime,
+    keys: Sequence[tuple[str, bytes]] | None = None,
 ) -> list[WrittenEntry | DomainError]:
     """Append the entries that pass their checks, in order, inside the caller's transaction.
 
     Each result is the written entry or the refusal of that entry alone; a refused entry
-    changes nothing and does not stop the others."""
+    changes nothing and does not stop the others. With `keys` (idempotency key and request
+    fingerprint per item), each outcome is remembered under its key in the same statement."""
     refs = sorted({p.account for item in items for p in item.draft.postings if p.account.is_customer}, key=str)
-    accounts = await _lock_customer_accounts(connection, program_id, refs)
+    credits = sum(1 for item in items for p in item.draft.postings if p.account.is_customer and p.amount > 0)
+    accounts, reserved = await _lock_customer_accounts(connection, program_id, refs, len(items), credits)
     debits = {
         ref: accounts[ref]
         for item in items
@@ -164,9 +203,7 @@ async def write_entries(
     system_ids = await system_account_ids(connection, program_id)
 
     # per entry: the customer balances before it (the batch moves them entry by entry)
-    decided: list[
-        tuple[EntryToWrite, dict[AccountRef, int], tuple[Slice, ...], tuple[tuple[int, NewLot], ...]]
-    ] = []
+    decided: list[tuple[EntryToWrite, dict[AccountRef, int], tuple[Slice, ...], tuple[tuple[int, NewLot], ...]]] = []
     batch_lots: list[NewLot] = []
     results: list[WrittenEntry | DomainError | None] = []
     for item in items:
@@ -189,17 +226,13 @@ async def write_entries(
         decided.append((item, before, consumed, tuple(zip(new_ids, planned, strict=True))))
         results.append(None)
     if not decided:
-        return [r for r in results if r is not None]
+        refusals = [r for r in results if r is not None]
+        if keys:
+            await remember(connection, program_id, list(keys), refusals)
+        return refusals
 
-    reserved = await connection.fetchrow(
-        "SELECT ARRAY(SELECT nextval('entry_id_seq') FROM generate_series(1, $1::int)) AS entries,"
-        " ARRAY(SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, $2::int)) AS lots",
-        len(decided),
-        len(batch_lots),
-    )
-    assert reserved is not None
-    entry_ids: list[int] = list(reserved["entries"])
-    lot_ids = {-(index + 1): lot_id for index, lot_id in enumerate(reserved["lots"])}
+    entry_ids = [next(reserved.entries) for _ in decided]
+    lot_ids = {-(index + 1): await reserved.next_lot(connection) for index in range(len(batch_lots))}
     left = {lot.id: lot.remaining for account in accounts.values() for lot in account.lots if lot.id < 0}
     rows = _Rows()
     written: list[WrittenEntry] = []
@@ -208,7 +241,14 @@ async def write_entries(
         touched = [accounts[p.account] for p in draft.postings if p.account.is_customer]
         posted_at = max([now, *(a.last_posted_at for a in touched if a.last_posted_at)])
         rows.entries.append(
-            (entry_id, draft.kind, posted_at, item.actor, draft.reverses_entry_id, msgspec.json.encode(draft.metadata).decode())
+            (
+                entry_id,
+                draft.kind,
+                posted_at,
+                item.actor,
+                draft.reverses_entry_id,
+                msgspec.json.encode(draft.metadata).decode(),
+            )
         )
         postings: list[WrittenPosting] = []
         running: dict[AccountRef, int] = {}
@@ -227,16 +267,39 @@ async def write_entries(
             else:
                 account_id = system_ids[posting.account.kind]
             rows.postings.append(
-                (entry_id, line, account_id, posting.account.unit.value, posting.amount, balance_after, version, posted_at)
+                (
+                    entry_id,
+                    line,
+                    account_id,
+                    posting.account.unit.value,
+                    posting.amount,
+                    balance_after,
+                    version,
+                    posted_at,
+                )
             )
             postings.append(
-                WrittenPosting(line, account_id, posting.account.code, posting.account.unit.value, posting.amount, balance_after)
+                WrittenPosting(
+                    line,
+                    account_id,
+                    posting.account.code,
+                    posting.account.unit.value,
+                    posting.amount,
+                    balance_after,
+                )
             )
         rows.consumed.extend((entry_id, lot_ids.get(piece.lot_id, piece.lot_id), piece.amount) for piece in consumed)
         for temporary_id, lot in created:
             rows.created.append(
-                (lot_ids[temporary_id], entry_id, accounts[lot.account].id, left.get(temporary_id, 0),
-                 lot.amount, lot.earned_at, lot.expires_at)
+                (
+                    lot_ids[temporary_id],
+                    entry_id,
+                    accounts[lot.account].id,
+                    left.get(temporary_id, 0),
+                    lot.amount,
+                    lot.earned_at,
+                    lot.expires_at,
+                )
             )
         written.append(
             WrittenEntry(
@@ -249,68 +312,78 @@ async def write_entries(
                 postings=postings,
             )
         )
-    await _append(connection, program_id, rows, [a for a in accounts.values() if a.touched])
     written_iter = iter(written)
-    return [next(written_iter) if result is None else result for result in results]
+    outcomes = [next(written_iter) if result is None else result for result in results]
+    remembered = [(*key, *encode_outcome(outcome)) for key, outcome in zip(keys, outcomes, strict=True)] if keys else []
+    await _append(connection, program_id, rows, [a for a in accounts.values() if a.touched], remembered)
+    return outcomes
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], count: int) -> list[list[Any]]:
     return [[row[index] for row in rows] for index in range(count)]
 
 
+_APPEND = """
+WITH new_entries AS (
+    INSERT INTO entries (program_id, id, kind, posted_at, actor, reverses_entry_id, metadata)
+    SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[], $7::jsonb[])
+    RETURNING id
+), queued AS (
+    INSERT INTO seal_queue (program_id, entry_id) SELECT $1, id FROM new_entries
+), new_postings AS (
+    INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, balance_after,
+                          account_version, posted_at)
+    SELECT $1, * FROM unnest($8::bigint[], $9::smallint[], $10::bigint[], $11::text[], $12::bigint[],
+                             $13::bigint[], $14::bigint[], $15::timestamptz[])
+), moved AS (
+    UPDATE accounts AS a SET balance = u.balance, version = u.version, last_posted_at = u.posted
+      FROM unnest($16::bigint[], $17::bigint[], $18::bigint[], $19::timestamptz[]) AS u(id, balance, version, posted)
+     WHERE a.program_id = $1 AND a.id = ANY($16::bigint[]) AND a.id = u.id
+), new_lots AS (
+    INSERT INTO lots (program_id, id, entry_id, account_id, remaining, amount, earned_at, expires_at)
+    SELECT $1, * FROM unnest($20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[],
+                             $25::timestamptz[], $26::timestamptz[])
+), spent_lots AS (
+    UPDATE lots AS l SET remaining = l.remaining - c.amount
+      FROM (SELECT id, sum(amount)::bigint AS amount FROM unnest($27::bigint[], $28::bigint[]) AS c(id, amount)
+             GROUP BY id) AS c
+     WHERE l.program_id = $1 AND l.id = ANY($27::bigint[]) AND l.id = c.id
+), allocations AS (
+    INSERT INTO lot_allocations (program_id, entry_id, lot_id, amount)
+    SELECT $1, entry_id, lot_id, sum(amount) FROM unnest($29::bigint[], $30::bigint[], $31::bigint[])
+        AS c(entry_id, lot_id, amount) GROUP BY entry_id, lot_id
+), remembered AS (
+    INSERT INTO idempotency_keys (program_id, key, fingerprint, status_code, response)
+    SELECT $1, * FROM unnest($32::text[], $33::bytea[], $34::int[], $35::bytea[])
+)
+SELECT 1
+"""
+
+
 async def _append(
-    connection: asyncpg.Connection, program_id: str, rows: _Rows, touched: Sequence[_Account]
+    connection: asyncpg.Connection,
+    program_id: str,
+    rows: _Rows,
+    touched: Sequence[_Account],
+    remembered: Sequence[tuple[str, bytes, int, bytes]],
 ) -> None:
-    entry_id, kind, posted_at, actor, reverses, metadata = _columns(rows.entries, 6)
+    """Everything a batch writes, in one statement (its key checks run at its end)."""
+    new_lot_ids = {row[0] for row in rows.created}
+    old_lots = [(lot, amount) for _, lot, amount in rows.consumed if lot not in new_lot_ids]
     await connection.execute(
-        "INSERT INTO entries (program_id, id, kind, posted_at, actor, reverses_entry_id, metadata)"
-        " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[],"
-        " $7::jsonb[])",
-        program_id, entry_id, kind, posted_at, actor, reverses, metadata,
-    )
-    await connection.execute(
-        "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, balance_after,"
-        " account_version, posted_at)"
-        " SELECT $1, * FROM unnest($2::bigint[], $3::smallint[], $4::bigint[], $5::text[], $6::bigint[],"
-        " $7::bigint[], $8::bigint[], $9::timestamptz[])",
-        program_id, *_columns(rows.postings, 8),
-    )
-    if touched:
-        await connection.execute(
-            "UPDATE accounts AS a SET balance = u.balance, version = u.version, last_posted_at = u.posted"
-            " FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[]) AS u(id, balance, version, posted)"
-            " WHERE a.program_id = $1 AND a.id = ANY($2::bigint[]) AND a.id = u.id",
-            program_id,
-            [a.id for a in touched],
-            [a.balance for a in touched],
-            [a.version for a in touched],
-            [a.last_posted_at for a in touched],
-        )
-    if rows.created:
-        await connection.execute(
-            "INSERT INTO lots (program_id, id, entry_id, account_id, remaining, amount, earned_at, expires_at)"
-            " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],"
-            " $7::timestamptz[], $8::timestamptz[])",
-            program_id, *_columns(rows.created, 7),
-        )
-    if rows.consumed:
-        consumed_entry, lot_id, amount = _columns(rows.consumed, 3)
-        new_lots = {row[0] for row in rows.created}  # inserted with what the batch left of them
-        old = [(lot, taken) for lot, taken in zip(lot_id, amount, strict=True) if lot not in new_lots]
-        await connection.execute(
-            "UPDATE lots AS l SET remaining = l.remaining - c.amount"
-            " FROM (SELECT id, sum(amount)::bigint AS amount FROM unnest($2::bigint[], $3::bigint[]) AS c(id, amount)"
-            " GROUP BY id) AS c WHERE l.program_id = $1 AND l.id = ANY($2::bigint[]) AND l.id = c.id",
-            program_id, [lot for lot, _ in old], [taken for _, taken in old],
-        )
-        await connection.execute(
-            "INSERT INTO lot_allocations (program_id, entry_id, lot_id, amount)"
-            " SELECT $1, entry_id, lot_id, sum(amount) FROM unnest($2::bigint[], $3::bigint[], $4::bigint[])"
-            " AS c(entry_id, lot_id, amount) GROUP BY entry_id, lot_id",
-            program_id, consumed_entry, lot_id, amount,
-        )
-    await connection.execute(
-        "INSERT INTO seal_queue (program_id, entry_id) SELECT $1, unnest($2::bigint[])", program_id, entry_id
+        _APPEND,
+        program_id,
+        *_columns(rows.entries, 6),
+        *_columns(rows.postings, 8),
+        [a.id for a in touched],
+        [a.balance for a in touched],
+        [a.version for a in touched],
+        [a.last_posted_at for a in touched],
+        *_columns(rows.created, 7),
+        [lot for lot, _ in old_lots],
+        [amount for _, amount in old_lots],
+        *_columns(rows.consumed, 3),
+        *_columns(remembered, 4),
     )
 
 

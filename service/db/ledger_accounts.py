@@ -1,4 +1,4 @@
-"""Ledger accounts: per customer at enrolment, per program on first use."""
+"""Ledger accounts: per customer at enrolment, per program when the program is created."""
 
 from __future__ import annotations
 

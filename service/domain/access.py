@@ -113,13 +113,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign_customer_token(
-    program_id: str, customer_id: str, expires_at: datetime, key: bytes
-) -> str:
+def sign_customer_token(program_id: str, customer_id: str, expires_at: datetime, key: bytes) -> str:
     """`ct.<program>.<claims>.<hmac>`: readable by the service only, bound to one customer."""
-    claims = msgspec.json.encode(
-        CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp()))
-    )
+    claims = msgspec.json.encode(CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp())))
     body = f"{CUSTOMER_TOKEN_PREFIX}.{program_id}.{_b64(claims)}"
     signature = hmac.new(key, body.encode(), hashlib.sha256).digest()
     return f"{body}.{_b64(signature)}"

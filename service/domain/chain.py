@@ -52,5 +52,3 @@ class ChainBreak(msgspec.Struct, frozen=True):
     seq: int
     entry_id: int
     reason: str
-
-

@@ -12,9 +12,7 @@ from service.domain.errors import InvalidInput
 # PostgreSQL text cannot hold NUL (U+0000), so no text field accepts it.
 NO_NUL = r"^[^\x00]*$"
 ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
-Email = Annotated[
-    str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
-]
+Email = Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
 PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
 ShopRef = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 MAX_ATTRIBUTE_DEPTH = 32
@@ -72,9 +70,7 @@ def check_attributes(attributes: dict[str, Any]) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if "\x00" in key:
-                    raise InvalidInput(
-                        "attribute names must not contain NUL (U+0000)", field="attributes"
-                    )
+                    raise InvalidInput("attribute names must not contain NUL (U+0000)", field="attributes")
                 pending.append((item, depth + 1))
         elif isinstance(value, list):
             pending.extend((item, depth + 1) for item in value)

@@ -70,7 +70,11 @@ SYSTEM_KINDS = tuple(kind for kind, spec in CHART.items() if not spec.per_custom
 HOLD_ACCOUNTS: Mapping[Unit, tuple[AccountKind, AccountKind, AccountKind]] = {
     # unit -> (spendable, held, where captured value goes)
     Unit.POINTS: (AccountKind.AVAILABLE, AccountKind.HELD, AccountKind.REDEEMED),
-    Unit.CREDIT: (AccountKind.CREDIT_AVAILABLE, AccountKind.CREDIT_HELD, AccountKind.CREDIT_REDEEMED),
+    Unit.CREDIT: (
+        AccountKind.CREDIT_AVAILABLE,
+        AccountKind.CREDIT_HELD,
+        AccountKind.CREDIT_REDEEMED,
+    ),
 }
 
 
@@ -145,7 +149,10 @@ def validate_entry(draft: EntryDraft) -> None:
         if type(posting.amount) is not int or posting.amount == 0:
             raise InvalidInput("posting amounts are non-zero integers", field=f"postings[{index}].amount")
         if posting.account.is_customer != (posting.account.customer_id is not None):
-            raise InvalidInput("customer accounts need a customer, system accounts none", field=f"postings[{index}]")
+            raise InvalidInput(
+                "customer accounts need a customer, system accounts none",
+                field=f"postings[{index}]",
+            )
         totals[posting.account.unit] += posting.amount
     unbalanced = {unit.value: total for unit, total in totals.items() if total != 0}
     if unbalanced:
@@ -233,7 +240,9 @@ def consume(lots: Sequence[OpenLot], amount: int, first: Collection[int] = ()) -
             left -= taken
     if left:
         raise InsufficientPoints(
-            f"lots hold {amount - left} points, {amount} needed", available=amount - left, requested=amount
+            f"lots hold {amount - left} points, {amount} needed",
+            available=amount - left,
+            requested=amount,
         )
     return slices
 
@@ -277,7 +286,10 @@ def plan_lots(
 
 
 def reversal_of(
-    original_kind: str, original_postings: Sequence[PostingDraft], original_entry_id: int, reason: str
+    original_kind: str,
+    original_postings: Sequence[PostingDraft],
+    original_entry_id: int,
+    reason: str,
 ) -> EntryDraft:
     """The entry that undoes another: every posting negated, linked to the original."""
     return EntryDraft(

@@ -39,15 +39,11 @@ class CredentialMiddleware(AbstractAuthenticationMiddleware):
             response = domain_error_handler(request, refusal)
             await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
-            raise Unauthorized(
-                "send `Authorization: Bearer <api key or customer token>`", field="Authorization"
-            )
+            raise Unauthorized("send `Authorization: Bearer <api key or customer token>`", field="Authorization")
         clock: Clock = connection.app.state.clock
         principal = await authenticate(credential.strip(), clock)
         return AuthenticationResult(user=principal, auth=credential)
@@ -70,17 +66,13 @@ def requires(*scopes: Scope) -> Guard:
     """
     allowed = frozenset(scopes)
 
-    async def guard(
-        connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
-    ) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler) -> None:
         principal = connection.user
         if not isinstance(principal, Principal):
             raise Unauthorized("no credentials")
         if principal.scope not in allowed:
             names = ", ".join(sorted(scope.value for scope in allowed))
-            raise Forbidden(
-                f"this operation needs one of the scopes: {names}", scope=principal.scope.value
-            )
+            raise Forbidden(f"this operation needs one of the scopes: {names}", scope=principal.scope.value)
         await require_json_body(connection, route_handler)
 
     return guard

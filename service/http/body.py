@@ -14,14 +14,10 @@ from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 def is_json_media_type(media_type: str) -> bool:
     """`application/json` or a structured `application/*+json` type."""
     media_type = media_type.strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def require_json_body(
-    connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
-) -> None:
+async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler) -> None:
     """Refuse, before anything is parsed or stored, a body that is empty, not JSON or unreadable.
 
     Reads the body once (Litestar caches it and the decoded JSON for the handler), so an

@@ -71,7 +71,10 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -86,7 +89,13 @@ def observability_middleware(app: ASGIApp) -> ASGIApp:
                 method,
                 scope["path"],
                 status,
-                extra={"fields": {"status": status, "duration_ms": round(elapsed * 1000, 2), "route": route}},
+                extra={
+                    "fields": {
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "route": route,
+                    }
+                },
             )
             REQUEST_ID.reset(token)
 

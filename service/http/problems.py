@@ -57,9 +57,7 @@ def problem(
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def domain_error_handler(
-    request: Request[Any, Any, Any], error: DomainError
-) -> Response[dict[str, Any]]:
+def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
     """A refusal by the product's rules."""
     # RFC 9110: a 401 must say which authentication scheme would be accepted.
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
@@ -97,9 +95,7 @@ def _field_errors(extra: Any) -> list[dict[str, Any]]:
     return errors
 
 
-def validation_handler(
-    request: Request[Any, Any, Any], error: ValidationException
-) -> Response[dict[str, Any]]:
+def validation_handler(request: Request[Any, Any, Any], error: ValidationException) -> Response[dict[str, Any]]:
     """Input that does not fit the request's schema: 422 naming each field.
 
     An error about the body as a whole (not an object, say) names no field: that is a 400.
@@ -117,27 +113,19 @@ def validation_handler(
             errors=errors,
         )
     detail = errors[0]["message"] if errors else error.detail
-    return problem(
-        400, "malformed-request", "Malformed request", detail, request, errors=errors or None
-    )
+    return problem(400, "malformed-request", "Malformed request", detail, request, errors=errors or None)
 
 
-def http_error_handler(
-    request: Request[Any, Any, Any], error: HTTPException
-) -> Response[dict[str, Any]]:
+def http_error_handler(request: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
     """Framework errors (404 for unknown routes, 405, 413, 415, ...)."""
     status = error.status_code
     if status >= 500:
-        log.error(
-            "server error on %s %s: %s", request.method, request.url.path, error, exc_info=error
-        )
+        log.error("server error on %s %s: %s", request.method, request.url.path, error, exc_info=error)
     problem_type, title = _HTTP_TYPES.get(status, ("http-error", "HTTP error"))
     return problem(status, problem_type, title, error.detail, request, headers=error.headers)
 
 
-def database_unavailable_handler(
-    request: Request[Any, Any, Any], error: Exception
-) -> Response[dict[str, Any]]:
+def database_unavailable_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     """The database cannot be reached or the pool is exhausted: fail fast, ask to retry."""
     log.warning("database unavailable: %s", error)
     return problem(
@@ -150,9 +138,7 @@ def database_unavailable_handler(
     )
 
 
-def unstorable_text_handler(
-    request: Request[Any, Any, Any], error: Exception
-) -> Response[dict[str, Any]]:
+def unstorable_text_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     """Text PostgreSQL cannot store (a NUL character) that reached a query: bad input, not a 500."""
     log.info("refused unstorable text on %s %s: %s", request.method, request.url.path, error)
     return problem(
@@ -164,9 +150,7 @@ def unstorable_text_handler(
     )
 
 
-def internal_error_handler(
-    request: Request[Any, Any, Any], error: Exception
-) -> Response[dict[str, Any]]:
+def internal_error_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     """Anything unexpected: logged with its traceback, reported without internals."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem(

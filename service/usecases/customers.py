@@ -30,9 +30,7 @@ def _customer(row: asyncpg.Record) -> Customer:
     return msgspec.convert(values, Customer)
 
 
-async def enrol_customer(
-    program_id: str, request: Enrolment, clock: Clock
-) -> tuple[Customer, bool]:
+async def enrol_customer(program_id: str, request: Enrolment, clock: Clock) -> tuple[Customer, bool]:
     """Enrol once per external id; the same enrolment again returns the same customer."""
     check_attributes(request.attributes)
     if request.shop_id is not None and not await shop_exists(program_id, request.shop_id):
@@ -69,9 +67,7 @@ async def enrol_customer(
     return await in_transaction(work)
 
 
-async def _find_by_external_id(
-    connection: asyncpg.Connection, program_id: str, external_id: str
-) -> Customer:
+async def _find_by_external_id(connection: asyncpg.Connection, program_id: str, external_id: str) -> Customer:
     row = await connection.fetchrow(
         f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND external_id = $2",
         program_id,
@@ -98,9 +94,7 @@ async def get_customer(program_id: str, customer_id: str) -> Customer:
     return await in_transaction(work)
 
 
-async def update_customer(
-    program_id: str, customer_id: str, change: ProfileChange, clock: Clock
-) -> Customer:
+async def update_customer(program_id: str, customer_id: str, change: ProfileChange, clock: Clock) -> Customer:
     """Change profile fields; unset fields keep their value. Repeating it changes nothing more."""
     if change.attributes is not msgspec.UNSET:
         check_attributes(change.attributes)
@@ -131,9 +125,7 @@ async def update_customer(
     return await in_transaction(work)
 
 
-async def list_customers(
-    program_id: str, limit: int, after: str | None
-) -> tuple[list[Customer], str | None]:
+async def list_customers(program_id: str, limit: int, after: str | None) -> tuple[list[Customer], str | None]:
     """A page of customers in enrolment order, and the cursor of the next page."""
 
     async def work(connection: asyncpg.Connection) -> tuple[list[Customer], str | None]:

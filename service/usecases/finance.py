@@ -59,7 +59,11 @@ async def verify_chain(program_id: str) -> ChainReport:
             program_id,
         )
     return ChainReport(
-        valid=first_break is None, sealed=sealed, last_seq=last_seq, unsealed=unsealed, first_break=first_break
+        valid=first_break is None,
+        sealed=sealed,
+        last_seq=last_seq,
+        unsealed=unsealed,
+        first_break=first_break,
     )
 
 
@@ -101,8 +105,13 @@ async def _balance_as_of(
     if row is None:
         raise NotFound(f"account {account_id} not found", field="account_id")
     return AccountBalance(
-        account_id=row["id"], code=row["code"], kind=row["kind"], unit=row["unit"],
-        customer_id=row["customer_id"], balance=row["balance"], as_of=as_of,
+        account_id=row["id"],
+        code=row["code"],
+        kind=row["kind"],
+        unit=row["unit"],
+        customer_id=row["customer_id"],
+        balance=row["balance"],
+        as_of=as_of,
     )
 
 
@@ -115,7 +124,10 @@ async def list_accounts(
             "SELECT a.id FROM accounts a WHERE a.program_id = $1"
             " AND ($2::text IS NULL OR a.customer_id = $2) AND ($3::bigint IS NULL OR a.id > $3)"
             " ORDER BY a.id LIMIT $4",
-            program_id, customer_id, after, limit + 1,
+            program_id,
+            customer_id,
+            after,
+            limit + 1,
         )
         items = [await _balance_as_of(connection, program_id, row["id"], None) for row in rows[:limit]]
     return items, (items[-1].account_id if len(rows) > limit else None)
@@ -140,7 +152,9 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
     """A customer's balances, and the points that expire in the next `days` days by local date."""
     async with _snapshot() as connection:
         rows = await connection.fetch(
-            "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2", program_id, customer_id
+            "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2",
+            program_id,
+            customer_id,
         )
         if not rows:
             raise NotFound(f"customer {customer_id} not found", field="customer_id")
@@ -151,7 +165,10 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
             " JOIN programs p ON p.id = l.program_id"
             " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
             " AND l.expires_at > $3 AND l.expires_at <= $4 GROUP BY 1 ORDER BY 1",
-            program_id, customer_id, now, now + timedelta(days=days),
+            program_id,
+            customer_id,
+            now,
+            now + timedelta(days=days),
         )
     balances = {row["kind"]: row["balance"] for row in rows}
     return CustomerBalance(
@@ -204,18 +221,24 @@ async def statement(
     _check_period(start, end)
     after = _parse_cursor(cursor) if cursor else (start - timedelta(microseconds=1), 0, 0)
     async with _snapshot() as connection:
-        account = await _balance_as_of(connection, program_id, account_id, end)
+        account = await _balance_as_of(connection, program_id, account_id, end - timedelta(microseconds=1))
         opening = await connection.fetchval(
             "SELECT coalesce(sum(amount), 0)::bigint FROM postings WHERE program_id = $1 AND account_id = $2"
             " AND (posted_at, entry_id, line) <= ($3, $4, $5)",
-            program_id, account_id, *after,
+            program_id,
+            account_id,
+            *after,
         )
         rows = await connection.fetch(
             "SELECT p.entry_id, p.line, e.kind, p.posted_at, p.amount, e.metadata FROM postings p"
             " JOIN entries e ON e.program_id = p.program_id AND e.id = p.entry_id"
             " WHERE p.program_id = $1 AND p.account_id = $2 AND (p.posted_at, p.entry_id, p.line) > ($3, $4, $5)"
             " AND p.posted_at < $6 ORDER BY p.posted_at, p.entry_id, p.line LIMIT $7",
-            program_id, account_id, *after, end, limit + 1,
+            program_id,
+            account_id,
+            *after,
+            end,
+            limit + 1,
         )
     running = opening
     lines: list[StatementLine] = []
@@ -223,8 +246,13 @@ async def statement(
         running += row["amount"]
         lines.append(
             StatementLine(
-                entry_id=row["entry_id"], line=row["line"], kind=row["kind"], posted_at=row["posted_at"],
-                amount=row["amount"], balance_after=running, metadata=json.loads(row["metadata"]),
+                entry_id=row["entry_id"],
+                line=row["line"],
+                kind=row["kind"],
+                posted_at=row["posted_at"],
+                amount=row["amount"],
+                balance_after=running,
+                metadata=json.loads(row["metadata"]),
             )
         )
     return Statement(
@@ -271,12 +299,18 @@ async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
             " FROM accounts a LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
             " AND p.posted_at <= $2 WHERE a.program_id = $1 GROUP BY a.kind, a.unit, a.normal_side"
             " ORDER BY a.unit, a.kind",
-            program_id, as_of,
+            program_id,
+            as_of,
         )
     result = [
         TrialBalanceRow(
-            kind=r["kind"], unit=r["unit"], normal_side=r["normal_side"], accounts=r["accounts"],
-            debit=r["debit"], credit=r["credit"], balance=r["credit"] - r["debit"],
+            kind=r["kind"],
+            unit=r["unit"],
+            normal_side=r["normal_side"],
+            accounts=r["accounts"],
+            debit=r["debit"],
+            credit=r["credit"],
+            balance=r["credit"] - r["debit"],
         )
         for r in rows
     ]
@@ -318,7 +352,8 @@ async def liability(program_id: str, as_of: datetime) -> Liability:
             "   AND p.account_id = a.id AND p.posted_at <= $2 ORDER BY p.posted_at DESC, p.entry_id DESC,"
             "   p.line DESC LIMIT 1) AS last"
             " WHERE a.program_id = $1 GROUP BY c.shop_id, a.unit ORDER BY c.shop_id NULLS FIRST",
-            program_id, as_of,
+            program_id,
+            as_of,
         )
     assert program is not None
     value = program["point_value_minor"]
@@ -330,8 +365,13 @@ async def liability(program_id: str, as_of: datetime) -> Liability:
     points = sum(shop.points for shop in by_shop)
     credit = sum(r["outstanding"] for r in rows if r["unit"] == "CREDIT")
     return Liability(
-        as_of=as_of, currency=program["currency"], point_value_minor=value, points_outstanding=points,
-        value_minor=points * value, credit_outstanding_minor=credit, by_shop=by_shop,
+        as_of=as_of,
+        currency=program["currency"],
+        point_value_minor=value,
+        points_outstanding=points,
+        value_minor=points * value,
+        credit_outstanding_minor=credit,
+        by_shop=by_shop,
     )
 
 
@@ -356,7 +396,9 @@ async def activity(program_id: str, start: datetime, end: datetime) -> Activity:
             " LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
             " AND p.posted_at >= $2 AND p.posted_at < $3"
             " WHERE a.program_id = $1 AND a.customer_id IS NULL GROUP BY a.kind",
-            program_id, start, end,
+            program_id,
+            start,
+            end,
         )
     net = {row["kind"]: row["net"] for row in rows}
     return Activity(
@@ -375,8 +417,17 @@ async def activity(program_id: str, start: datetime, end: datetime) -> Activity:
 # --- Journal export ------------------------------------------------------------------
 
 JOURNAL_COLUMNS = (
-    "entry_id", "posted_at", "kind", "actor", "reverses_entry_id", "line", "account", "unit", "amount",
-    "balance_after", "metadata",
+    "entry_id",
+    "posted_at",
+    "kind",
+    "actor",
+    "reverses_entry_id",
+    "line",
+    "account",
+    "unit",
+    "amount",
+    "balance_after",
+    "metadata",
 )
 
 
@@ -385,7 +436,11 @@ async def journal_rows(program_id: str, start: datetime, end: datetime) -> Async
     _check_period(start, end)
     if DB.pool is None:
         raise RuntimeError("connection pool not started")
-    async with DB.pool.acquire() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
+    acquire = DB.pool.acquire(timeout=DB.acquire_timeout)
+    async with (
+        acquire as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
         cursor = connection.cursor(
             "SELECT e.id, e.posted_at, e.kind, e.actor, e.reverses_entry_id, p.line, a.code, p.unit,"
             " p.amount, p.balance_after, e.metadata FROM entries e"
@@ -393,7 +448,10 @@ async def journal_rows(program_id: str, start: datetime, end: datetime) -> Async
             " JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
             " WHERE e.program_id = $1 AND e.posted_at >= $2 AND e.posted_at < $3"
             " ORDER BY e.posted_at, e.id, p.line",
-            program_id, start, end, prefetch=2000,
+            program_id,
+            start,
+            end,
+            prefetch=2000,
         )
         async for row in cursor:
             yield tuple(row)
@@ -443,7 +501,8 @@ async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
             " (SELECT r.id FROM entries r WHERE r.program_id = e.program_id AND r.reverses_entry_id = e.id)"
             " AS reversed_by, (SELECT s.seq FROM entry_seals s WHERE s.program_id = e.program_id"
             " AND s.entry_id = e.id) AS seal_seq FROM entries e WHERE e.program_id = $1 AND e.id = $2",
-            program_id, entry_id,
+            program_id,
+            entry_id,
         )
         if entry is None:
             raise NotFound(f"entry {entry_id} not found", field="entry_id")
@@ -451,18 +510,21 @@ async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
             "SELECT p.line, p.account_id, a.code, p.unit, p.amount, p.balance_after FROM postings p"
             " JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
             " WHERE p.program_id = $1 AND p.entry_id = $2 ORDER BY p.line",
-            program_id, entry_id,
+            program_id,
+            entry_id,
         )
         consumed = await connection.fetch(
             "SELECT l.id, al.amount, l.entry_id, l.earned_at, l.expires_at FROM lot_allocations al"
             " JOIN lots l ON l.program_id = al.program_id AND l.id = al.lot_id"
             " WHERE al.program_id = $1 AND al.entry_id = $2 ORDER BY l.expires_at NULLS LAST, l.id",
-            program_id, entry_id,
+            program_id,
+            entry_id,
         )
         created = await connection.fetch(
             "SELECT id, amount, entry_id, earned_at, expires_at FROM lots"
             " WHERE program_id = $1 AND entry_id = $2 ORDER BY id",
-            program_id, entry_id,
+            program_id,
+            entry_id,
         )
 
     def movements(rows: list[asyncpg.Record]) -> list[LotMovement]:
@@ -472,13 +534,25 @@ async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
         ]
 
     return EntryDetail(
-        id=entry["id"], kind=entry["kind"], posted_at=entry["posted_at"], actor=entry["actor"],
-        reverses_entry_id=entry["reverses_entry_id"], reversed_by_entry_id=entry["reversed_by"],
+        id=entry["id"],
+        kind=entry["kind"],
+        posted_at=entry["posted_at"],
+        actor=entry["actor"],
+        reverses_entry_id=entry["reverses_entry_id"],
+        reversed_by_entry_id=entry["reversed_by"],
         metadata=json.loads(entry["metadata"]),
         postings=[
-            EntryPosting(line=p["line"], account_id=p["account_id"], account=p["code"], unit=p["unit"],
-                         amount=p["amount"], balance_after=p["balance_after"])
+            EntryPosting(
+                line=p["line"],
+                account_id=p["account_id"],
+                account=p["code"],
+                unit=p["unit"],
+                amount=p["amount"],
+                balance_after=p["balance_after"],
+            )
             for p in postings
         ],
-        lots_consumed=movements(consumed), lots_created=movements(created), seal_seq=entry["seal_seq"],
+        lots_consumed=movements(consumed),
+        lots_created=movements(created),
+        seal_seq=entry["seal_seq"],
     )

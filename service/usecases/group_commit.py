@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
+from service.db.idempotency import lock_keys_reading_program, remember, replay
 from service.db.ledger import EntryToWrite, WrittenEntry, write_entries
 from service.db.transaction import transaction, with_retry
 from service.domain.errors import DomainError
 from service.domain.ledger import EntryDraft
-from service.usecases.idempotency import encode_outcome, lock_keys, replay
-from service.usecases.ledger_settings import ProgramLedgerSettings, ledger_settings
+from service.usecases.ledger_settings import ProgramLedgerSettings, settings_from_row
 
 DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]
 MAX_BATCH = 200
+WORKERS = 4  # batches of one program in flight at once: one commits while others build
 
 
 @dataclass
@@ -43,7 +45,8 @@ class EntryBatcher:
     def __init__(self, program_id: str) -> None:
         self.program_id = program_id
         self.queue: asyncio.Queue[Submission] = asyncio.Queue()
-        self.worker = asyncio.get_running_loop().create_task(self._run(), name=f"group-commit:{program_id}")
+        loop = asyncio.get_running_loop()
+        self.workers = [loop.create_task(self._run(), name=f"group-commit:{program_id}:{n}") for n in range(WORKERS)]
 
     async def submit(self, submission: Submission) -> WrittenEntry:
         await self.queue.put(submission)
@@ -55,8 +58,8 @@ class EntryBatcher:
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                await with_retry(lambda: self._commit(batch))
-            except Exception as error:  # noqa: BLE001 - each waiter gets the failure
+                await with_retry(functools.partial(self._commit, batch))
+            except Exception as error:
                 for submission in batch:
                     if not submission.outcome.done():
                         submission.outcome.set_exception(error)
@@ -67,12 +70,10 @@ class EntryBatcher:
             leaders.setdefault(submission.key, submission)
         outcomes: dict[str, WrittenEntry | DomainError] = {}
         async with transaction() as connection:
-            stored = await lock_keys(connection, self.program_id, list(leaders))
+            stored, program = await lock_keys_reading_program(connection, self.program_id, list(leaders))
             fresh = [s for key, s in leaders.items() if key not in stored]
             if fresh:
-                written = await self._write(connection, fresh)
-                outcomes.update(written)
-                await _remember(connection, self.program_id, fresh, written)
+                outcomes.update(await self._write(connection, fresh, settings_from_row(program)))
         for submission in batch:
             if submission.outcome.done():
                 continue
@@ -83,47 +84,49 @@ class EntryBatcher:
             elif submission is leader or submission.fingerprint == leader.fingerprint:
                 outcome = outcomes[submission.key]
             else:
-                outcome = replay((leader.fingerprint, 0, b""), submission.key, submission.fingerprint, WrittenEntry)
+                outcome = replay(
+                    (leader.fingerprint, 0, b""),
+                    submission.key,
+                    submission.fingerprint,
+                    WrittenEntry,
+                )
             if isinstance(outcome, DomainError):
                 submission.outcome.set_exception(outcome)
             else:
                 submission.outcome.set_result(outcome)
 
     async def _write(
-        self, connection: asyncpg.Connection, fresh: list[Submission]
+        self,
+        connection: asyncpg.Connection,
+        fresh: list[Submission],
+        settings: ProgramLedgerSettings,
     ) -> dict[str, WrittenEntry | DomainError]:
-        settings = await ledger_settings(connection, self.program_id)
+        """Write the batch; every outcome is remembered under its key in the same statement."""
         now = max(s.now for s in fresh)
         results: dict[str, WrittenEntry | DomainError] = {}
         items: list[EntryToWrite] = []
-        keys: list[str] = []
+        built: list[Submission] = []
+        refused: list[Submission] = []
         for submission in fresh:
             try:
                 items.append(EntryToWrite(submission.build(settings, now), submission.actor))
-                keys.append(submission.key)
+                built.append(submission)
             except DomainError as refusal:
                 results[submission.key] = refusal
-        for key, result in zip(keys, await write_entries(connection, self.program_id, items, now=now), strict=True):
-            results[key] = result
+                refused.append(submission)
+        if refused:
+            await remember(
+                connection,
+                self.program_id,
+                [(s.key, s.fingerprint) for s in refused],
+                [results[s.key] for s in refused],
+            )
+        if items:
+            keys = [(s.key, s.fingerprint) for s in built]
+            written = await write_entries(connection, self.program_id, items, now=now, keys=keys)
+            for submission, result in zip(built, written, strict=True):
+                results[submission.key] = result
         return results
-
-
-async def _remember(
-    connection: asyncpg.Connection,
-    program_id: str,
-    fresh: list[Submission],
-    outcomes: dict[str, WrittenEntry | DomainError],
-) -> None:
-    encoded = [encode_outcome(outcomes[s.key]) for s in fresh]
-    await connection.execute(
-        "INSERT INTO idempotency_keys (program_id, key, fingerprint, status_code, response)"
-        " SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::int[], $5::bytea[])",
-        program_id,
-        [s.key for s in fresh],
-        [s.fingerprint for s in fresh],
-        [status for status, _ in encoded],
-        [body for _, body in encoded],
-    )
 
 
 _batchers: dict[tuple[int, str], EntryBatcher] = {}
@@ -136,7 +139,7 @@ async def post_once(
     whatever else this program is writing at the same moment."""
     loop_id = id(asyncio.get_running_loop())
     batcher = _batchers.get((loop_id, program_id))
-    if batcher is None or batcher.worker.done():
+    if batcher is None or any(worker.done() for worker in batcher.workers):
         batcher = _batchers[(loop_id, program_id)] = EntryBatcher(program_id)
     return await batcher.submit(Submission(key, fingerprint, build, actor, now))
 
@@ -147,7 +150,8 @@ async def close_batchers() -> None:
     for (owner, program_id), batcher in list(_batchers.items()):
         if owner != loop_id:
             continue
-        batcher.worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await batcher.worker
+        for worker in batcher.workers:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
         del _batchers[(owner, program_id)]

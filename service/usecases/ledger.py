@@ -79,7 +79,13 @@ def adjustment_draft(adjustment: Adjustment, settings: ProgramLedgerSettings, no
             lot_expires_at=expires_at(settings.expiry, now, settings.zone) if points else None,
         )
     sink = AccountKind.ADJUSTMENTS if points else AccountKind.CREDIT_ISSUED
-    return transfer(customer, system_account(sink), -adjustment.amount, kind="adjustment.deduct", metadata=metadata)
+    return transfer(
+        customer,
+        system_account(sink),
+        -adjustment.amount,
+        kind="adjustment.deduct",
+        metadata=metadata,
+    )
 
 
 async def adjust(principal: Principal, adjustment: Adjustment, key: str, clock: Clock) -> WrittenEntry:
@@ -106,7 +112,9 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
 
     async def work(connection: asyncpg.Connection) -> WrittenEntry:
         original = await connection.fetchrow(
-            "SELECT kind FROM entries WHERE program_id = $1 AND id = $2", principal.program_id, entry_id
+            "SELECT kind FROM entries WHERE program_id = $1 AND id = $2",
+            principal.program_id,
+            entry_id,
         )
         if original is None:
             raise NotFound(f"entry {entry_id} not found", field="entry_id")
@@ -139,14 +147,23 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
         reclaimed = await created_lots(connection, principal.program_id, entry_id)
         try:
             return await write_entry(
-                connection, principal.program_id, draft, actor=principal.actor, now=clock.now(),
-                restored=restored, reclaimed=reclaimed,
+                connection,
+                principal.program_id,
+                draft,
+                actor=principal.actor,
+                now=clock.now(),
+                restored=restored,
+                reclaimed=reclaimed,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyReversed(f"entry {entry_id} was already reversed", field="entry_id") from None
 
     return await run_once(
-        principal.program_id, key, fingerprint("reverse", {"entry_id": entry_id, "reason": reason}), WrittenEntry, work
+        principal.program_id,
+        key,
+        fingerprint("reverse", {"entry_id": entry_id, "reason": reason}),
+        WrittenEntry,
+        work,
     )
 
 
@@ -233,7 +250,9 @@ async def resolve_hold(
 ) -> Hold:
     """Capture `capture` of an open hold (the rest returns to available), or void/expire it with 0."""
     row = await connection.fetchrow(
-        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE program_id = $1 AND id = $2 FOR UPDATE", program_id, hold_id
+        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE program_id = $1 AND id = $2 FOR UPDATE",
+        program_id,
+        hold_id,
     )
     if row is None:
         raise NotFound(f"hold {hold_id} not found", field="hold_id")
@@ -287,11 +306,21 @@ async def capture_hold(principal: Principal, hold_id: str, amount: int | None, k
         capture = amount
         if capture is None:
             capture = await connection.fetchval(
-                "SELECT amount FROM holds WHERE program_id = $1 AND id = $2", principal.program_id, hold_id
+                "SELECT amount FROM holds WHERE program_id = $1 AND id = $2",
+                principal.program_id,
+                hold_id,
             )
             if capture is None:
                 raise NotFound(f"hold {hold_id} not found", field="hold_id")
-        return await resolve_hold(connection, principal.program_id, hold_id, capture, "captured", principal.actor, clock.now())
+        return await resolve_hold(
+            connection,
+            principal.program_id,
+            hold_id,
+            capture,
+            "captured",
+            principal.actor,
+            clock.now(),
+        )
 
     request = {"hold_id": hold_id, "amount": amount}
     return await run_once(principal.program_id, key, fingerprint("capture", request), Hold, work)
@@ -309,7 +338,9 @@ async def void_hold(principal: Principal, hold_id: str, key: str, clock: Clock) 
 async def get_hold(program_id: str, hold_id: str) -> Hold:
     async def work(connection: asyncpg.Connection) -> Hold:
         row = await connection.fetchrow(
-            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE program_id = $1 AND id = $2", program_id, hold_id
+            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE program_id = $1 AND id = $2",
+            program_id,
+            hold_id,
         )
         if row is None:
             raise NotFound(f"hold {hold_id} not found", field="hold_id")

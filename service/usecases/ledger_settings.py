@@ -20,6 +20,11 @@ class ProgramLedgerSettings(msgspec.Struct, frozen=True):
         return ZoneInfo(self.time_zone)
 
 
+def settings_from_row(row: asyncpg.Record) -> ProgramLedgerSettings:
+    """The settings in a row of `programs`."""
+    return ProgramLedgerSettings(row["time_zone"], ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"]))
+
+
 async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> ProgramLedgerSettings:
     """Read inside the caller's transaction, so a batch sees one consistent policy."""
     row = await connection.fetchrow(
@@ -27,6 +32,4 @@ async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> Pr
     )
     if row is None:
         raise NotFound(f"program {program_id} not found")
-    return ProgramLedgerSettings(
-        row["time_zone"], ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"])
-    )
+    return settings_from_row(row)

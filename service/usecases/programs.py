@@ -79,9 +79,7 @@ async def list_shops(program_id: str) -> list[ShopRecord]:
 
 
 async def shop_exists(program_id: str, shop_id: str) -> bool:
-    return bool(
-        await Shop.exists().where((Shop.program_id == program_id) & (Shop.id == shop_id)).run()
-    )
+    return bool(await Shop.exists().where((Shop.program_id == program_id) & (Shop.id == shop_id)).run())
 
 
 async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApiKey:
@@ -103,17 +101,16 @@ async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApi
         .run()
     )
     return CreatedApiKey(
-        id=issued.key_id, name=name, scope=scope, created_at=rows[0]["created_at"], key=issued.plain_text
+        id=issued.key_id,
+        name=name,
+        scope=scope,
+        created_at=rows[0]["created_at"],
+        key=issued.plain_text,
     )
 
 
 async def list_api_keys(program_id: str) -> list[ApiKeyRecord]:
-    rows = (
-        await ApiKey.select(*_KEY_COLUMNS)
-        .where(ApiKey.program_id == program_id)
-        .order_by(ApiKey.created_at)
-        .run()
-    )
+    rows = await ApiKey.select(*_KEY_COLUMNS).where(ApiKey.program_id == program_id).order_by(ApiKey.created_at).run()
     return [msgspec.convert(row, ApiKeyRecord) for row in rows]
 
 
@@ -153,9 +150,7 @@ async def authenticate(credential: str, clock: Clock) -> Principal:
     return Principal(program_id=program_id, scope=Scope.CUSTOMER, customer_id=claims.customer_id)
 
 
-async def issue_customer_token(
-    program_id: str, customer_id: str, ttl: timedelta, clock: Clock
-) -> tuple[str, datetime]:
+async def issue_customer_token(program_id: str, customer_id: str, ttl: timedelta, clock: Clock) -> tuple[str, datetime]:
     """A short-lived token that lets the app act as one customer only."""
     expires_at = clock.now() + ttl
     secret = await _token_secret(program_id)

@@ -10,9 +10,7 @@ import httpx
 PROBLEM_JSON = "application/problem+json"
 
 
-def assert_problem(
-    response: httpx.Response, status: int, problem_type: str | None = None
-) -> dict[str, Any]:
+def assert_problem(response: httpx.Response, status: int, problem_type: str | None = None) -> dict[str, Any]:
     """The response is an RFC 9457 problem with this status; return its body."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
@@ -38,9 +36,7 @@ def assert_names_field(body: dict[str, Any], field: str) -> None:
     assert any(error.get("field") == field for error in body["errors"]), body
 
 
-async def snapshot(
-    connection: asyncpg.Connection, program_id: str
-) -> dict[str, list[dict[str, Any]]]:
+async def snapshot(connection: asyncpg.Connection, program_id: str) -> dict[str, list[dict[str, Any]]]:
     """Every customer, shop and API key row of a program, to compare before and after."""
     tables: dict[str, list[dict[str, Any]]] = {}
     for table in ("customers", "shops", "api_keys"):

@@ -26,9 +26,7 @@ def key_id(key: str) -> str:
     return key.split(".")[2]
 
 
-async def enrol(
-    client: httpx.AsyncClient, program: ProgramFixture, external_id: str, **extra: Any
-) -> dict[str, Any]:
+async def enrol(client: httpx.AsyncClient, program: ProgramFixture, external_id: str, **extra: Any) -> dict[str, Any]:
     response = await client.post(
         "/v1/customers",
         json={"external_id": external_id, **extra},
@@ -46,9 +44,7 @@ async def customer_token(
     ttl_seconds: int | None = None,
 ) -> str:
     params = {"ttl_seconds": str(ttl_seconds)} if ttl_seconds is not None else {}
-    response = await client.post(
-        f"/v1/customers/{customer_id}/tokens", params=params, headers=program.auth("checkout")
-    )
+    response = await client.post(f"/v1/customers/{customer_id}/tokens", params=params, headers=program.auth("checkout"))
     assert response.status_code == 201, response.text
     token: str = response.json()["token"]
     return token
@@ -89,9 +85,7 @@ async def test_a_key_cannot_update_another_programs_customer(
     before = await snapshot(owner_connection, other_program.id)
 
     for change in ({"name": "Hijacked"}, {}):  # an empty change takes another path in the use case
-        response = await client.patch(
-            f"/v1/customers/{theirs['id']}", json=change, headers=program.auth(scope)
-        )
+        response = await client.patch(f"/v1/customers/{theirs['id']}", json=change, headers=program.auth(scope))
         assert_problem(response, 404, "not-found")
 
     assert await snapshot(owner_connection, other_program.id) == before
@@ -103,9 +97,7 @@ async def test_a_key_cannot_issue_tokens_for_another_programs_customer(
     client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture
 ) -> None:
     theirs = await enrol(client, other_program, "someone")
-    response = await client.post(
-        f"/v1/customers/{theirs['id']}/tokens", headers=program.auth("checkout")
-    )
+    response = await client.post(f"/v1/customers/{theirs['id']}/tokens", headers=program.auth("checkout"))
     assert_problem(response, 404, "not-found")
     # the same call with their own key works, so the 404 above is the tenant boundary
     assert await customer_token(client, other_program, theirs["id"])
@@ -115,9 +107,7 @@ async def test_an_admin_cannot_revoke_another_programs_key(
     client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture
 ) -> None:
     their_key = other_program.keys["checkout"]
-    response = await client.delete(
-        f"/v1/api-keys/{key_id(their_key)}", headers=program.auth("admin")
-    )
+    response = await client.delete(f"/v1/api-keys/{key_id(their_key)}", headers=program.auth("admin"))
     assert_problem(response, 404, "not-found")
     still_works = await client.get("/v1/program", headers=bearer(their_key))
     assert still_works.status_code == 200
@@ -276,9 +266,7 @@ async def test_a_checkout_key_cannot_administer(
 # --- revocation --------------------------------------------------------------------------
 
 
-async def test_a_revoked_key_is_refused_on_its_next_request(
-    client: httpx.AsyncClient, program: ProgramFixture
-) -> None:
+async def test_a_revoked_key_is_refused_on_its_next_request(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     checkout = program.keys["checkout"]
     assert (await client.get("/v1/program", headers=bearer(checkout))).status_code == 200
 
@@ -287,9 +275,7 @@ async def test_a_revoked_key_is_refused_on_its_next_request(
     assert revoked.json()["id"] == key_id(checkout)
     assert revoked.json()["revoked_at"] is not None
 
-    body = assert_problem(
-        await client.get("/v1/program", headers=bearer(checkout)), 401, "unauthorized"
-    )
+    body = assert_problem(await client.get("/v1/program", headers=bearer(checkout)), 401, "unauthorized")
     assert "revoked" in body["detail"]
     refused_write = await client.post(
         "/v1/customers", json={"external_id": "after-revocation"}, headers=bearer(checkout)
@@ -304,9 +290,7 @@ async def test_a_revoked_key_is_refused_on_its_next_request(
     assert by_id[key_id(program.keys["finance"])]["revoked_at"] is None
 
 
-async def test_an_admin_key_can_revoke_itself(
-    client: httpx.AsyncClient, program: ProgramFixture
-) -> None:
+async def test_an_admin_key_can_revoke_itself(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     admin = program.keys["admin"]
     response = await client.delete(f"/v1/api-keys/{key_id(admin)}", headers=bearer(admin))
     assert response.status_code == 200, response.text
@@ -325,12 +309,8 @@ async def test_a_new_key_works_and_revoking_twice_keeps_the_first_time(
     new_key = created.json()["key"]
     assert (await client.get("/v1/program", headers=bearer(new_key))).status_code == 200
 
-    first = await client.delete(
-        f"/v1/api-keys/{created.json()['id']}", headers=program.auth("admin")
-    )
-    second = await client.delete(
-        f"/v1/api-keys/{created.json()['id']}", headers=program.auth("admin")
-    )
+    first = await client.delete(f"/v1/api-keys/{created.json()['id']}", headers=program.auth("admin"))
+    second = await client.delete(f"/v1/api-keys/{created.json()['id']}", headers=program.auth("admin"))
     assert first.status_code == second.status_code == 200
     assert first.json()["revoked_at"] == second.json()["revoked_at"]
     assert_problem(await client.get("/v1/program", headers=bearer(new_key)), 401)
@@ -361,9 +341,7 @@ BAD_HEADERS: dict[str, Any] = {
     "secret of another key": lambda p: bearer(
         p.keys["admin"].rsplit(".", 1)[0] + "." + p.keys["finance"].rsplit(".", 1)[1]
     ),
-    "unknown key id": lambda p: bearer(
-        f"lk.{p.id}.key_00000000000000000000000000.{secrets.token_urlsafe(32)}"
-    ),
+    "unknown key id": lambda p: bearer(f"lk.{p.id}.key_00000000000000000000000000.{secrets.token_urlsafe(32)}"),
     "unknown program": lambda p: bearer("lk.prg_nope." + ".".join(p.keys["admin"].split(".")[2:])),
     "control character": lambda p: bearer(p.keys["admin"][:10] + "\x00" + p.keys["admin"][10:]),
     "token of unknown program": lambda p: bearer(f"ct.prg_nope.{_b64(b'{}')}.{_b64(b'x' * 32)}"),
@@ -373,22 +351,16 @@ BAD_HEADERS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_HEADERS))
-async def test_bad_credentials_get_401(
-    client: httpx.AsyncClient, program: ProgramFixture, case: str
-) -> None:
+async def test_bad_credentials_get_401(client: httpx.AsyncClient, program: ProgramFixture, case: str) -> None:
     headers = BAD_HEADERS[case](program)
     for method, path in (("GET", "/v1/program"), ("GET", "/v1/me"), ("POST", "/v1/customers")):
         response = await client.request(method, path, headers=headers, json={"external_id": "x"})
         assert_problem(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
-        assert response.headers.get("x-request-id"), (
-            "a refused request still carries its request id"
-        )
+        assert response.headers.get("x-request-id"), "a refused request still carries its request id"
 
 
-async def test_a_forged_customer_token_gets_401(
-    client: httpx.AsyncClient, program: ProgramFixture
-) -> None:
+async def test_a_forged_customer_token_gets_401(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     ann = await enrol(client, program, "ann")
     bob = await enrol(client, program, "bob")
     token = await customer_token(client, program, ann["id"])

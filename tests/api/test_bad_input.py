@@ -115,9 +115,7 @@ async def test_a_valid_body_is_accepted(
 MISSING = [(e, body, lacking) for e in ENDPOINTS for body, lacking in e.required.items()]
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "body", "lacking"), MISSING, ids=[f"{e.path} {b}" for e, b, _ in MISSING]
-)
+@pytest.mark.parametrize(("endpoint", "body", "lacking"), MISSING, ids=[f"{e.path} {b}" for e, b, _ in MISSING])
 async def test_missing_required_field(
     send: Send,
     owner_connection: asyncpg.Connection,
@@ -209,9 +207,7 @@ async def test_bad_field_value(
     value: Any,
 ) -> None:
     before = await snapshot(owner_connection, program.id)
-    problem = assert_problem(
-        await send(endpoint, dumps({**endpoint.valid, name: value})), 422, "invalid-input"
-    )
+    problem = assert_problem(await send(endpoint, dumps({**endpoint.valid, name: value})), 422, "invalid-input")
     assert_names_field(problem, name)
     assert await snapshot(owner_connection, program.id) == before
 
@@ -261,9 +257,7 @@ async def test_malformed_body(
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=ENDPOINT_IDS)
-async def test_valid_json_with_a_json_media_type_variant_is_accepted(
-    send: Send, endpoint: Endpoint
-) -> None:
+async def test_valid_json_with_a_json_media_type_variant_is_accepted(send: Send, endpoint: Endpoint) -> None:
     """The content type check is not stricter than JSON: charset and +json types pass."""
     response = await send(endpoint, dumps(endpoint.valid), "application/json; charset=utf-8")
     assert response.status_code in (200, 201), response.text
@@ -400,8 +394,7 @@ JSON_VALUES = st.recursive(
     | AWKWARD_TEXT
     | st.text(max_size=40),
     lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(AWKWARD_TEXT | st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4) | st.dictionaries(AWKWARD_TEXT | st.text(max_size=8), children, max_size=4)
     ),
     max_leaves=12,
 )
@@ -409,9 +402,7 @@ JSON_VALUES = st.recursive(
 BODY_BYTES = st.binary(max_size=64) | st.binary(min_size=1, max_size=16).map(
     lambda junk: b'{"name": "' + junk + b'", "external_id": "' + junk + b'", "scope": "admin"}'
 )
-FUZZ = settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 async def _check_never_500(
@@ -444,10 +435,7 @@ async def test_any_json_value_in_any_field_is_never_a_500(
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=ENDPOINT_IDS)
 @FUZZ
-@given(
-    body=JSON_VALUES
-    | st.dictionaries(st.sampled_from(["name", "external_id", "scope", "email", "x"]), JSON_VALUES)
-)
+@given(body=JSON_VALUES | st.dictionaries(st.sampled_from(["name", "external_id", "scope", "email", "x"]), JSON_VALUES))
 async def test_any_json_document_is_never_a_500(
     send: Send,
     owner_connection: asyncpg.Connection,

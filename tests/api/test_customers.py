@@ -19,9 +19,7 @@ async def test_enrol_read_update_list(client: httpx.AsyncClient, program: Progra
     assert again.status_code == 200
     assert again.json()["id"] == customer["id"]
 
-    different = await client.post(
-        "/v1/customers", json={**body, "name": "Bob"}, headers=program.auth("checkout")
-    )
+    different = await client.post("/v1/customers", json={**body, "name": "Bob"}, headers=program.auth("checkout"))
     assert different.status_code == 409
     assert different.headers["content-type"].startswith("application/problem+json")
 
@@ -38,9 +36,7 @@ async def test_enrol_read_update_list(client: httpx.AsyncClient, program: Progra
 
 async def test_list_is_paginated_by_cursor(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     for index in range(5):
-        response = await client.post(
-            "/v1/customers", json={"external_id": f"c{index}"}, headers=program.auth("admin")
-        )
+        response = await client.post("/v1/customers", json={"external_id": f"c{index}"}, headers=program.auth("admin"))
         assert response.status_code == 201
     seen: list[str] = []
     cursor = None
@@ -54,9 +50,7 @@ async def test_list_is_paginated_by_cursor(client: httpx.AsyncClient, program: P
     assert seen == [f"c{index}" for index in range(5)]
 
 
-async def test_customer_token_sees_only_its_customer(
-    client: httpx.AsyncClient, program: ProgramFixture
-) -> None:
+async def test_customer_token_sees_only_its_customer(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     ann = (await client.post("/v1/customers", json={"external_id": "ann"}, headers=program.auth("checkout"))).json()
     bob = (await client.post("/v1/customers", json={"external_id": "bob"}, headers=program.auth("checkout"))).json()
     issued = await client.post(f"/v1/customers/{ann['id']}/tokens", headers=program.auth("checkout"))

@@ -47,16 +47,22 @@ async def test_adjust_hold_capture_and_audit(
 
     checkout = program.auth("checkout")
     hold = await client.post(
-        "/v1/holds", json={"customer_id": ann, "amount": 400}, headers={**checkout, "Idempotency-Key": "h-1"}
+        "/v1/holds",
+        json={"customer_id": ann, "amount": 400},
+        headers={**checkout, "Idempotency-Key": "h-1"},
     )
     assert hold.status_code == 201, hold.text
     too_much = await client.post(
-        "/v1/holds", json={"customer_id": ann, "amount": 601}, headers={**checkout, "Idempotency-Key": "h-2"}
+        "/v1/holds",
+        json={"customer_id": ann, "amount": 601},
+        headers={**checkout, "Idempotency-Key": "h-2"},
     )
     assert too_much.status_code == 409
     assert too_much.json()["available"] == 600
     capture = await client.post(
-        f"/v1/holds/{hold.json()['id']}/capture", json={"amount": 250}, headers={**checkout, "Idempotency-Key": "c-1"}
+        f"/v1/holds/{hold.json()['id']}/capture",
+        json={"amount": 250},
+        headers={**checkout, "Idempotency-Key": "c-1"},
     )
     assert capture.status_code == 200, capture.text
     assert capture.json()["status"] == "captured"

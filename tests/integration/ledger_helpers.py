@@ -21,7 +21,9 @@ async def enrol(program_id: str, external_id: str, clock: Clock) -> str:
 
 async def balances(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
     rows = await connection.fetch(
-        "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2", program_id, customer_id
+        "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2",
+        program_id,
+        customer_id,
     )
     return {row["kind"]: row["balance"] for row in rows}
 
@@ -35,7 +37,8 @@ async def ledger_invariants(connection: asyncpg.Connection, program_id: str) -> 
     )
     assert not unbalanced, unbalanced
     per_unit = await connection.fetch(
-        "SELECT unit, sum(amount) AS total FROM postings WHERE program_id = $1 GROUP BY unit", program_id
+        "SELECT unit, sum(amount) AS total FROM postings WHERE program_id = $1 GROUP BY unit",
+        program_id,
     )
     assert all(row["total"] == 0 for row in per_unit), per_unit
     drift = await connection.fetch(

@@ -49,15 +49,9 @@ async def journal(program: ProgramFixture, clock: ManualClock) -> Journal:
     """A program with a few entries (one consuming a lot), all sealed."""
     who = admin(program.id)
     ann = await enrol(program.id, "ann", clock)
-    grant = await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=500, reason="a"), "g1", clock
-    )
-    deduct = await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=-80, reason="b"), "d1", clock
-    )
-    bonus = await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=40, reason="c"), "g2", clock
-    )
+    grant = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=500, reason="a"), "g1", clock)
+    deduct = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=-80, reason="b"), "d1", clock)
+    bonus = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=40, reason="c"), "g2", clock)
     assert await ledger_jobs.seal_chain(program.id) == 3
     return Journal(program.id, ann, [grant.id, deduct.id, bonus.id])
 
@@ -74,9 +68,7 @@ async def app_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
 
 
-async def refusal(
-    connection: asyncpg.Connection, statement: str, *args: object
-) -> asyncpg.PostgresError:
+async def refusal(connection: asyncpg.Connection, statement: str, *args: object) -> asyncpg.PostgresError:
     """The error the statement fails with; it runs in a transaction that is always rolled back."""
     transaction = connection.transaction()
     await transaction.start()
@@ -136,21 +128,17 @@ async def test_nobody_can_truncate_the_journal(
 
 async def account_ids(connection: asyncpg.Connection, journal: Journal) -> dict[str, int]:
     rows = await connection.fetch(
-        "SELECT kind, id FROM accounts"
-        " WHERE program_id = $1 AND (customer_id IS NULL OR customer_id = $2)",
+        "SELECT kind, id FROM accounts WHERE program_id = $1 AND (customer_id IS NULL OR customer_id = $2)",
         journal.program_id,
         journal.customer_id,
     )
     return {row["kind"]: row["id"] for row in rows}
 
 
-async def write_raw(
-    connection: asyncpg.Connection, program_id: str, postings: list[tuple[int, str, int]]
-) -> int:
+async def write_raw(connection: asyncpg.Connection, program_id: str, postings: list[tuple[int, str, int]]) -> int:
     """Insert an entry and its postings (account id, unit, amount) in the current transaction."""
     entry_id: int = await connection.fetchval(
-        "INSERT INTO entries (program_id, kind, posted_at, actor) VALUES ($1, 'raw', now(), 'test')"
-        " RETURNING id",
+        "INSERT INTO entries (program_id, kind, posted_at, actor) VALUES ($1, 'raw', now(), 'test') RETURNING id",
         program_id,
     )
     for line, (account_id, unit, amount) in enumerate(postings, start=1):
@@ -261,18 +249,14 @@ TAMPERING = {
     "posting amount": (
         "postings",
         "postings_append_only",
-        "UPDATE postings SET amount = amount + 1"
-        " WHERE program_id = $1 AND entry_id = $2 AND line = 2",
-        "UPDATE postings SET amount = amount - 1"
-        " WHERE program_id = $1 AND entry_id = $2 AND line = 2",
+        "UPDATE postings SET amount = amount + 1 WHERE program_id = $1 AND entry_id = $2 AND line = 2",
+        "UPDATE postings SET amount = amount - 1 WHERE program_id = $1 AND entry_id = $2 AND line = 2",
     ),
     "entry metadata": (
         "entries",
         "entries_append_only",
-        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"forged\"')"
-        " WHERE program_id = $1 AND id = $2",
-        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"b\"')"
-        " WHERE program_id = $1 AND id = $2",
+        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"forged\"') WHERE program_id = $1 AND id = $2",
+        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"b\"') WHERE program_id = $1 AND id = $2",
     ),
 }
 
@@ -294,9 +278,7 @@ async def test_changing_a_sealed_entry_breaks_the_chain_there(
         assert (report.first_break.entry_id, report.first_break.seq) == (target, 2)
         assert "does not match" in report.first_break.reason
     finally:
-        await behind_the_trigger(
-            owner_connection, table, trigger, restore, journal.program_id, target
-        )
+        await behind_the_trigger(owner_connection, table, trigger, restore, journal.program_id, target)
 
     report = await verify_chain(journal.program_id)
     assert report.valid and report.first_break is None, report

@@ -36,7 +36,10 @@ async def test_batch_runs_balances_entry_by_entry(
     assert results[2].extra["available"] == 40
     written = [r for r in results if isinstance(r, WrittenEntry)]
     assert [p.balance_after for r in written for p in r.postings if p.balance_after is not None] == [
-        100, 40, 45, 0,
+        100,
+        40,
+        45,
+        0,
     ]
     assert (await balances(owner_connection, program.id, ann))["available"] == 0
     await ledger_invariants(owner_connection, program.id)

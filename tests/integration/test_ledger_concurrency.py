@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import timedelta
 
 import asyncpg
-import pytest
 
 from service.db.ledger import WrittenEntry, write_entry
 from service.db.transaction import in_transaction
@@ -23,9 +22,7 @@ from tests.integration.ledger_helpers import admin, balances, enrol, ledger_inva
 
 
 async def entry_count(connection: asyncpg.Connection, program_id: str) -> int:
-    count: int = await connection.fetchval(
-        "SELECT count(*) FROM entries WHERE program_id = $1", program_id
-    )
+    count: int = await connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program_id)
     return count
 
 
@@ -43,15 +40,10 @@ async def test_concurrent_holds_never_overdraw(
 ) -> None:
     who = admin(program.id)
     ann = await enrol(program.id, "ann", clock)
-    await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock
-    )
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock)
 
     outcomes = await asyncio.gather(
-        *(
-            ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=30), f"h{n}", clock)
-            for n in range(50)
-        ),
+        *(ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=30), f"h{n}", clock) for n in range(50)),
         return_exceptions=True,
     )
 
@@ -80,9 +72,7 @@ async def test_opposing_transfers_do_not_deadlock_and_conserve_points(
     bob_available = customer_account(bob, AccountKind.AVAILABLE)
 
     async def move(n: int) -> WrittenEntry:
-        source, destination = (
-            (ann_available, bob_available) if n % 2 else (bob_available, ann_available)
-        )
+        source, destination = (ann_available, bob_available) if n % 2 else (bob_available, ann_available)
         draft = transfer(source, destination, 1 + n % 7, kind="transfer", metadata={"n": n})
 
         async def work(connection: asyncpg.Connection) -> WrittenEntry:
@@ -111,14 +101,10 @@ async def test_capture_and_void_race_resolves_each_hold_once(
 ) -> None:
     who = admin(program.id)
     ann = await enrol(program.id, "ann", clock)
-    await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock
-    )
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock)
     rounds = 20
     holds = [
-        await ledger.hold_points(
-            who, ledger.HoldRequest(customer_id=ann, amount=10), f"h{n}", clock
-        )
+        await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=10), f"h{n}", clock)
         for n in range(rounds)
     ]
 
@@ -170,9 +156,7 @@ async def test_same_key_at_once_makes_one_entry(
     assert all(outcome == first for outcome in outcomes), outcomes
     assert (await balances(owner_connection, program.id, ann))["available"] == 100
     assert await entry_count(owner_connection, program.id) == 1
-    keys = await owner_connection.fetchval(
-        "SELECT count(*) FROM idempotency_keys WHERE program_id = $1", program.id
-    )
+    keys = await owner_connection.fetchval("SELECT count(*) FROM idempotency_keys WHERE program_id = $1", program.id)
     assert keys == 1
     await sound(owner_connection, program.id)
 
@@ -194,9 +178,7 @@ async def test_same_refused_key_at_once_refuses_alike(
     assert len({(str(o), repr(getattr(o, "extra", None))) for o in outcomes}) == 1
     assert await entry_count(owner_connection, program.id) == 1
     await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=50, reason="y"), "g2", clock)
-    replay = await asyncio.gather(
-        ledger.hold_points(who, request, "the-key", clock), return_exceptions=True
-    )
+    replay = await asyncio.gather(ledger.hold_points(who, request, "the-key", clock), return_exceptions=True)
     assert isinstance(replay[0], InsufficientPoints)  # the refusal is remembered, not re-decided
     await sound(owner_connection, program.id)
 
@@ -206,9 +188,7 @@ async def test_jobs_race_captures_and_voids_and_each_other(
 ) -> None:
     who = admin(program.id)
     ann = await enrol(program.id, "ann", clock)
-    await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock
-    )
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=1000, reason="x"), "g", clock)
     holds = [
         await ledger.hold_points(
             who,
@@ -229,19 +209,14 @@ async def test_jobs_race_captures_and_voids_and_each_other(
         return_exceptions=True,
     )
 
-    unexpected = [
-        o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, HoldNotOpen)
-    ]
+    unexpected = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, HoldNotOpen)]
     assert not unexpected, unexpected
     statuses = Counter([(await ledger.get_hold(program.id, h.id)).status for h in holds])
     first_job, second_job = outcomes[0], outcomes[11]
     assert isinstance(first_job, int) and isinstance(second_job, int)
     assert statuses["expired"] == first_job + second_job
     assert statuses["open"] == 0 and sum(statuses.values()) == 20
-    assert (
-        sum(isinstance(o, ledger.Hold) for o in outcomes)
-        == statuses["captured"] + statuses["voided"]
-    )
+    assert sum(isinstance(o, ledger.Hold) for o in outcomes) == statuses["captured"] + statuses["voided"]
     assert await entry_count(owner_connection, program.id) == 1 + 2 * 20
     now = await balances(owner_connection, program.id, ann)
     assert (now["available"], now["held"]) == (1000 - 10 * statuses["captured"], 0)
@@ -255,17 +230,13 @@ async def test_concurrent_expiry_runs_expire_each_customer_once(
     await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 1))
     customers = [await enrol(program.id, f"c{n}", clock) for n in range(6)]
     for customer in customers:
-        await ledger.adjust(
-            who, ledger.Adjustment(customer_id=customer, amount=100, reason="x"), customer, clock
-        )
+        await ledger.adjust(who, ledger.Adjustment(customer_id=customer, amount=100, reason="x"), customer, clock)
     clock.advance(timedelta(days=3))
 
     outcomes = await asyncio.gather(
         *(ledger_jobs.expire_points(program.id, clock) for _ in range(4)),
         *(
-            ledger.adjust(
-                who, ledger.Adjustment(customer_id=c, amount=-30, reason="y"), f"d-{c}", clock
-            )
+            ledger.adjust(who, ledger.Adjustment(customer_id=c, amount=-30, reason="y"), f"d-{c}", clock)
             for c in customers[::2]
         ),
         return_exceptions=True,
@@ -320,9 +291,7 @@ async def test_racing_reversals_of_one_entry_reverse_it_once(
 ) -> None:
     who = admin(program.id)
     ann = await enrol(program.id, "ann", clock)
-    grant = await ledger.adjust(
-        who, ledger.Adjustment(customer_id=ann, amount=100, reason="x"), "g", clock
-    )
+    grant = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="x"), "g", clock)
     await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=50, reason="x"), "g2", clock)
     deduct = await ledger.adjust(
         who, ledger.Adjustment(customer_id=ann, amount=-40, reason="y"), "d", clock

@@ -8,7 +8,12 @@ import asyncpg
 import pytest
 
 from service.domain.clock import ManualClock
-from service.domain.errors import AlreadyReversed, HoldNotOpen, IdempotencyKeyReused, InsufficientPoints
+from service.domain.errors import (
+    AlreadyReversed,
+    HoldNotOpen,
+    IdempotencyKeyReused,
+    InsufficientPoints,
+)
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.usecases import ledger, ledger_jobs
 from service.usecases.finance import verify_chain
@@ -33,7 +38,11 @@ async def test_grant_hold_capture_void_reverse(
 
     hold = await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=300), "h1", clock)
     assert await balances(owner_connection, program.id, ann) == {
-        "available": 200, "pending": 0, "held": 300, "credit_available": 0, "credit_held": 0,
+        "available": 200,
+        "pending": 0,
+        "held": 300,
+        "credit_available": 0,
+        "credit_held": 0,
     }
     captured = await ledger.capture_hold(who, hold.id, 120, "c1", clock)
     assert (captured.status, captured.captured) == ("captured", 120)
@@ -97,6 +106,7 @@ async def test_reversing_a_grant_takes_back_its_own_lot(
     who = admin(program.id)
     await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
     ann = await enrol(program.id, "ann", clock)
+
     def change(amount: int) -> ledger.Adjustment:
         return ledger.Adjustment(customer_id=ann, amount=amount, reason="test")
 

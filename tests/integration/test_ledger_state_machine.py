@@ -232,8 +232,7 @@ def ledger_machine(
                     self.program_id,
                 )
                 accounts = await owner.fetch(
-                    "SELECT code, balance, version FROM accounts WHERE program_id = $1"
-                    " ORDER BY code",
+                    "SELECT code, balance, version FROM accounts WHERE program_id = $1 ORDER BY code",
                     self.program_id,
                 )
                 lots = await owner.fetch(
@@ -255,9 +254,7 @@ def ledger_machine(
 
             return self.run(read())
 
-        def expect_refusal(
-            self, outcome: object, refusal: type[DomainError], before: Snapshot
-        ) -> None:
+        def expect_refusal(self, outcome: object, refusal: type[DomainError], before: Snapshot) -> None:
             assert type(outcome) is refusal, f"expected {refusal.__name__}, got {outcome!r}"
             assert self.snapshot() == before, "a refused operation changed the ledger"
 
@@ -298,14 +295,10 @@ def ledger_machine(
 
         @rule(data=st.data(), unit=units, amount=st.integers(1, 500))
         def grant(self, data: st.DataObject, unit: Unit, amount: int) -> None:
-            self.grant_to(
-                data.draw(st.sampled_from(self.customers), label="customer"), unit, amount
-            )
+            self.grant_to(data.draw(st.sampled_from(self.customers), label="customer"), unit, amount)
 
         def grant_to(self, customer: str, unit: Unit, amount: int) -> None:
-            request = ledger.Adjustment(
-                customer_id=customer, amount=amount, unit=unit, reason="grant"
-            )
+            request = ledger.Adjustment(customer_id=customer, amount=amount, unit=unit, reason="grant")
             before = self.snapshot()
             entry = self.idempotent(lambda key: ledger.adjust(self.who, request, key, clock))
             assert isinstance(entry, WrittenEntry), entry
@@ -318,17 +311,13 @@ def ledger_machine(
             self.move_system("issued" if unit is Unit.POINTS else "credit_issued", -amount)
             code = f"customer:{customer}:{SPENDABLE[unit]}"
             assert self.balance_after(entry, code) == account.total
-            self.entries.append(
-                ModelEntry(entry.id, "grant", customer, unit, amount, expiry=expiry)
-            )
+            self.entries.append(ModelEntry(entry.id, "grant", customer, unit, amount, expiry=expiry))
             self.expect_entries(before, 1)
 
         @rule(data=st.data(), unit=units, amount=st.integers(1, 400))
         def deduct(self, data: st.DataObject, unit: Unit, amount: int) -> None:
             customer = data.draw(st.sampled_from(self.customers), label="customer")
-            request = ledger.Adjustment(
-                customer_id=customer, amount=-amount, unit=unit, reason="deduct"
-            )
+            request = ledger.Adjustment(customer_id=customer, amount=-amount, unit=unit, reason="deduct")
             account = self.points(customer, SPENDABLE[unit])
             before = self.snapshot()
             outcome = self.idempotent(lambda key: ledger.adjust(self.who, request, key, clock))
@@ -340,10 +329,7 @@ def ledger_machine(
             assert isinstance(outcome, WrittenEntry), outcome
             consumed = account.take_soonest(amount)
             self.move_system("adjustments" if unit is Unit.POINTS else "credit_issued", amount)
-            assert (
-                self.balance_after(outcome, f"customer:{customer}:{SPENDABLE[unit]}")
-                == account.total
-            )
+            assert self.balance_after(outcome, f"customer:{customer}:{SPENDABLE[unit]}") == account.total
             self.entries.append(ModelEntry(outcome.id, "deduct", customer, unit, amount, consumed))
             self.expect_entries(before, 1)
 
@@ -357,9 +343,7 @@ def ledger_machine(
         )
         def hold(self, data: st.DataObject, unit: Unit, amount: int, seconds: int) -> None:
             customer = data.draw(st.sampled_from(self.customers), label="customer")
-            request = ledger.HoldRequest(
-                customer_id=customer, amount=amount, unit=unit, expires_in_seconds=seconds
-            )
+            request = ledger.HoldRequest(customer_id=customer, amount=amount, unit=unit, expires_in_seconds=seconds)
             spendable = self.points(customer, SPENDABLE[unit])
             before = self.snapshot()
             outcome = self.idempotent(lambda key: ledger.hold_points(self.who, request, key, clock))
@@ -370,23 +354,15 @@ def ledger_machine(
             assert (outcome.status, outcome.amount, outcome.captured) == ("open", amount, 0)
             assert outcome.expires_at == clock.now() + timedelta(seconds=seconds)
             self.points(customer, HELD[unit]).take_over(spendable.take_soonest(amount), amount)
-            self.holds.append(
-                ModelHold(
-                    outcome.id, customer, unit, amount, clock.now() + timedelta(seconds=seconds)
-                )
-            )
+            self.holds.append(ModelHold(outcome.id, customer, unit, amount, clock.now() + timedelta(seconds=seconds)))
             self.entries.append(ModelEntry(outcome.authorize_entry_id, "hold"))
             self.expect_entries(before, 1)
 
         def release(self, hold: ModelHold, captured: int, status: str) -> None:
             """The model's side of resolving an open hold."""
             moved = self.points(hold.customer, HELD[hold.unit]).take_soonest(hold.amount)
-            self.points(hold.customer, SPENDABLE[hold.unit]).take_over(
-                moved, hold.amount - captured
-            )
-            self.move_system(
-                "redeemed" if hold.unit is Unit.POINTS else "credit_redeemed", captured
-            )
+            self.points(hold.customer, SPENDABLE[hold.unit]).take_over(moved, hold.amount - captured)
+            self.move_system("redeemed" if hold.unit is Unit.POINTS else "credit_redeemed", captured)
             hold.status, hold.captured = status, captured
 
         def resolved(self, hold: ModelHold, outcome: object, before: Snapshot) -> None:
@@ -401,9 +377,7 @@ def ledger_machine(
         def capture(self, data: st.DataObject, part: int | None) -> None:
             hold = data.draw(recent_or_any(self.holds), label="hold")
             before = self.snapshot()
-            outcome = self.idempotent(
-                lambda key: ledger.capture_hold(self.who, hold.id, part, key, clock)
-            )
+            outcome = self.idempotent(lambda key: ledger.capture_hold(self.who, hold.id, part, key, clock))
             if hold.status != "open":
                 self.expect_refusal(outcome, HoldNotOpen, before)
                 return
@@ -457,9 +431,7 @@ def ledger_machine(
             due: dict[str, list[tuple[Expiry, int]]] = {}
             for customer in self.customers:
                 account = self.points(customer, "available")
-                amount = sum(
-                    n for expiry, n in account.by_expiry.items() if expiry and expiry <= now
-                )
+                amount = sum(n for expiry, n in account.by_expiry.items() if expiry and expiry <= now)
                 if amount:
                     due[customer] = account.take_soonest(amount)
                     self.move_system("expired", amount)
@@ -483,9 +455,7 @@ def ledger_machine(
             for row in rows:
                 customer = row["customer_id"]
                 self.entries.append(
-                    ModelEntry(
-                        row["id"], "expiry", customer, Unit.POINTS, row["amount"], due[customer]
-                    )
+                    ModelEntry(row["id"], "expiry", customer, Unit.POINTS, row["amount"], due[customer])
                 )
 
         # --- reversals --------------------------------------------------------------
@@ -498,16 +468,13 @@ def ledger_machine(
             # the database: which same-dated lot a spend drew on is the lots' business)
             left: int = self.run(
                 owner.fetchval(
-                    "SELECT coalesce(sum(remaining), 0) FROM lots"
-                    " WHERE program_id = $1 AND entry_id = $2",
+                    "SELECT coalesce(sum(remaining), 0) FROM lots WHERE program_id = $1 AND entry_id = $2",
                     self.program_id,
                     original.id,
                 )
             )
             before = self.snapshot()
-            outcome = self.idempotent(
-                lambda key: ledger.reverse(self.who, original.id, "mistake", key, clock)
-            )
+            outcome = self.idempotent(lambda key: ledger.reverse(self.who, original.id, "mistake", key, clock))
             if original.kind in ("hold", "reversal"):
                 self.expect_refusal(outcome, Conflict, before)
                 return
@@ -522,9 +489,7 @@ def ledger_machine(
                 own = min(left, original.amount)
                 account.take_from(original.expiry, own)
                 account.take_soonest(original.amount - own)
-                self.move_system(
-                    "issued" if original.unit is Unit.POINTS else "credit_issued", original.amount
-                )
+                self.move_system("issued" if original.unit is Unit.POINTS else "credit_issued", original.amount)
             else:  # a deduction or an expiry: the points come back with their own dates
                 account.take_over(original.consumed, original.amount)
                 sink = {"deduct": "adjustments", "expiry": "expired"}[original.kind]
@@ -552,9 +517,7 @@ def ledger_machine(
         @rule(data=st.data())
         def replay_other_request(self, data: st.DataObject) -> None:
             call = data.draw(recent_or_any(self.calls), label="call")
-            request = ledger.Adjustment(
-                customer_id=self.customers[0], amount=1, reason=f"not {call.key}"
-            )
+            request = ledger.Adjustment(customer_id=self.customers[0], amount=1, reason=f"not {call.key}")
             before = self.snapshot()
             outcome = self.attempt(lambda: ledger.adjust(self.who, request, call.key, clock))
             self.expect_refusal(outcome, IdempotencyKeyReused, before)
@@ -566,8 +529,7 @@ def ledger_machine(
             async def read() -> tuple[Any, ...]:
                 await ledger_invariants(owner, self.program_id)
                 balances = await owner.fetch(
-                    "SELECT customer_id, kind, balance FROM accounts"
-                    " WHERE program_id = $1 AND customer_id IS NOT NULL",
+                    "SELECT customer_id, kind, balance FROM accounts WHERE program_id = $1 AND customer_id IS NOT NULL",
                     self.program_id,
                 )
                 lots = await owner.fetch(
@@ -597,12 +559,8 @@ def ledger_machine(
             }
             in_lots: dict[tuple[str, str], dict[Expiry, int]] = {}
             for row in lots:
-                in_lots.setdefault((row["customer_id"], row["kind"]), {})[row["expires_at"]] = row[
-                    "remaining"
-                ]
-            assert in_lots == {
-                key: dict(points.by_expiry) for key, points in self.accounts.items() if points.total
-            }
+                in_lots.setdefault((row["customer_id"], row["kind"]), {})[row["expires_at"]] = row["remaining"]
+            assert in_lots == {key: dict(points.by_expiry) for key, points in self.accounts.items() if points.total}
             assert {r["kind"]: r["total"] for r in system if r["total"]} == {
                 kind: total for kind, total in self.system.items() if total
             }

@@ -181,27 +181,19 @@ def test_serve_from_a_clean_copy_then_again_on_the_same_data(workspace: Workspac
         assert set(keys) == {"checkout", "admin", "finance"}, first.output
         assert "prg_demo" in first.output
 
-        program = httpx.get(
-            f"{first.base}/v1/program", headers={"Authorization": f"Bearer {keys['admin']}"}
-        )
+        program = httpx.get(f"{first.base}/v1/program", headers={"Authorization": f"Bearer {keys['admin']}"})
         assert program.status_code == 200, program.text
         assert program.json()["id"] == "prg_demo"
         for scope, key in keys.items():
-            response = httpx.get(
-                f"{first.base}/v1/program", headers={"Authorization": f"Bearer {key}"}
-            )
+            response = httpx.get(f"{first.base}/v1/program", headers={"Authorization": f"Bearer {key}"})
             assert response.status_code == 200, (scope, response.text)
-        refused = httpx.get(
-            f"{first.base}/v1/program", headers={"Authorization": "Bearer lk.x.y.z"}
-        )
+        refused = httpx.get(f"{first.base}/v1/program", headers={"Authorization": "Bearer lk.x.y.z"})
         assert refused.status_code == 401
         assert refused.headers["content-type"].startswith("application/problem+json")
 
         # logs are JSON lines carrying the request id
         ready_lines = [
-            json.loads(line)
-            for line in first.output.splitlines()
-            if line.startswith("{") and "/health/ready" in line
+            json.loads(line) for line in first.output.splitlines() if line.startswith("{") and "/health/ready" in line
         ]
         assert ready_lines, f"no JSON access log line for /health/ready:\n{first.output}"
         assert ready_lines[-1]["request_id"] not in ("", "-")
@@ -217,9 +209,7 @@ def test_serve_from_a_clean_copy_then_again_on_the_same_data(workspace: Workspac
         second.wait_ready()
         assert "exists already" in second.output, second.output
         assert not KEY_LINE.search(second.output), "keys are shown only when first seeded"
-        reused = httpx.get(
-            f"{second.base}/v1/program", headers={"Authorization": f"Bearer {keys['admin']}"}
-        )
+        reused = httpx.get(f"{second.base}/v1/program", headers={"Authorization": f"Bearer {keys['admin']}"})
         assert reused.status_code == 200, reused.text
         assert reused.json()["id"] == "prg_demo"
     except BaseException:

@@ -44,10 +44,7 @@ def test_defaults() -> None:
 
 
 def test_empty_values_mean_the_default() -> None:
-    assert (
-        load_settings({"LOYALTY_PORT": "", "DATABASE_URL": "", "LOYALTY_RUN_JOBS": ""})
-        == Settings()
-    )
+    assert load_settings({"LOYALTY_PORT": "", "DATABASE_URL": "", "LOYALTY_RUN_JOBS": ""}) == Settings()
 
 
 def test_unrelated_variables_are_ignored() -> None:
@@ -153,9 +150,7 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("variable", "raw"), BAD_VALUES, ids=[f"{v}={r!r:.24}" for v, r in BAD_VALUES]
-)
+@pytest.mark.parametrize(("variable", "raw"), BAD_VALUES, ids=[f"{v}={r!r:.24}" for v, r in BAD_VALUES])
 def test_a_bad_value_raises_settings_error_naming_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         load_settings({variable: raw})
@@ -189,9 +184,7 @@ ENV_TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size
     variable=st.sampled_from(sorted(NUMERIC_VARIABLES)),
     raw=ENV_TEXT | st.integers().map(str) | st.floats().map(str),
 )
-def test_a_numeric_variable_is_positive_and_finite_or_refused_by_name(
-    variable: str, raw: str
-) -> None:
+def test_a_numeric_variable_is_positive_and_finite_or_refused_by_name(variable: str, raw: str) -> None:
     try:
         loaded = load_settings({variable: raw})
     except SettingsError as error:
@@ -209,9 +202,7 @@ def test_a_numeric_variable_is_positive_and_finite_or_refused_by_name(
 LOYALTY = Path(sysconfig.get_path("scripts")) / "loyalty"
 
 
-def _run_cli(
-    args: list[str], env: dict[str, str], tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
+def _run_cli(args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("LOYALTY_")}
     base.pop("DATABASE_URL", None)
     # were the database touched, it would be this unreachable server or this (missing) directory
@@ -237,9 +228,7 @@ def _run_cli(
         ("LOYALTY_LOG_LEVEL", "chatty", "serve"),
     ],
 )
-def test_cli_exits_2_naming_the_variable(
-    variable: str, raw: str, command: str, tmp_path: Path
-) -> None:
+def test_cli_exits_2_naming_the_variable(variable: str, raw: str, command: str, tmp_path: Path) -> None:
     assert LOYALTY.exists(), f"the `loyalty` script is not installed next to {sys.executable}"
     result = _run_cli([command], {variable: raw}, tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)

@@ -71,22 +71,22 @@ def test_partial_capture_spends_soonest_and_returns_the_latest_expiring() -> Non
     held_lots = [lot(1, 50, 10), lot(2, 50, 40)]
     draft = EntryDraft(
         kind="hold.capture",
-        postings=(PostingDraft(ANN_HELD, -100), PostingDraft(REDEEMED, 70), PostingDraft(ANN_AVAILABLE, 30)),
+        postings=(
+            PostingDraft(ANN_HELD, -100),
+            PostingDraft(REDEEMED, 70),
+            PostingDraft(ANN_AVAILABLE, 30),
+        ),
     )
     plan = plan_lots(draft, {ANN_HELD: held_lots}, NOW)
     assert [(s.lot_id, s.amount) for s in plan.consumed] == [(1, 50), (2, 50)]
-    assert [(n.account, n.amount, n.expires_at) for n in plan.created] == [
-        (ANN_AVAILABLE, 30, held_lots[1].expires_at)
-    ]
+    assert [(n.account, n.amount, n.expires_at) for n in plan.created] == [(ANN_AVAILABLE, 30, held_lots[1].expires_at)]
 
 
 def test_fresh_credit_creates_a_lot_with_the_entry_expiry() -> None:
     expiry = NOW + timedelta(days=365)
     plan = plan_lots(transfer(ISSUED, ANN_PENDING, 40, kind="award", lot_expires_at=expiry), {}, NOW)
     assert plan.consumed == ()
-    assert [(n.account, n.amount, n.earned_at, n.expires_at) for n in plan.created] == [
-        (ANN_PENDING, 40, NOW, expiry)
-    ]
+    assert [(n.account, n.amount, n.earned_at, n.expires_at) for n in plan.created] == [(ANN_PENDING, 40, NOW, expiry)]
 
 
 def test_reversal_gives_back_the_lots_its_original_consumed() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
@@ -16,7 +16,6 @@ from service.domain.clock import Clock
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
 from service.usecases import programs
-
 
 
 class ShopRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -60,9 +59,7 @@ class ApiKeyController(Controller):
     guards = [requires(Scope.ADMIN)]
 
     @post(status_code=HTTP_201_CREATED)
-    async def create_key(
-        self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]
-    ) -> CreatedApiKey:
+    async def create_key(self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]) -> CreatedApiKey:
         """Make a key; the response is the only time its plain text is shown."""
         return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope))
 

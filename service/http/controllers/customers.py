@@ -78,9 +78,7 @@ class CustomerController(Controller):
         return CustomerPageResponse(items=[_response(c) for c in page], next_cursor=next_cursor)
 
     @get("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)])
-    async def get_customer(
-        self, customer_id: CustomerId, principal: NamedDependency[Principal]
-    ) -> CustomerResponse:
+    async def get_customer(self, customer_id: CustomerId, principal: NamedDependency[Principal]) -> CustomerResponse:
         """One customer."""
         return _response(await customers.get_customer(principal.program_id, customer_id))
 
@@ -108,7 +106,10 @@ class CustomerController(Controller):
         """A short-lived bearer token for the customer's app; it sees only this customer."""
         customer = await customers.get_customer(principal.program_id, customer_id)
         token, expires_at = await issue_customer_token(
-            principal.program_id, customer.id, timedelta(seconds=ttl_seconds or settings.customer_token_ttl_s), clock
+            principal.program_id,
+            customer.id,
+            timedelta(seconds=ttl_seconds or settings.customer_token_ttl_s),
+            clock,
         )
         return CustomerTokenResponse(
             token=token,

@@ -47,9 +47,7 @@ def _csv(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[bytes]:
         writer = csv.writer(buffer)
         writer.writerow(finance.JOURNAL_COLUMNS)
         async for row in rows:
-            writer.writerow(
-                [value.isoformat() if isinstance(value, datetime) else value for value in row]
-            )
+            writer.writerow([value.isoformat() if isinstance(value, datetime) else value for value in row])
             if buffer.tell() > 64_000:
                 yield buffer.getvalue().encode()
                 buffer.seek(0)
@@ -72,7 +70,7 @@ class FinanceController(Controller):
         principal: NamedDependency[Principal],
         start: From,
         end: To,
-        format: Annotated[Literal["ndjson", "csv"], QueryParameter()] = "ndjson",  # noqa: A002
+        format: Annotated[Literal["ndjson", "csv"], QueryParameter()] = "ndjson",
     ) -> Stream:
         """Every posting of the period in journal order, streamed in constant memory."""
         rows = finance.journal_rows(principal.program_id, start, end)
@@ -87,7 +85,11 @@ class FinanceController(Controller):
         body = _csv(with_first()) if format == "csv" else _ndjson(with_first())
         media_type = "text/csv" if format == "csv" else "application/x-ndjson"
         filename = f"journal-{principal.program_id}.{format}"
-        return Stream(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return Stream(
+            body,
+            media_type=media_type,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
 
     @get("/accounts")
     async def accounts(
@@ -123,14 +125,20 @@ class FinanceController(Controller):
 
     @get("/trial-balance")
     async def trial_balance(
-        self, principal: NamedDependency[Principal], clock: NamedDependency[Clock], as_of: AsOf = None
+        self,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+        as_of: AsOf = None,
     ) -> finance.TrialBalance:
         """Debit and credit totals per account kind; per unit they agree."""
         return await finance.trial_balance(principal.program_id, as_of or clock.now())
 
     @get("/liability")
     async def liability(
-        self, principal: NamedDependency[Principal], clock: NamedDependency[Clock], as_of: AsOf = None
+        self,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+        as_of: AsOf = None,
     ) -> finance.Liability:
         """Outstanding points valued at the program's point value, per shop and in total."""
         return await finance.liability(principal.program_id, as_of or clock.now())

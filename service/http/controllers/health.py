@@ -24,7 +24,7 @@ async def ready() -> Response[dict[str, str]]:
         if DB.pool is None:
             raise ConnectionError("pool not started")
         await asyncio.wait_for(DB.pool.fetchval("SELECT 1"), timeout=1.0)
-    except Exception as error:  # noqa: BLE001 - any failure means not ready
+    except Exception as error:
         return Response(
             {"status": "unavailable", "reason": type(error).__name__},
             status_code=HTTP_503_SERVICE_UNAVAILABLE,

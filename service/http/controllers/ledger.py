@@ -81,7 +81,11 @@ class LedgerController(Controller):
         )
         return await ledger.adjust(principal, adjustment, idempotency_key, clock)
 
-    @post("/entries/{entry_id:int}/reversal", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED)
+    @post(
+        "/entries/{entry_id:int}/reversal",
+        guards=[requires(Scope.ADMIN)],
+        status_code=HTTP_201_CREATED,
+    )
     async def reverse(
         self,
         entry_id: Annotated[int, PathParameter(ge=1)],
@@ -158,9 +162,15 @@ class BalanceController(Controller):
 
     tags = ["balances"]
 
-    @get("/v1/customers/{customer_id:str}/balance", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)])
+    @get(
+        "/v1/customers/{customer_id:str}/balance",
+        guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)],
+    )
     async def customer_balance(
-        self, customer_id: CustomerId, principal: NamedDependency[Principal], clock: NamedDependency[Clock]
+        self,
+        customer_id: CustomerId,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
     ) -> finance.CustomerBalance:
         """Available, pending and held points and credit, and what expires in the next 30 days."""
         return await finance.customer_balance(principal.program_id, customer_id, clock.now())
