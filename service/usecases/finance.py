@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from service.db.chain import iter_chain_breaks
+from service.db.ledger import WrittenPosting
 from service.db.piccolo_conf import DB
 from service.db.transaction import transaction
 from service.domain.chain import ChainBreak
@@ -460,15 +461,6 @@ async def journal_rows(program_id: str, start: datetime, end: datetime) -> Async
 # --- One entry, traced -------------------------------------------------------------
 
 
-class EntryPosting(msgspec.Struct, frozen=True, kw_only=True):
-    line: int
-    account_id: int
-    account: str
-    unit: str
-    amount: int
-    balance_after: int | None
-
-
 class LotMovement(msgspec.Struct, frozen=True, kw_only=True):
     """Part of a lot this entry consumed, and the entry that earned that lot."""
 
@@ -487,7 +479,7 @@ class EntryDetail(msgspec.Struct, frozen=True, kw_only=True):
     reverses_entry_id: int | None
     reversed_by_entry_id: int | None
     metadata: dict[str, Any]
-    postings: list[EntryPosting]
+    postings: list[WrittenPosting]
     lots_consumed: list[LotMovement]
     lots_created: list[LotMovement]
     seal_seq: int | None
@@ -542,14 +534,7 @@ async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
         reversed_by_entry_id=entry["reversed_by"],
         metadata=json.loads(entry["metadata"]),
         postings=[
-            EntryPosting(
-                line=p["line"],
-                account_id=p["account_id"],
-                account=p["code"],
-                unit=p["unit"],
-                amount=p["amount"],
-                balance_after=p["balance_after"],
-            )
+            WrittenPosting(p["line"], p["account_id"], p["code"], p["unit"], p["amount"], p["balance_after"])
             for p in postings
         ],
         lots_consumed=movements(consumed),
