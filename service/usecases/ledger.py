@@ -259,6 +259,10 @@ async def resolve_hold(
     hold = _hold(row)
     if hold.status != "open":
         raise HoldNotOpen(f"hold {hold_id} is already {hold.status}", field="hold_id", hold_status=hold.status)
+    if status == "captured" and now >= hold.expires_at:  # the expiry job voids it on its next run
+        raise HoldNotOpen(
+            f"hold {hold_id} expired at {hold.expires_at.isoformat()}", field="hold_id", hold_status="expired"
+        )
     if not 0 <= capture <= hold.amount:
         raise InvalidInput(f"capture must be between 0 and {hold.amount}", field="amount")
     spendable, held, captured_to = HOLD_ACCOUNTS[hold.unit]

@@ -123,3 +123,20 @@ async def test_reversing_a_grant_takes_back_its_own_lot(
     assert await ledger_jobs.expire_points(program.id, clock) == 1
     assert (await balances(owner_connection, program.id, ann))["available"] == 0
     await ledger_invariants(owner_connection, program.id)
+
+
+async def test_an_expired_hold_cannot_be_captured_even_before_the_job_runs(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="a"), "g1", clock)
+    hold = await ledger.hold_points(
+        who, ledger.HoldRequest(customer_id=ann, amount=60, expires_in_seconds=60), "h1", clock
+    )
+    clock.advance(timedelta(seconds=61))
+    with pytest.raises(HoldNotOpen, match="expired"):
+        await ledger.capture_hold(who, hold.id, None, "c1", clock)
+    assert await ledger_jobs.expire_holds(program.id, clock) == 1
+    assert (await balances(owner_connection, program.id, ann))["available"] == 100
+    await ledger_invariants(owner_connection, program.id)
