@@ -17,9 +17,10 @@ from service.config import Settings
 from service.db.engine import close_pool, start_pool
 from service.domain.clock import Clock, SystemClock
 from service.http.auth import CredentialMiddleware, exclude_public_paths
-from service.http.controllers import admin, customers, finance, health, ledger
+from service.http.controllers import admin, customers, finance, health, ledger, problems
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
+from service.http.openapi import COMPONENTS, SECURITY
 from service.http.problems import EXCEPTION_HANDLERS
 from service.usecases.group_commit import close_batchers
 from service.usecases.jobs import scheduler
@@ -51,6 +52,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
     return Litestar(
         route_handlers=[
             *health.ROUTES,
+            *problems.ROUTES,
             admin.ProgramController,
             admin.ShopController,
             admin.ApiKeyController,
@@ -75,6 +77,8 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             version="0.1.0",
             description=API_DESCRIPTION,
             path="/schema",
+            components=COMPONENTS,
+            security=SECURITY,
             render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
         ),
         logging_config=None,  # logs are configured once, as JSON lines

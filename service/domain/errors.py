@@ -20,54 +20,72 @@ class DomainError(Exception):
 
 
 class InvalidInput(DomainError):
+    """The request is well-formed but a field breaks a rule; `field` names it."""
+
     problem_type = "invalid-input"
     title = "Invalid input"
     status = 422
 
 
 class NotFound(DomainError):
+    """Nothing with that id in the caller's program (other programs' data is never visible)."""
+
     problem_type = "not-found"
     title = "Not found"
     status = 404
 
 
 class Conflict(DomainError):
+    """The request contradicts what is recorded (e.g. an enrolment with other details)."""
+
     problem_type = "conflict"
     title = "Conflict"
     status = 409
 
 
 class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was first used for a different request; nothing was done."""
+
     problem_type = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
     status = 409
 
 
 class InsufficientPoints(DomainError):
+    """The balance does not cover the request; `available` and `requested` say by how much."""
+
     problem_type = "insufficient-points"
     title = "Not enough points"
     status = 409
 
 
 class HoldNotOpen(DomainError):
+    """The hold was already captured, voided or expired; `hold_status` says which."""
+
     problem_type = "hold-not-open"
     title = "The hold is already resolved"
     status = 409
 
 
 class AlreadyReversed(DomainError):
+    """The entry was reversed before; an entry is reversed at most once."""
+
     problem_type = "already-reversed"
     title = "The entry was already reversed"
     status = 409
 
 
 class Unauthorized(DomainError):
+    """No credential, or one that is unknown, malformed, revoked or expired."""
+
     problem_type = "unauthorized"
     title = "Missing or invalid credentials"
     status = 401
 
 
 class Forbidden(DomainError):
+    """The credential is valid but its scope does not allow this operation."""
+
     problem_type = "forbidden"
     title = "Not allowed for this credential"
     status = 403

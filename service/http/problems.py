@@ -18,17 +18,19 @@ TYPE_BASE = "/problems/"
 
 log = logging.getLogger("loyalty.http")
 
-_HTTP_TYPES = {
-    400: ("malformed-request", "Malformed request"),
-    401: ("unauthorized", "Missing or invalid credentials"),
-    403: ("forbidden", "Not allowed for this credential"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    413: ("body-too-large", "Request body too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-    429: ("rate-limited", "Too many requests"),
-    503: ("unavailable", "Service unavailable"),
+HTTP_PROBLEM_TYPES: dict[int, tuple[str, str, str]] = {
+    400: ("malformed-request", "Malformed request", "The body is empty, not JSON, or not the expected JSON type."),
+    401: ("unauthorized", "Missing or invalid credentials", "No credential, or one that is not valid."),
+    403: ("forbidden", "Not allowed for this credential", "The credential's scope does not allow this."),
+    404: ("not-found", "Not found", "No such route, or nothing with that id in the caller's program."),
+    405: ("method-not-allowed", "Method not allowed", "The route exists but not with this method."),
+    413: ("body-too-large", "Request body too large", "The body exceeds LOYALTY_MAX_BODY_BYTES."),
+    415: ("unsupported-media-type", "Unsupported media type", "Send bodies as application/json."),
+    429: ("rate-limited", "Too many requests", "Slow down; Retry-After says when to try again."),
+    500: ("internal-error", "Internal error", "An unexpected error; it was logged with the request id."),
+    503: ("unavailable", "Service unavailable", "The database is unavailable; retry after Retry-After."),
 }
+_HTTP_TYPES = {status: (slug, title) for status, (slug, title, _) in HTTP_PROBLEM_TYPES.items()}
 _FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([^`]*)`")
 # msgspec names the field inside the message when the error is about the enclosing object.
 _FIELD_NAMED_IN_MESSAGE = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")

@@ -62,3 +62,15 @@ async def test_customer_token_sees_only_its_customer(client: httpx.AsyncClient, 
     assert me.json()["id"] == ann["id"]
     other = await client.get(f"/v1/customers/{bob['id']}", headers=token)
     assert other.status_code == 403
+
+
+async def test_every_problem_type_resolves(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    refused = await client.post("/v1/customers", json={"external_id": 5}, headers=program.auth("checkout"))
+    described = await client.get(refused.json()["type"])
+    assert described.status_code == 200
+    assert described.json()["status"] == refused.status_code
+    catalogue = (await client.get("/problems")).json()
+    assert {"insufficient-points", "idempotency-key-reused", "hold-not-open", "unauthorized"} <= {
+        item["type"].rsplit("/", 1)[1] for item in catalogue
+    }
+    assert (await client.get("/problems/no-such-thing")).status_code == 404

@@ -15,6 +15,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
+from service.http.openapi import PROBLEM_RESPONSES
 from service.usecases import programs
 
 
@@ -31,7 +32,7 @@ class ProgramController(Controller):
     path = "/v1/program"
     tags = ["program"]
 
-    @get(guards=[requires(Scope.ADMIN, Scope.FINANCE, Scope.CHECKOUT)])
+    @get(guards=[requires(Scope.ADMIN, Scope.FINANCE, Scope.CHECKOUT)], responses=PROBLEM_RESPONSES)
     async def get_program(self, principal: NamedDependency[Principal]) -> Program:
         """The caller's program."""
         return await programs.get_program(principal.program_id)
@@ -42,12 +43,12 @@ class ShopController(Controller):
     tags = ["program"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED)
+    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def create_shop(self, data: JSONBody[ShopRequest], principal: NamedDependency[Principal]) -> Shop:
         """Add a sales channel."""
         return await programs.create_shop(principal.program_id, data.name)
 
-    @get()
+    @get(responses=PROBLEM_RESPONSES)
     async def list_shops(self, principal: NamedDependency[Principal]) -> list[Shop]:
         """All shops of the program."""
         return await programs.list_shops(principal.program_id)
@@ -58,17 +59,17 @@ class ApiKeyController(Controller):
     tags = ["program"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED)
+    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def create_key(self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]) -> CreatedApiKey:
         """Make a key; the response is the only time its plain text is shown."""
         return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope))
 
-    @get()
+    @get(responses=PROBLEM_RESPONSES)
     async def list_keys(self, principal: NamedDependency[Principal]) -> list[ApiKeyRecord]:
         """Keys of the program (never their secrets)."""
         return await programs.list_api_keys(principal.program_id)
 
-    @delete("/{key_id:str}", status_code=HTTP_200_OK)
+    @delete("/{key_id:str}", status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
     async def revoke_key(
         self,
         key_id: Annotated[str, PathParameter(min_length=1, max_length=64)],

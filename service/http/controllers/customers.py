@@ -16,6 +16,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment, ProfileChange
 from service.http.auth import requires
+from service.http.openapi import PROBLEM_RESPONSES
 from service.usecases import customers
 from service.usecases.programs import issue_customer_token
 
@@ -55,7 +56,7 @@ class CustomerController(Controller):
     path = "/v1/customers"
     tags = ["customers"]
 
-    @post(guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], status_code=HTTP_201_CREATED)
+    @post(guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def enrol(
         self,
         data: JSONBody[Enrolment],
@@ -66,7 +67,7 @@ class CustomerController(Controller):
         customer, created = await customers.enrol_customer(principal.program_id, data, clock)
         return Response(_response(customer), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
-    @get(guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)])
+    @get(guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES)
     async def list_customers(
         self,
         principal: NamedDependency[Principal],
@@ -77,12 +78,14 @@ class CustomerController(Controller):
         page, next_cursor = await customers.list_customers(principal.program_id, limit, cursor)
         return CustomerPageResponse(items=[_response(c) for c in page], next_cursor=next_cursor)
 
-    @get("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)])
+    @get(
+        "/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES
+    )
     async def get_customer(self, customer_id: CustomerId, principal: NamedDependency[Principal]) -> CustomerResponse:
         """One customer."""
         return _response(await customers.get_customer(principal.program_id, customer_id))
 
-    @patch("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN)])
+    @patch("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], responses=PROBLEM_RESPONSES)
     async def update_customer(
         self,
         customer_id: CustomerId,
@@ -94,7 +97,12 @@ class CustomerController(Controller):
         customer = await customers.update_customer(principal.program_id, customer_id, data, clock)
         return _response(customer)
 
-    @post("/{customer_id:str}/tokens", guards=[requires(Scope.CHECKOUT)], status_code=HTTP_201_CREATED)
+    @post(
+        "/{customer_id:str}/tokens",
+        guards=[requires(Scope.CHECKOUT)],
+        status_code=HTTP_201_CREATED,
+        responses=PROBLEM_RESPONSES,
+    )
     async def issue_token(
         self,
         customer_id: CustomerId,
@@ -125,7 +133,7 @@ class MeController(Controller):
     path = "/v1/me"
     tags = ["customer app"]
 
-    @get(guards=[requires(Scope.CUSTOMER)])
+    @get(guards=[requires(Scope.CUSTOMER)], responses=PROBLEM_RESPONSES)
     async def me(self, principal: NamedDependency[Principal]) -> CustomerResponse:
         """The customer's own profile."""
         return _response(await customers.get_customer(principal.program_id, principal.own_customer_id()))

@@ -18,6 +18,7 @@ from litestar.response import Stream
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.http.auth import requires
+from service.http.openapi import PROBLEM_RESPONSES
 from service.usecases import finance
 
 AsOf = Annotated[datetime | None, QueryParameter(description="RFC 3339 instant; default now")]
@@ -64,7 +65,7 @@ class FinanceController(Controller):
     tags = ["finance"]
     guards = [requires(Scope.FINANCE, Scope.ADMIN)]
 
-    @get("/journal")
+    @get("/journal", responses=PROBLEM_RESPONSES)
     async def journal(
         self,
         principal: NamedDependency[Principal],
@@ -91,7 +92,7 @@ class FinanceController(Controller):
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
-    @get("/accounts")
+    @get("/accounts", responses=PROBLEM_RESPONSES)
     async def accounts(
         self,
         principal: NamedDependency[Principal],
@@ -103,14 +104,14 @@ class FinanceController(Controller):
         items, next_cursor = await finance.list_accounts(principal.program_id, customer_id, limit, cursor)
         return AccountPageResponse(items=items, next_cursor=next_cursor)
 
-    @get("/accounts/{account_id:int}/balance")
+    @get("/accounts/{account_id:int}/balance", responses=PROBLEM_RESPONSES)
     async def balance(
         self, account_id: AccountId, principal: NamedDependency[Principal], as_of: AsOf = None
     ) -> finance.AccountBalance:
         """An account's balance now or at any instant."""
         return await finance.account_balance(principal.program_id, account_id, as_of)
 
-    @get("/accounts/{account_id:int}/statement")
+    @get("/accounts/{account_id:int}/statement", responses=PROBLEM_RESPONSES)
     async def statement(
         self,
         account_id: AccountId,
@@ -123,7 +124,7 @@ class FinanceController(Controller):
         """The account's postings in the period with opening and running balances."""
         return await finance.statement(principal.program_id, account_id, start, end, limit, cursor)
 
-    @get("/trial-balance")
+    @get("/trial-balance", responses=PROBLEM_RESPONSES)
     async def trial_balance(
         self,
         principal: NamedDependency[Principal],
@@ -133,7 +134,7 @@ class FinanceController(Controller):
         """Debit and credit totals per account kind; per unit they agree."""
         return await finance.trial_balance(principal.program_id, as_of or clock.now())
 
-    @get("/liability")
+    @get("/liability", responses=PROBLEM_RESPONSES)
     async def liability(
         self,
         principal: NamedDependency[Principal],
@@ -143,19 +144,19 @@ class FinanceController(Controller):
         """Outstanding points valued at the program's point value, per shop and in total."""
         return await finance.liability(principal.program_id, as_of or clock.now())
 
-    @get("/activity")
+    @get("/activity", responses=PROBLEM_RESPONSES)
     async def activity(self, principal: NamedDependency[Principal], start: From, end: To) -> finance.Activity:
         """Points issued, redeemed and expired (breakage) in the period."""
         return await finance.activity(principal.program_id, start, end)
 
-    @get("/entries/{entry_id:int}")
+    @get("/entries/{entry_id:int}", responses=PROBLEM_RESPONSES)
     async def entry(
         self, entry_id: Annotated[int, PathParameter(ge=1)], principal: NamedDependency[Principal]
     ) -> finance.EntryDetail:
         """One entry: postings, the lots it spent (traced to where they were earned), its seal."""
         return await finance.entry_detail(principal.program_id, entry_id)
 
-    @get("/chain")
+    @get("/chain", responses=PROBLEM_RESPONSES)
     async def chain(self, principal: NamedDependency[Principal]) -> finance.ChainReport:
         """Recompute the hash chain; name the first broken entry if any."""
         return await finance.verify_chain(principal.program_id)

@@ -16,6 +16,7 @@ from service.domain.clock import Clock
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
+from service.http.openapi import PROBLEM_RESPONSES
 from service.usecases import finance, ledger
 
 IdempotencyKey = Annotated[
@@ -67,7 +68,7 @@ class LedgerController(Controller):
     path = "/v1/ledger"
     tags = ["ledger"]
 
-    @post("/adjustments", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED)
+    @post("/adjustments", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def adjust(
         self,
         data: JSONBody[AdjustmentRequest],
@@ -97,7 +98,7 @@ class LedgerController(Controller):
         """Undo an entry with a linked reversing entry (at most once)."""
         return await ledger.reverse(principal, entry_id, data.reason, idempotency_key, clock)
 
-    @put("/expiry-policy", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK)
+    @put("/expiry-policy", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
     async def set_expiry(self, data: JSONBody[ExpiryRequest], principal: NamedDependency[Principal]) -> ExpiryRule:
         """How points earned from now on expire, in the program's time zone."""
         return await ledger.set_expiry_rule(principal.program_id, ExpiryRule(data.policy, data.period))
@@ -110,7 +111,7 @@ class HoldController(Controller):
     tags = ["holds"]
     guards = [requires(Scope.CHECKOUT, Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED)
+    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def authorize(
         self,
         data: JSONBody[HoldCreateRequest],
@@ -128,12 +129,12 @@ class HoldController(Controller):
         )
         return await ledger.hold_points(principal, request, idempotency_key, clock)
 
-    @get("/{hold_id:str}")
+    @get("/{hold_id:str}", responses=PROBLEM_RESPONSES)
     async def get_hold(self, hold_id: HoldId, principal: NamedDependency[Principal]) -> ledger.Hold:
         """A hold and its state."""
         return await ledger.get_hold(principal.program_id, hold_id)
 
-    @post("/{hold_id:str}/capture", status_code=HTTP_200_OK)
+    @post("/{hold_id:str}/capture", status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
     async def capture(
         self,
         hold_id: HoldId,
@@ -145,7 +146,7 @@ class HoldController(Controller):
         """Spend all or part of the hold; the rest returns to available."""
         return await ledger.capture_hold(principal, hold_id, data.amount, idempotency_key, clock)
 
-    @post("/{hold_id:str}/void", status_code=HTTP_200_OK)
+    @post("/{hold_id:str}/void", status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
     async def void(
         self,
         hold_id: HoldId,
@@ -175,7 +176,7 @@ class BalanceController(Controller):
         """Available, pending and held points and credit, and what expires in the next 30 days."""
         return await finance.customer_balance(principal.program_id, customer_id, clock.now())
 
-    @get("/v1/me/balance", guards=[requires(Scope.CUSTOMER)])
+    @get("/v1/me/balance", guards=[requires(Scope.CUSTOMER)], responses=PROBLEM_RESPONSES)
     async def my_balance(
         self, principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> finance.CustomerBalance:
