@@ -378,7 +378,7 @@ def ledger_machine(
             hold = data.draw(recent_or_any(self.holds), label="hold")
             before = self.snapshot()
             outcome = self.idempotent(lambda key: ledger.capture_hold(self.who, hold.id, part, key, clock))
-            if hold.status != "open":
+            if hold.status != "open" or clock.now() >= hold.expires_at:  # expired: only a void or the job
                 self.expect_refusal(outcome, HoldNotOpen, before)
                 return
             captured = hold.amount if part is None else part
