@@ -116,7 +116,9 @@ async def _lock_customer_accounts(
     row = await connection.fetchrow(
         f"WITH locked AS (SELECT id, code, balance, version, last_posted_at FROM accounts"
         f" WHERE program_id = $3 AND code = ANY($4::text[]) ORDER BY id FOR NO KEY UPDATE),"
-        f" reserved AS MATERIALIZED ({_RESERVE})"
+        # the ids are drawn only once every lock is held (the count forces the lock scan
+        # first), so an entry written after another on the same account gets a higher id
+        f" reserved AS MATERIALIZED ({_RESERVE} FROM (SELECT count(*) FROM locked) AS held)"
         f" SELECT reserved.*, ARRAY(SELECT ROW(id, code, balance, version, last_posted_at) FROM locked) AS locked"
         f" FROM reserved",
         entries,

@@ -36,6 +36,23 @@ class BoundedWaitTransaction(PostgresTransaction):
     """Waits at most the engine's acquire timeout for a pooled connection, so an exhausted
     pool fails fast (TimeoutError, answered with 503) instead of hanging."""
 
+    async def __aenter__(self) -> PostgresTransaction:
+        """Begin; if BEGIN fails (or the task is cancelled) the connection goes back to the pool."""
+        if self._parent is not None:
+            return self._parent
+        self.connection = await self.get_connection()
+        try:
+            self.transaction = self.connection.transaction()
+            await self.begin()  # type: ignore[no-untyped-call]
+        except BaseException:
+            if self.engine.pool:
+                await self.engine.pool.release(self.connection)
+            else:
+                await self.connection.close()
+            raise
+        self.context = self.engine.current_transaction.set(self)
+        return self
+
     async def __aexit__(self, exception_type: Any, exception: Any, traceback: Any) -> bool:
         """Release the connection even when COMMIT itself fails (a deferred constraint, a
         serialization failure): piccolo's own exit skips the release then, leaking it."""

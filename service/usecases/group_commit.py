@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +48,10 @@ class EntryBatcher:
         self.program_id = program_id
         self.queue: asyncio.Queue[Submission] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.workers = [loop.create_task(self._run(), name=f"group-commit:{program_id}:{n}") for n in range(WORKERS)]
+        self.workers = [  # a clean context: never the context (or transaction) of the first caller
+            loop.create_task(self._run(), name=f"group-commit:{program_id}:{n}", context=contextvars.Context())
+            for n in range(WORKERS)
+        ]
 
     async def submit(self, submission: Submission) -> WrittenEntry:
         await self.queue.put(submission)
@@ -58,11 +63,30 @@ class EntryBatcher:
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                await with_retry(functools.partial(self._commit, batch))
-            except Exception as error:
-                for submission in batch:
-                    if not submission.outcome.done():
-                        submission.outcome.set_exception(error)
+                await self._commit_isolating_failures(batch)
+            except BaseException:  # cancelled at shutdown: nobody may wait forever
+                _fail(batch, RuntimeError("the service is shutting down; retry with the same key"))
+                raise
+
+    async def _commit_isolating_failures(self, batch: list[Submission]) -> None:
+        """Commit the batch; if it fails for a reason other than a refusal, commit each
+        request on its own, so one bad request fails alone."""
+        try:
+            await with_retry(functools.partial(self._commit, batch))
+        except Exception as error:
+            if len(batch) == 1:
+                _fail(batch, error)
+                return
+            for submission in batch:
+                try:
+                    await with_retry(functools.partial(self._commit, [submission]))
+                except Exception as alone:
+                    _fail([submission], alone)
+
+    def fail_queued(self, error: Exception) -> None:
+        """Answer everything still queued with error."""
+        while not self.queue.empty():
+            _fail([self.queue.get_nowait()], error)
 
     async def _commit(self, batch: list[Submission]) -> None:
         leaders: dict[str, Submission] = {}
@@ -129,7 +153,13 @@ class EntryBatcher:
         return results
 
 
-_batchers: dict[tuple[int, str], EntryBatcher] = {}
+def _fail(submissions: list[Submission], error: BaseException) -> None:
+    for submission in submissions:
+        if not submission.outcome.done():
+            submission.outcome.set_exception(error)
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EntryBatcher]] = weakref.WeakKeyDictionary()
 
 
 async def post_once(
@@ -137,21 +167,19 @@ async def post_once(
 ) -> WrittenEntry:
     """Write the entry `build` makes, once per idempotency key, sharing the commit with
     whatever else this program is writing at the same moment."""
-    loop_id = id(asyncio.get_running_loop())
-    batcher = _batchers.get((loop_id, program_id))
+    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
+    batcher = batchers.get(program_id)
     if batcher is None or any(worker.done() for worker in batcher.workers):
-        batcher = _batchers[(loop_id, program_id)] = EntryBatcher(program_id)
+        batcher = batchers[program_id] = EntryBatcher(program_id)
     return await batcher.submit(Submission(key, fingerprint, build, actor, now))
 
 
 async def close_batchers() -> None:
     """Stop the workers of this event loop (at shutdown)."""
-    loop_id = id(asyncio.get_running_loop())
-    for (owner, program_id), batcher in list(_batchers.items()):
-        if owner != loop_id:
-            continue
+    batchers = _batchers.pop(asyncio.get_running_loop(), {})
+    for batcher in batchers.values():
         for worker in batcher.workers:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        del _batchers[(owner, program_id)]
+        batcher.fail_queued(RuntimeError("the service is shutting down; retry with the same key"))

@@ -6,17 +6,20 @@ their own row locks, and the sealer takes a per-program advisory lock.
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 
 from service.db.chain import seal_batch
 from service.db.ledger import write_entry
 from service.db.transaction import in_transaction, transaction
 from service.domain.clock import Clock
-from service.domain.errors import HoldNotOpen
+from service.domain.errors import DomainError, HoldNotOpen
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
 from service.usecases.ledger import resolve_hold
 
 JOB_ACTOR = "job:{}"
+log = logging.getLogger("loyalty.jobs")
 
 
 async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
@@ -41,6 +44,8 @@ async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
             resolved += 1
         except HoldNotOpen:
             continue  # captured or voided meanwhile, or another worker got there first
+        except DomainError:
+            log.exception("hold %s could not be expired; the next run tries again", row["id"])
     return resolved
 
 

@@ -136,23 +136,51 @@ async def account_ids(connection: asyncpg.Connection, journal: Journal) -> dict[
 
 
 async def write_raw(connection: asyncpg.Connection, program_id: str, postings: list[tuple[int, str, int]]) -> int:
-    """Insert an entry and its postings (account id, unit, amount) in the current transaction."""
+    """Insert an entry and its postings (account id, unit, amount) in the current transaction,
+    the postings in one statement as the service writes them."""
     entry_id: int = await connection.fetchval(
         "INSERT INTO entries (program_id, kind, posted_at, actor) VALUES ($1, 'raw', now(), 'test') RETURNING id",
         program_id,
     )
-    for line, (account_id, unit, amount) in enumerate(postings, start=1):
+    if postings:
         await connection.execute(
             "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, posted_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, now())",
+            " SELECT $1, $2, line, account_id, unit, amount, now()"
+            " FROM unnest($3::smallint[], $4::bigint[], $5::text[], $6::bigint[]) AS p(line, account_id, unit, amount)",
             program_id,
             entry_id,
-            line,
-            account_id,
-            unit,
-            amount,
+            list(range(1, len(postings) + 1)),
+            [account_id for account_id, _, _ in postings],
+            [unit for _, unit, _ in postings],
+            [amount for _, _, amount in postings],
         )
     return entry_id
+
+
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+async def test_a_posting_cannot_be_added_to_an_entry_later(
+    journal: Journal, owner_connection: asyncpg.Connection, app_connection: asyncpg.Connection, as_owner: bool
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    async with connection.transaction():
+        entry_id = await write_raw(
+            connection, journal.program_id, [(ids["issued"], "POINTS", -10), (ids["adjustments"], "POINTS", 10)]
+        )
+    with pytest.raises(asyncpg.RestrictViolationError, match=f"entry {entry_id} already has postings"):
+        await connection.execute(
+            "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, posted_at)"
+            " VALUES ($1, $2, 3, $3, 'POINTS', 7, now())",
+            journal.program_id,
+            entry_id,
+            ids["adjustments"],
+        )
+    assert (
+        await owner_connection.fetchval(
+            "SELECT sum(amount) FROM postings WHERE program_id = $1 AND entry_id = $2", journal.program_id, entry_id
+        )
+        == 0
+    )
 
 
 UNBALANCED = {

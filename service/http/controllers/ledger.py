@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.db.ledger import WrittenEntry
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.customers import NO_NUL
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
@@ -29,13 +30,14 @@ IdempotencyKey = Annotated[
     ),
 ]
 Points = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000_000)]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_NUL)]
+CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 HoldId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 CustomerId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 
 class AdjustmentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    customer_id: CustomerRef
     amount: Annotated[int, msgspec.Meta(ge=-1_000_000_000_000, le=1_000_000_000_000)]
     reason: Reason
     unit: Unit = Unit.POINTS
@@ -46,11 +48,11 @@ class ReversalRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class HoldCreateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    customer_id: CustomerRef
     amount: Points
     unit: Unit = Unit.POINTS
     expires_in_seconds: Annotated[int, msgspec.Meta(ge=10, le=7 * 86_400)] = 900
-    reference: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    reference: Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)] | None = None
 
 
 class CaptureRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
