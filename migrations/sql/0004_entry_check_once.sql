@@ -1,8 +1,7 @@
 -- Check each entry once at COMMIT instead of once per posting row: the per-row trigger ran
 -- three queries for every posting. The per-entry check covers the same ground: at least two
 -- postings, each on an account of the program in the account's unit, summing to zero per unit.
--- (A posting added to an entry of an earlier transaction is caught by chain verification:
--- the entry's sealed hash covers its postings.)
+-- (Postings added to an entry later are refused by migration 0006.)
 
 DROP TRIGGER postings_balance ON postings;
 DROP FUNCTION check_entry_balanced();
