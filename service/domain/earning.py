@@ -171,6 +171,11 @@ def _check_rules(rules: EarningRules) -> EarningRules:
     return rules
 
 
+def checked_rules(rules: EarningRules) -> EarningRules:
+    """The rule set if it is valid as a whole; InvalidInput naming the first bad field otherwise."""
+    return _check_rules(rules)
+
+
 def _times(bp: int) -> str:
     whole, fraction = divmod(bp, NEUTRAL_BP)
     return f"x{whole}" + (f".{fraction:04d}".rstrip("0") if fraction else "")

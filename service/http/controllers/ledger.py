@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import HeaderParameter, JSONBody, PathParameter
+from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.db.ledger import WrittenEntry
@@ -18,17 +18,9 @@ from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES
+from service.http.params import IdempotencyKey
 from service.usecases import finance, ledger
 
-IdempotencyKey = Annotated[
-    str,
-    HeaderParameter(
-        name="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Unique per program; a retry with the same key and request replays the first answer.",
-    ),
-]
 Points = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000_000)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_NUL)]
 CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]

@@ -1,0 +1,80 @@
+"""Earning rules: admins publish versions; shops quote what an order earns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from service.domain.access import Principal, Scope
+from service.domain.clock import Clock
+from service.domain.earning import (
+    NEUTRAL_BP,
+    Award,
+    BasisPoints,
+    Campaign,
+    Currency,
+    Minor,
+    Order,
+    Points,
+    Text,
+)
+from service.http.auth import requires
+from service.http.openapi import PROBLEM_RESPONSES
+from service.http.params import IdempotencyKey
+from service.usecases import earning_rules
+
+
+class EarningRulesRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A new version of the rules; it applies from `effective_from` (default: now)."""
+
+    currency: Currency
+    points_per_unit: Points
+    unit_minor: Annotated[int, msgspec.Meta(gt=0)]
+    category_multipliers: dict[Text, BasisPoints] = {}
+    campaigns: tuple[Campaign, ...] = ()
+    minimum_order_minor: Minor = 0
+    order_cap: Points | None = None
+    effective_from: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class QuoteRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    order: Order
+    tier_multiplier_bp: Annotated[int, msgspec.Meta(ge=0, le=100 * NEUTRAL_BP)] = NEUTRAL_BP
+
+
+class EarningController(Controller):
+    path = "/v1/earning"
+    tags = ["earning rules"]
+
+    @post("/rules", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    async def publish(
+        self,
+        data: JSONBody[EarningRulesRequest],
+        idempotency_key: IdempotencyKey,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+    ) -> earning_rules.PublishedRules:
+        """Publish the next version of the program's earning rules."""
+        draft = earning_rules.RulesDraft(**msgspec.structs.asdict(data))
+        return await earning_rules.publish_rules(principal, draft, idempotency_key, clock)
+
+    @get("/rules", guards=[requires(Scope.ADMIN, Scope.CHECKOUT, Scope.FINANCE)], responses=PROBLEM_RESPONSES)
+    async def versions(self, principal: NamedDependency[Principal]) -> list[earning_rules.PublishedRules]:
+        """Every published version, newest first."""
+        return await earning_rules.rule_versions(principal.program_id)
+
+    @post(
+        "/quote",
+        guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
+        status_code=HTTP_200_OK,
+        responses=PROBLEM_RESPONSES,
+    )
+    async def quote(self, data: JSONBody[QuoteRequest], principal: NamedDependency[Principal]) -> Award:
+        """What an order earns under the rules in force when it was placed, with the points per rule."""
+        return await earning_rules.quote(principal.program_id, data.order, data.tier_multiplier_bp)
