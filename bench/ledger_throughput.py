@@ -64,6 +64,7 @@ from service.db.transaction import in_transaction
 from service.domain.access import Principal, Scope
 from service.domain.clock import SystemClock
 from service.domain.customers import Enrolment
+from service.domain.expiry import expires_at
 from service.domain.ledger import (
     HOLD_ACCOUNTS,
     AccountKind,
@@ -75,7 +76,7 @@ from service.domain.ledger import (
 from service.domain.programs import ProgramSettings
 from service.usecases.customers import enrol_customer
 from service.usecases.idempotency import fingerprint, run_once
-from service.usecases.ledger import Adjustment, adjust, adjustment_draft, earn_expiry
+from service.usecases.ledger import Adjustment, adjust, adjustment_draft
 from service.usecases.ledger_settings import ledger_settings
 from service.usecases.programs import create_program
 
@@ -416,7 +417,8 @@ class Workload:
 
             async def work(connection: asyncpg.Connection) -> int:
                 now = CLOCK.now()
-                expiry = await earn_expiry(connection, program_id, now)
+                settings = await ledger_settings(connection, program_id)
+                expiry = expires_at(settings.expiry, now, settings.zone)
                 items = [
                     EntryToWrite(
                         transfer(

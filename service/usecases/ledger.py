@@ -28,7 +28,7 @@ from service.domain.ledger import (
 )
 from service.usecases.group_commit import post_once
 from service.usecases.idempotency import fingerprint, run_once
-from service.usecases.ledger_settings import ProgramLedgerSettings, ledger_settings
+from service.usecases.ledger_settings import ProgramLedgerSettings
 
 
 async def set_expiry_rule(program_id: str, rule: ExpiryRule) -> ExpiryRule:
@@ -44,12 +44,6 @@ async def set_expiry_rule(program_id: str, rule: ExpiryRule) -> ExpiryRule:
         return rule
 
     return await in_transaction(work)
-
-
-async def earn_expiry(connection: asyncpg.Connection, program_id: str, earned_at: datetime) -> datetime | None:
-    """When points earned now will expire under the program's policy."""
-    settings = await ledger_settings(connection, program_id)
-    return expires_at(settings.expiry, earned_at, settings.zone)
 
 
 # --- Adjustments ---------------------------------------------------------------------
