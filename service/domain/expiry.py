@@ -21,7 +21,8 @@ class ExpiryRule(msgspec.Struct, frozen=True):
     period: int = 0
 
 
-def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The instant a local day starts."""
     return datetime.combine(day, time(0), tzinfo=zone)
 
 
@@ -32,8 +33,8 @@ def expires_at(rule: ExpiryRule, earned_at: datetime, zone: ZoneInfo) -> datetim
     if rule.policy is ExpiryPolicy.NEVER:
         return None
     if rule.policy is ExpiryPolicy.DAYS:
-        return _local_midnight(local_day + timedelta(days=rule.period + 1), zone)
+        return local_midnight(local_day + timedelta(days=rule.period + 1), zone)
     if rule.policy is ExpiryPolicy.END_OF_MONTH:
         months = local_day.year * 12 + (local_day.month - 1) + rule.period + 1
-        return _local_midnight(date(months // 12, months % 12 + 1, 1), zone)
-    return _local_midnight(date(local_day.year + rule.period + 1, 1, 1), zone)
+        return local_midnight(date(months // 12, months % 12 + 1, 1), zone)
+    return local_midnight(date(local_day.year + rule.period + 1, 1, 1), zone)

@@ -2,7 +2,8 @@
 
 Points move only as entries of two or more postings that sum to zero per unit. A
 posting's amount is signed: positive credits the account (raises its balance), negative
-debits it. Customer accounts never go below zero; system accounts may.
+debits it. Customer accounts never go below zero (a customer's debt, `owed`, never above);
+system accounts may.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class AccountKind(StrEnum):
     HELD = "held"
     CREDIT_AVAILABLE = "credit_available"
     CREDIT_HELD = "credit_held"
+    OWED = "owed"  # points a customer owes after a refund of points already spent
     ISSUED = "issued"
     REDEEMED = "redeemed"
     EXPIRED = "expired"
@@ -57,6 +59,7 @@ CHART: Mapping[AccountKind, KindSpec] = {
     AccountKind.HELD: KindSpec(Unit.POINTS, Side.CREDIT, True),
     AccountKind.CREDIT_AVAILABLE: KindSpec(Unit.CREDIT, Side.CREDIT, True),
     AccountKind.CREDIT_HELD: KindSpec(Unit.CREDIT, Side.CREDIT, True),
+    AccountKind.OWED: KindSpec(Unit.POINTS, Side.DEBIT, True),
     AccountKind.ISSUED: KindSpec(Unit.POINTS, Side.DEBIT, False),
     AccountKind.REDEEMED: KindSpec(Unit.POINTS, Side.CREDIT, False),
     AccountKind.EXPIRED: KindSpec(Unit.POINTS, Side.CREDIT, False),
@@ -97,6 +100,12 @@ class AccountRef(msgspec.Struct, frozen=True):
     @property
     def is_customer(self) -> bool:
         return CHART[self.kind].per_customer
+
+    @property
+    def holds_lots(self) -> bool:
+        """Customer accounts of points held for the customer keep lots; a debt keeps none."""
+        spec = CHART[self.kind]
+        return spec.per_customer and spec.normal_side is Side.CREDIT
 
 
 def customer_account(customer_id: str, kind: AccountKind) -> AccountRef:
@@ -168,12 +177,23 @@ def net_by_account(postings: Iterable[PostingDraft]) -> dict[AccountRef, int]:
 
 
 def check_balances(draft: EntryDraft, balances: Mapping[AccountRef, int]) -> dict[AccountRef, int]:
-    """New balances of the customer accounts; InsufficientPoints if one would go below zero."""
+    """New balances of the customer accounts; InsufficientPoints if one would go below zero.
+
+    A customer account never crosses zero to the other side of its normal side: what is held
+    for the customer never goes below zero, and a debt (`owed`, debit-normal) is settled at
+    most in full."""
     after: dict[AccountRef, int] = {}
     for account, change in net_by_account(draft.postings).items():
         if not account.is_customer:
             continue
         current = balances[account]
+        if not account.holds_lots:
+            if current + change > 0:
+                raise InvalidInput(
+                    f"{account.kind.value} is {-current}, {change} would settle more than is owed", field="amount"
+                )
+            after[account] = current + change
+            continue
         if current + change < 0:
             raise InsufficientPoints(
                 f"{account.kind.value} balance is {current} {account.unit.value}, {-change} needed",
@@ -265,12 +285,12 @@ def plan_lots(
     """
     consumed: list[Slice] = []
     for account, change in net_by_account(draft.postings).items():
-        if account.is_customer and change < 0:
+        if account.holds_lots and change < 0:
             consumed.extend(consume(open_lots.get(account, ()), -change, reclaimed))
     pool = sorted([*consumed, *restored], key=expiry_order)
     created: list[NewLot] = []
     for account, change in net_by_account(draft.postings).items():
-        if not account.is_customer or change <= 0:
+        if not account.holds_lots or change <= 0:
             continue
         need = change
         while need and pool:

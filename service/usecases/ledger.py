@@ -98,7 +98,7 @@ async def adjust(principal: Principal, adjustment: Adjustment, key: str, clock: 
 
 # --- Reversals -----------------------------------------------------------------------
 
-NOT_REVERSIBLE = ("hold.", "reversal")
+NOT_REVERSIBLE = ("hold.", "order.", "reversal")  # holds resolve; orders are refunded
 
 
 async def reverse(principal: Principal, entry_id: int, reason: str, key: str, clock: Clock) -> WrittenEntry:

@@ -29,7 +29,8 @@ async def balances(connection: asyncpg.Connection, program_id: str, customer_id:
 
 
 async def ledger_invariants(connection: asyncpg.Connection, program_id: str) -> None:
-    """Per-unit zero sum, balance rows equal the sum of postings, lots equal balances."""
+    """Per-unit zero sum, balance rows equal the sum of postings, lots equal balances, every
+    customer account on its normal side of zero."""
     unbalanced = await connection.fetch(
         "SELECT entry_id, unit, sum(amount) FROM postings WHERE program_id = $1"
         " GROUP BY entry_id, unit HAVING sum(amount) <> 0",
@@ -52,12 +53,20 @@ async def ledger_invariants(connection: asyncpg.Connection, program_id: str) -> 
     lots_drift = await connection.fetch(
         "SELECT a.code, a.balance, coalesce(sum(l.remaining), 0) AS in_lots FROM accounts a"
         " LEFT JOIN lots l ON l.program_id = a.program_id AND l.account_id = a.id"
-        " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL GROUP BY a.code, a.balance"
-        " HAVING a.balance <> coalesce(sum(l.remaining), 0)",
+        " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL AND a.normal_side = 'credit'"
+        " GROUP BY a.code, a.balance HAVING a.balance <> coalesce(sum(l.remaining), 0)",
         program_id,
     )
     assert not lots_drift, lots_drift
-    negative = await connection.fetch(
-        "SELECT code, balance FROM accounts WHERE program_id = $1 AND balance < 0", program_id
+    wrong_side = await connection.fetch(  # what is held for a customer >= 0; what they owe <= 0
+        "SELECT code, balance FROM accounts WHERE program_id = $1"
+        " AND (normal_side = 'credit' AND balance < 0 OR normal_side = 'debit' AND balance > 0)",
+        program_id,
     )
-    assert not negative, negative
+    assert not wrong_side, wrong_side
+    debts_with_lots = await connection.fetch(
+        "SELECT l.id FROM lots l JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+        " WHERE l.program_id = $1 AND a.normal_side = 'debit'",
+        program_id,
+    )
+    assert not debts_with_lots, debts_with_lots

@@ -43,6 +43,7 @@ async def test_grant_hold_capture_void_reverse(
         "held": 300,
         "credit_available": 0,
         "credit_held": 0,
+        "owed": 0,
     }
     captured = await ledger.capture_hold(who, hold.id, 120, "c1", clock)
     assert (captured.status, captured.captured) == ("captured", 120)

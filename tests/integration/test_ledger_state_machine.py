@@ -59,7 +59,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Expiry = datetime | None  # a lot's expiry; None never expires
 SPENDABLE = {Unit.POINTS: "available", Unit.CREDIT: "credit_available"}
 HELD = {Unit.POINTS: "held", Unit.CREDIT: "credit_held"}
-CUSTOMER_KINDS = ("available", "pending", "held", "credit_available", "credit_held")
+CUSTOMER_KINDS = ("available", "pending", "held", "credit_available", "credit_held", "owed")
 
 units = st.sampled_from([Unit.POINTS, Unit.POINTS, Unit.CREDIT])
 

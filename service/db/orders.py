@@ -1,0 +1,226 @@
+"""Orders and refunds: their rows, and the customer balances their entries depend on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.domain.earning import Refund
+from service.domain.errors import NotFound
+from service.domain.ledger import AccountKind, customer_account
+from service.domain.orders import ReturnPolicy, ReturnSettings
+
+
+async def lock_customer_balances(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, kinds: Sequence[AccountKind]
+) -> dict[AccountKind, int]:
+    """Lock the customer's accounts of these kinds (in id order, as the ledger writer does)
+    and return their balances; NotFound if the customer has none."""
+    rows = await connection.fetch(
+        "SELECT kind, balance FROM accounts WHERE program_id = $1 AND code = ANY($2::text[])"
+        " ORDER BY id FOR NO KEY UPDATE",
+        program_id,
+        [customer_account(customer_id, kind).code for kind in kinds],
+    )
+    if len(rows) != len(kinds):
+        raise NotFound(f"customer {customer_id} not found", field="customer_id")
+    return {AccountKind(row["kind"]): row["balance"] for row in rows}
+
+
+async def return_settings(connection: asyncpg.Connection, program_id: str) -> ReturnSettings:
+    row = await connection.fetchrow("SELECT return_window_days, return_policy FROM programs WHERE id = $1", program_id)
+    if row is None:
+        raise NotFound(f"program {program_id} not found")
+    return ReturnSettings(window_days=row["return_window_days"], policy=ReturnPolicy(row["return_policy"]))
+
+
+async def save_return_settings(connection: asyncpg.Connection, program_id: str, settings: ReturnSettings) -> None:
+    await connection.execute(
+        "UPDATE programs SET return_window_days = $2, return_policy = $3 WHERE id = $1",
+        program_id,
+        settings.window_days,
+        settings.policy.value,
+    )
+
+
+async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: str) -> str:
+    name: str | None = await connection.fetchval(
+        "SELECT name FROM shops WHERE program_id = $1 AND id = $2", program_id, shop_id
+    )
+    if name is None:
+        raise NotFound(f"shop {shop_id} not found", field="shop_id")
+    return name
+
+
+async def campaign_bonus_so_far(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
+    """Bonus points each campaign has granted the customer over all their orders."""
+    rows = await connection.fetch(
+        "SELECT b.key AS campaign, sum(b.value::bigint)::bigint AS points"
+        " FROM orders o CROSS JOIN LATERAL jsonb_each_text(o.award -> 'campaign_bonus') AS b"
+        " WHERE o.program_id = $1 AND o.customer_id = $2 GROUP BY b.key",
+        program_id,
+        customer_id,
+    )
+    return {row["campaign"]: row["points"] for row in rows}
+
+
+ORDER_COLUMNS = (
+    "shop_id, id, customer_id, currency, placed_at, lines, net, points, award, award_entry_id, release_at,"
+    " released_at, release_entry_id, refunded_net, clawed_back, created_at"
+)
+
+
+async def insert_order(connection: asyncpg.Connection, program_id: str, values: dict[str, Any]) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
+        f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}",
+        program_id,
+        values["shop_id"],
+        values["id"],
+        values["customer_id"],
+        values["currency"],
+        values["placed_at"],
+        msgspec.json.encode(values["lines"]).decode(),
+        values["net"],
+        values["points"],
+        msgspec.json.encode(values["award"]).decode(),
+        values["award_entry_id"],
+        values["release_at"],
+        values["created_at"],
+    )
+    assert row is not None
+    return row
+
+
+async def load_order(
+    connection: asyncpg.Connection, program_id: str, shop_id: str, order_id: str, *, for_update: bool = False
+) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE program_id = $1 AND shop_id = $2 AND id = $3"
+        + (" FOR UPDATE" if for_update else ""),
+        program_id,
+        shop_id,
+        order_id,
+    )
+    if row is None:
+        raise NotFound(f"order {order_id} of shop {shop_id} not found", field="order_id")
+    return row
+
+
+async def pending_of_order(connection: asyncpg.Connection, program_id: str, award_entry_id: int | None) -> int:
+    """The points of an order's award still pending: what is left of the lots it created."""
+    if award_entry_id is None:
+        return 0
+    left: int = await connection.fetchval(
+        "SELECT coalesce(sum(l.remaining), 0)::bigint FROM lots l"
+        " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id AND a.kind = 'pending'"
+        " WHERE l.program_id = $1 AND l.entry_id = $2",
+        program_id,
+        award_entry_id,
+    )
+    return left
+
+
+async def lots_of_entries(
+    connection: asyncpg.Connection, program_id: str, entry_ids: Sequence[int | None]
+) -> list[int]:
+    """The lots these entries created (an order's refund takes back its own points first)."""
+    rows = await connection.fetch(
+        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = ANY($2::bigint[]) ORDER BY id",
+        program_id,
+        [entry_id for entry_id in entry_ids if entry_id is not None],
+    )
+    return [row["id"] for row in rows]
+
+
+async def mark_released(
+    connection: asyncpg.Connection,
+    program_id: str,
+    shop_id: str,
+    order_id: str,
+    released_at: datetime,
+    entry_id: int | None,
+) -> None:
+    await connection.execute(
+        "UPDATE orders SET released_at = $4, release_entry_id = $5 WHERE program_id = $1 AND shop_id = $2 AND id = $3",
+        program_id,
+        shop_id,
+        order_id,
+        released_at,
+        entry_id,
+    )
+
+
+REFUND_COLUMNS = "id, request, refunded_net, points, from_pending, from_available, owed, forgiven, entry_id, created_at"
+
+
+async def refunds_of(
+    connection: asyncpg.Connection, program_id: str, shop_id: str, order_id: str
+) -> list[asyncpg.Record]:
+    """The order's refunds in the order they were made."""
+    return list(
+        await connection.fetch(
+            f"SELECT {REFUND_COLUMNS} FROM refunds WHERE program_id = $1 AND shop_id = $2 AND order_id = $3"
+            " ORDER BY created_at, id",
+            program_id,
+            shop_id,
+            order_id,
+        )
+    )
+
+
+def refund_request(row: asyncpg.Record) -> Refund:
+    return msgspec.json.decode(row["request"], type=Refund)
+
+
+async def insert_refund(
+    connection: asyncpg.Connection, program_id: str, shop_id: str, order_id: str, values: dict[str, Any]
+) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"INSERT INTO refunds (program_id, shop_id, order_id, {REFUND_COLUMNS})"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {REFUND_COLUMNS}",
+        program_id,
+        shop_id,
+        order_id,
+        values["id"],
+        msgspec.json.encode(values["request"]).decode(),
+        values["refunded_net"],
+        values["points"],
+        values["from_pending"],
+        values["from_available"],
+        values["owed"],
+        values["forgiven"],
+        values["entry_id"],
+        values["created_at"],
+    )
+    assert row is not None
+    return row
+
+
+async def record_refund_on_order(
+    connection: asyncpg.Connection, program_id: str, shop_id: str, order_id: str, refunded_net: int, points: int
+) -> None:
+    await connection.execute(
+        "UPDATE orders SET refunded_net = $4, clawed_back = clawed_back + $5"
+        " WHERE program_id = $1 AND shop_id = $2 AND id = $3",
+        program_id,
+        shop_id,
+        order_id,
+        refunded_net,
+        points,
+    )
+
+
+async def due_order(connection: asyncpg.Connection, program_id: str, now: datetime) -> asyncpg.Record | None:
+    """Claim one order whose return window has ended (skipping those another worker holds)."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE program_id = $1 AND released_at IS NULL AND release_at <= $2"
+        " ORDER BY release_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        program_id,
+        now,
+    )
+    return row

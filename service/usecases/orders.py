@@ -1,0 +1,300 @@
+"""Orders at checkout: award points into pending, release them when the return window ends,
+and claw them back on refunds. Every change of value is a ledger entry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.db import orders as rows
+from service.db.ledger import write_entry
+from service.db.transaction import in_transaction, transaction, with_retry
+from service.domain.access import Principal
+from service.domain.clock import Clock
+from service.domain.earning import (
+    NEUTRAL_BP,
+    Award,
+    AwardComponent,
+    Order,
+    OrderLine,
+    Refund,
+    RefundLine,
+    calculate_award,
+    claw_back,
+)
+from service.domain.errors import InvalidInput
+from service.domain.expiry import expires_at
+from service.domain.ledger import AccountKind
+from service.domain.orders import (
+    FUTURE_TOLERANCE,
+    ReturnSettings,
+    award_draft,
+    refund_draft,
+    release_at,
+    release_draft,
+    split_clawback,
+)
+from service.usecases.earning_rules import rules_in_force
+from service.usecases.idempotency import fingerprint, run_once
+from service.usecases.ledger_settings import ledger_settings
+
+RELEASE_ACTOR = "job:release-orders"
+
+
+class OrderPlacement(msgspec.Struct, frozen=True, kw_only=True):
+    """An order as a shop sends it; (shop, order_id) identifies it for good."""
+
+    order_id: str
+    customer_id: str
+    order: Order
+
+
+class RefundView(msgspec.Struct, frozen=True, kw_only=True):
+    refund_id: str
+    lines: tuple[RefundLine, ...]
+    amount: int | None
+    refunded_net: int  # of the order, this refund included
+    points: int  # clawed back by this refund: from_pending + from_available + owed + forgiven
+    from_pending: int
+    from_available: int
+    owed: int
+    forgiven: int
+    entry_id: int | None
+    created_at: datetime
+
+
+class OrderView(msgspec.Struct, frozen=True, kw_only=True):
+    shop_id: str
+    order_id: str
+    customer_id: str
+    currency: str
+    placed_at: datetime
+    net: int
+    points: int
+    breakdown: tuple[AwardComponent, ...]
+    rules_version: int
+    status: str  # pending: points wait for the return window; released: they are available
+    available_from: datetime
+    award_entry_id: int | None
+    release_entry_id: int | None
+    refunded_net: int
+    clawed_back: int
+    refunds: tuple[RefundView, ...] = ()
+
+
+def _refund_view(row: asyncpg.Record) -> RefundView:
+    request = rows.refund_request(row)
+    return RefundView(
+        refund_id=row["id"],
+        lines=request.lines,
+        amount=request.amount,
+        refunded_net=row["refunded_net"],
+        points=row["points"],
+        from_pending=row["from_pending"],
+        from_available=row["from_available"],
+        owed=row["owed"],
+        forgiven=row["forgiven"],
+        entry_id=row["entry_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _order_view(row: asyncpg.Record, refunds: list[asyncpg.Record] | None = None) -> OrderView:
+    award = msgspec.json.decode(row["award"], type=Award)
+    return OrderView(
+        shop_id=row["shop_id"],
+        order_id=row["id"],
+        customer_id=row["customer_id"],
+        currency=row["currency"],
+        placed_at=row["placed_at"],
+        net=row["net"],
+        points=row["points"],
+        breakdown=award.breakdown,
+        rules_version=award.rules_version,
+        status="pending" if row["released_at"] is None else "released",
+        available_from=row["release_at"],
+        award_entry_id=row["award_entry_id"],
+        release_entry_id=row["release_entry_id"],
+        refunded_net=row["refunded_net"],
+        clawed_back=row["clawed_back"],
+        refunds=tuple(_refund_view(refund) for refund in refunds or ()),
+    )
+
+
+def _order_metadata(shop_id: str, shop: str, order_id: str) -> dict[str, Any]:
+    return {"shop_id": shop_id, "shop_name": shop, "order_id": order_id}
+
+
+async def place_order(principal: Principal, shop_id: str, placement: OrderPlacement, clock: Clock) -> OrderView:
+    """Award an order's points into pending, once per (shop, order id): the same order again
+    gets the same answer, the same id with other content is a 409."""
+
+    async def work(connection: asyncpg.Connection) -> OrderView:
+        now = clock.now()
+        order = placement.order
+        if order.placed_at > now + FUTURE_TOLERANCE:
+            raise InvalidInput("placed_at is in the future", field="order.placed_at")
+        program_id = principal.program_id
+        shop = await rows.shop_name(connection, program_id, shop_id)
+        # the customer's pending balance is locked first: their orders take turns, so a
+        # campaign's per-customer cap counts every earlier order
+        await rows.lock_customer_balances(connection, program_id, placement.customer_id, [AccountKind.PENDING])
+        settings = await ledger_settings(connection, program_id)
+        returns = await rows.return_settings(connection, program_id)
+        rules = await rules_in_force(connection, program_id, order.placed_at)
+        so_far = None
+        if any(campaign.customer_cap is not None for campaign in rules.campaigns):
+            so_far = await rows.campaign_bonus_so_far(connection, program_id, placement.customer_id)
+        award = calculate_award(order, rules, zone=settings.zone, tier_multiplier_bp=NEUTRAL_BP, bonus_so_far=so_far)
+        entry_id = None
+        if award.total:
+            draft = award_draft(
+                placement.customer_id,
+                award.total,
+                _order_metadata(shop_id, shop, placement.order_id) | {"rules_version": award.rules_version},
+                expires_at(settings.expiry, order.placed_at, settings.zone),
+            )
+            entry_id = (await write_entry(connection, program_id, draft, actor=principal.actor, now=now)).id
+        row = await rows.insert_order(
+            connection,
+            program_id,
+            {
+                "shop_id": shop_id,
+                "id": placement.order_id,
+                "customer_id": placement.customer_id,
+                "currency": order.currency,
+                "placed_at": order.placed_at,
+                "lines": order.lines,
+                "net": order.net,
+                "points": award.total,
+                "award": award,
+                "award_entry_id": entry_id,
+                "release_at": release_at(order.placed_at, returns.window_days, settings.zone),
+                "created_at": now,
+            },
+        )
+        return _order_view(row)
+
+    key = f"order:{shop_id}:{placement.order_id}"
+    request = fingerprint("order", {"shop_id": shop_id, "placement": placement})
+    return await run_once(principal.program_id, key, request, OrderView, work)
+
+
+async def get_order(program_id: str, shop_id: str, order_id: str) -> OrderView:
+    """The order as it stands now, with its refunds."""
+
+    async def work(connection: asyncpg.Connection) -> OrderView:
+        row = await rows.load_order(connection, program_id, shop_id, order_id)
+        return _order_view(row, await rows.refunds_of(connection, program_id, shop_id, order_id))
+
+    return await in_transaction(work)
+
+
+async def refund_order(
+    principal: Principal, shop_id: str, order_id: str, refund_id: str, refund: Refund, clock: Clock
+) -> RefundView:
+    """Claw back an order's points in proportion to the refunded value, once per refund id."""
+
+    async def work(connection: asyncpg.Connection) -> RefundView:
+        now = clock.now()
+        program_id = principal.program_id
+        order = await rows.load_order(connection, program_id, shop_id, order_id, for_update=True)
+        earlier = await rows.refunds_of(connection, program_id, shop_id, order_id)
+        previous = [rows.refund_request(row) for row in earlier]
+        lines = msgspec.json.decode(order["lines"], type=tuple[OrderLine, ...])
+        award = msgspec.json.decode(order["award"], type=Award)
+        clawback = claw_back(lines, award, refund, previous)
+        customer_id = order["customer_id"]
+        kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
+        balances = await rows.lock_customer_balances(connection, program_id, customer_id, kinds)
+        pending = min(await rows.pending_of_order(connection, program_id, order["award_entry_id"]), balances[kinds[0]])
+        returns = await rows.return_settings(connection, program_id)
+        split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], returns.policy)
+        entry_id = None
+        if split.posted:
+            metadata = _order_metadata(shop_id, await rows.shop_name(connection, program_id, shop_id), order_id)
+            reclaimed = await rows.lots_of_entries(
+                connection, program_id, [order["award_entry_id"], order["release_entry_id"]]
+            )
+            draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
+            written = await write_entry(
+                connection, program_id, draft, actor=principal.actor, now=now, reclaimed=reclaimed
+            )
+            entry_id = written.id
+        row = await rows.insert_refund(
+            connection,
+            program_id,
+            shop_id,
+            order_id,
+            msgspec.structs.asdict(split)
+            | {
+                "id": refund_id,
+                "request": refund,
+                "refunded_net": clawback.refunded_net,
+                "points": split.points,
+                "entry_id": entry_id,
+                "created_at": now,
+            },
+        )
+        refunded = clawback.refunded_net
+        await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points)
+        return _refund_view(row)
+
+    key = f"refund:{shop_id}:{order_id}:{refund_id}"
+    request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
+    return await run_once(principal.program_id, key, request, RefundView, work)
+
+
+async def release_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, now: datetime) -> bool:
+    """Move what is still pending of a claimed order to available (settling a debt first)."""
+    kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
+    balances = await rows.lock_customer_balances(connection, program_id, order["customer_id"], kinds)
+    pending = min(await rows.pending_of_order(connection, program_id, order["award_entry_id"]), balances[kinds[0]])
+    entry_id = None
+    if pending:
+        metadata = _order_metadata(
+            order["shop_id"], await rows.shop_name(connection, program_id, order["shop_id"]), order["id"]
+        )
+        draft = release_draft(order["customer_id"], pending, balances[AccountKind.OWED], metadata)
+        reclaimed = await rows.lots_of_entries(connection, program_id, [order["award_entry_id"]])
+        written = await write_entry(connection, program_id, draft, actor=RELEASE_ACTOR, now=now, reclaimed=reclaimed)
+        entry_id = written.id
+    await rows.mark_released(connection, program_id, order["shop_id"], order["id"], now, entry_id)
+    return entry_id is not None
+
+
+async def release_due_orders(program_id: str, clock: Clock, limit: int = 10_000) -> int:
+    """Release every order whose return window has ended, one transaction each; several
+    workers may run it at once (each claims its order with SKIP LOCKED). Returns how many."""
+    now = clock.now()
+
+    async def release_next() -> bool:
+        async with transaction() as connection:
+            order = await rows.due_order(connection, program_id, now)
+            if order is not None:
+                await release_order(connection, program_id, order, now)
+            return order is not None
+
+    released = 0
+    while released < limit and await with_retry(release_next):
+        released += 1
+    return released
+
+
+async def set_return_settings(program_id: str, settings: ReturnSettings) -> ReturnSettings:
+    """Change the return window and policy; orders already placed keep their release date."""
+    if not 0 <= settings.window_days <= 365:
+        raise InvalidInput("window_days must be between 0 and 365", field="window_days")
+
+    async def work(connection: asyncpg.Connection) -> ReturnSettings:
+        await rows.save_return_settings(connection, program_id, settings)
+        return settings
+
+    return await in_transaction(work)
+
+
+async def get_return_settings(program_id: str) -> ReturnSettings:
+    return await in_transaction(lambda connection: rows.return_settings(connection, program_id))
