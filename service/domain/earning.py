@@ -287,25 +287,28 @@ def claw_back(
     by_amount = 0
     before = after = 0
     for position, item in enumerate([*previous, refund]):
-        where = "refund" if position == len(previous) else f"previous[{position}]"
+        where = "" if position == len(previous) else f"previous[{position}]"  # the refund's own fields bare
+
+        def at(name: str, where: str = where) -> str:
+            return f"{where}.{name}" if where else name
+
         item = _checked(item, where)
         if (item.amount is None) == (not item.lines):
-            raise InvalidInput("a refund is either by lines or by amount", field=where)
+            raise InvalidInput("a refund is either by lines or by amount", field=where or "amount")
         for index, refunded in enumerate(item.lines):
             if refunded.line >= len(lines):
-                raise InvalidInput(f"the order has {len(lines)} lines", field=f"{where}.lines[{index}].line")
+                raise InvalidInput(f"the order has {len(lines)} lines", field=at(f"lines[{index}].line"))
             returned[refunded.line] += refunded.quantity
             bought = lines[refunded.line].quantity
             if returned[refunded.line] > bought:
                 detail = f"refunds {returned[refunded.line]} of {bought} bought"
-                raise InvalidInput(detail, field=f"{where}.lines[{index}].quantity")
+                raise InvalidInput(detail, field=at(f"lines[{index}].quantity"))
         by_amount += item.amount or 0
         # a line's refunded value rounds down until the whole line is back
         by_lines = sum(line.net * back // line.quantity for line, back in zip(lines, returned, strict=True))
         before, after = after, by_amount + by_lines
         if after > net:
-            field = f"{where}.amount" if item.amount is not None else f"{where}.lines"
-            raise InvalidInput(f"refunds {after} of an order net {net}", field=field)
+            raise InvalidInput(f"refunds {after} of an order net {net}", field=at("amount" if item.amount else "lines"))
 
     def claw(refunded: int) -> int:
         return award.total if refunded == net else award.total * refunded // net

@@ -1,0 +1,196 @@
+"""Orders over HTTP: award, replay, refunds, the return settings, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from service.domain.clock import ManualClock
+from service.usecases import orders
+from tests.api.support import assert_names_field, assert_problem
+from tests.conftest import ProgramFixture
+
+PLACED = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
+RULES = {"currency": "EUR", "points_per_unit": 1, "unit_minor": 100, "category_multipliers": {"coffee": 20000}}
+
+
+async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str = "ann") -> str:
+    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
+    assert response.status_code == 201, response.text
+    customer_id: str = response.json()["id"]
+    return customer_id
+
+
+@pytest.fixture
+async def ann(client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock) -> str:
+    """A customer, in a program whose rules are in force from a month before PLACED."""
+    clock.set(PLACED - timedelta(days=30))
+    published = await client.post(
+        "/v1/earning/rules", json=RULES, headers={**program.auth("admin"), "Idempotency-Key": "rules"}
+    )
+    assert published.status_code == 201, published.text
+    clock.set(PLACED + timedelta(minutes=1))
+    return await _customer(client, program)
+
+
+def order_body(customer_id: str, order_id: str = "W-1", **changes: Any) -> dict[str, Any]:
+    body = {
+        "order_id": order_id,
+        "customer_id": customer_id,
+        "currency": "EUR",
+        "placed_at": PLACED.isoformat(),
+        "lines": [
+            {"sku": "latte", "category": "coffee", "unit_price": 350, "quantity": 2},
+            {"sku": "cake", "category": "bakery", "unit_price": 500, "quantity": 1, "discount": 100},
+        ],
+    }
+    return body | changes
+
+
+async def _journal_size(connection: asyncpg.Connection, program_id: str) -> tuple[int, int, int]:
+    row = await connection.fetchrow(
+        "SELECT (SELECT count(*) FROM entries WHERE program_id = $1) AS entries,"
+        " (SELECT count(*) FROM orders WHERE program_id = $1) AS orders,"
+        " (SELECT count(*) FROM refunds WHERE program_id = $1) AS refunds",
+        program_id,
+    )
+    assert row is not None
+    return row["entries"], row["orders"], row["refunds"]
+
+
+async def test_an_order_is_awarded_once_and_refunded_by_its_refund_id(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str
+) -> None:
+    till = program.auth("checkout")
+    path = f"/v1/shops/{program.shop_id}/orders"
+    placed = await client.post(path, json=order_body(ann), headers=till)
+    assert placed.status_code == 201, placed.text
+    body = placed.json()
+    # 700 coffee at x2 -> 14, 400 bakery -> 4: 18 points, explained per rule
+    assert body["points"] == 18 and body["status"] == "pending" and body["net"] == 1100
+    assert [(c["rule"], c["points"]) for c in body["breakdown"]] == [("base", 11), ("category:coffee", 7)]
+    assert body["available_from"] == "2026-05-18T22:00:00Z"  # 19 May 00:00 in Amsterdam
+    assert (await client.post(path, json=order_body(ann), headers=till)).json() == body
+    other = await client.post(path, json=order_body(ann, currency="USD"), headers=till)
+    assert_problem(other, 409, "idempotency-key-reused")
+
+    balance = await client.get(f"/v1/customers/{ann}/balance", headers=till)
+    assert (balance.json()["pending"], balance.json()["available"]) == (18, 0)
+
+    refund_path = f"{path}/W-1/refunds"
+    refund = await client.post(
+        refund_path, json={"refund_id": "R-1", "lines": [{"line": 0, "quantity": 1}]}, headers=till
+    )
+    assert refund.status_code == 201, refund.text
+    assert (refund.json()["points"], refund.json()["from_pending"]) == (5, 5)  # floor(18 * 350 / 1100)
+    assert (
+        await client.post(refund_path, json={"refund_id": "R-1", "lines": [{"line": 0, "quantity": 1}]}, headers=till)
+    ).json() == refund.json()
+    over = await client.post(refund_path, json={"refund_id": "R-2", "amount": 751}, headers=till)
+    assert_names_field(assert_problem(over, 422, "invalid-input"), "amount")
+
+    view = await client.get(f"{path}/W-1", headers=program.auth("finance"))
+    assert view.status_code == 200
+    assert (view.json()["refunded_net"], view.json()["clawed_back"]) == (350, 5)
+    assert [r["refund_id"] for r in view.json()["refunds"]] == ["R-1"]
+    missing = await client.get(f"{path}/W-404", headers=till)
+    assert_problem(missing, 404)
+
+
+async def test_return_settings_are_read_and_changed_by_admins(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    current = await client.get("/v1/program/returns", headers=program.auth("checkout"))
+    assert current.json() == {"window_days": 14, "policy": "within_balance"}
+    denied = await client.put(
+        "/v1/program/returns", json={"window_days": 30, "policy": "allow_negative"}, headers=program.auth("checkout")
+    )
+    assert_problem(denied, 403)
+    changed = await client.put(
+        "/v1/program/returns", json={"window_days": 30, "policy": "allow_negative"}, headers=program.auth("admin")
+    )
+    assert changed.json() == {"window_days": 30, "policy": "allow_negative"}
+    bad = await client.put(
+        "/v1/program/returns", json={"window_days": 400, "policy": "allow_negative"}, headers=program.auth("admin")
+    )
+    assert_names_field(assert_problem(bad, 422), "window_days")
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"lines": []}, 422, "lines"),
+        ({"lines": [{"sku": "x", "category": "c", "unit_price": -1, "quantity": 1}]}, 422, "lines[0].unit_price"),
+        (
+            {"lines": [{"sku": "x", "category": "c", "unit_price": 100, "quantity": 1, "discount": 101}]},
+            422,
+            "lines[0].discount",
+        ),
+        ({"currency": "eur"}, 422, "currency"),
+        ({"currency": "USD"}, 422, "currency"),
+        ({"placed_at": "2026-05-04T09:30:00"}, 422, "placed_at"),
+        ({"placed_at": "2099-01-01T00:00:00Z"}, 422, "order.placed_at"),
+        ({"placed_at": "2020-01-01T00:00:00Z"}, 404, "order.placed_at"),  # no rules in force then
+        ({"customer_id": "cus_unknown"}, 404, "customer_id"),
+        ({"order_id": ""}, 422, "order_id"),
+        ({"points": 5}, 422, "points"),
+    ],
+)
+async def test_a_bad_order_names_its_field_and_changes_nothing(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    owner_connection: asyncpg.Connection,
+    change: dict[str, Any],
+    status: int,
+    field: str,
+) -> None:
+    before = await _journal_size(owner_connection, program.id)
+    response = await client.post(
+        f"/v1/shops/{program.shop_id}/orders", json=order_body(ann) | change, headers=program.auth("checkout")
+    )
+    body = assert_problem(response, status)
+    assert body.get("field") == field or any(e.get("field") == field for e in body.get("errors", [])), body
+    assert await _journal_size(owner_connection, program.id) == before
+
+
+async def test_orders_need_a_checkout_or_admin_key_and_a_shop_of_the_program(
+    client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture, ann: str
+) -> None:
+    path = f"/v1/shops/{program.shop_id}/orders"
+    assert_problem(await client.post(path, json=order_body(ann)), 401)
+    assert_problem(await client.post(path, json=order_body(ann), headers=program.auth("finance")), 403)
+    foreign = await client.post(path, json=order_body(ann), headers=other_program.auth("checkout"))
+    assert assert_problem(foreign, 404)["field"] == "shop_id"
+
+
+async def test_fifty_concurrent_sends_of_one_order_award_it_once(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
+) -> None:
+    path = f"/v1/shops/{program.shop_id}/orders"
+    responses = await asyncio.gather(
+        *(client.post(path, json=order_body(ann, "C-1"), headers=program.auth("checkout")) for _ in range(50))
+    )
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["award_entry_id"] for r in responses}) == 1
+    assert await _journal_size(owner_connection, program.id) == (1, 1, 0)
+
+
+async def test_release_job_makes_points_available_in_the_program_time_zone(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, clock: ManualClock
+) -> None:
+    placed = await client.post(
+        f"/v1/shops/{program.shop_id}/orders", json=order_body(ann), headers=program.auth("checkout")
+    )
+    assert placed.status_code == 201
+    clock.set(datetime(2026, 5, 18, 21, 59, 59, tzinfo=UTC))
+    assert await orders.release_due_orders(program.id, clock) == 0
+    clock.set(datetime(2026, 5, 18, 22, 0, tzinfo=UTC))
+    assert await orders.release_due_orders(program.id, clock) == 1
+    balance = await client.get(f"/v1/customers/{ann}/balance", headers=program.auth("checkout"))
+    assert (balance.json()["pending"], balance.json()["available"]) == (0, 18)
