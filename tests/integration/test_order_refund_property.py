@@ -1,0 +1,106 @@
+"""Hypothesis over baskets on the real ledger: whatever the prices, quantities and the way
+an order is refunded (in parts, by lines or amounts, before or after release), refunding
+all of it returns the customer's balances to where they started."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.domain.access import Principal, Scope
+from service.domain.clock import ManualClock
+from service.domain.earning import Order, OrderLine, Refund, RefundLine
+from service.usecases import ledger, orders
+from service.usecases.earning_rules import RulesDraft, publish_rules
+from tests.conftest import ProgramFixture, make_program
+from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
+
+PLACED = datetime(2026, 4, 2, 10, 0, tzinfo=UTC)
+_serial = itertools.count()
+
+lines_strategy = st.lists(
+    st.builds(
+        lambda price, quantity, category: OrderLine(
+            sku=f"sku-{price}", category=category, unit_price=price, quantity=quantity
+        ),
+        st.integers(0, 50_000),
+        st.integers(1, 5),
+        st.sampled_from(["coffee", "tea", "cups"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@st.composite
+def refund_plans(draw: st.DrawFn, lines: list[OrderLine]) -> list[Refund]:
+    """Refunds that together give back the whole order, by lines or by amounts."""
+    net = sum(line.net for line in lines)
+    if draw(st.booleans()) or net == 0:
+        units = [(index, 1) for index, line in enumerate(lines) for _ in range(line.quantity)]
+        cuts = sorted(draw(st.lists(st.integers(1, len(units)), max_size=2, unique=True)))
+        parts = [units[a:b] for a, b in itertools.pairwise([0, *cuts, len(units)]) if units[a:b]]
+        return [Refund(lines=tuple(RefundLine(line=i, quantity=q) for i, q in part)) for part in parts]
+    cuts = sorted(draw(st.lists(st.integers(1, net), max_size=2, unique=True)))
+    bounds = [0, *cuts, net]
+    return [Refund(amount=b - a) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), lines=lines_strategy, release_first=st.booleans(), gift=st.integers(0, 300))
+async def test_refunding_everything_returns_the_customer_to_where_they_started(
+    data: st.DataObject,
+    lines: list[OrderLine],
+    release_first: bool,
+    gift: int,
+    program_with_rules: ProgramFixture,
+    clock: ManualClock,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    program = program_with_rules
+    clock.set(PLACED)
+    customer = await enrol(program.id, f"c{next(_serial)}", clock)
+    if gift:
+        grant = ledger.Adjustment(customer_id=customer, amount=gift, reason="gift")
+        await ledger.adjust(admin(program.id), grant, f"gift-{customer}", clock)
+    start = await balances(owner_connection, program.id, customer)
+
+    till = Principal(program_id=program.id, scope=Scope.CHECKOUT, key_id="key_till")
+    order = Order(currency="EUR", placed_at=PLACED, lines=tuple(lines))
+    placement = orders.OrderPlacement(order_id=f"o-{customer}", customer_id=customer, order=order)
+    placed = await orders.place_order(till, program.shop_id, placement, clock)
+    assert 0 <= placed.points <= placed.net * 3  # x3 on coffee is the rules' largest multiplier
+    if release_first:
+        clock.set(placed.available_from)
+        await orders.release_due_orders(program.id, clock)
+
+    plan = data.draw(refund_plans(lines))
+    taken = 0
+    for number, refund in enumerate(plan):
+        view = await orders.refund_order(till, program.shop_id, placement.order_id, f"r{number}", refund, clock)
+        assert view.points >= 0 and view.forgiven == 0 and view.owed == 0
+        taken += view.points
+    assert taken == placed.points
+    clock.set(placed.available_from + timedelta(days=1))
+    await orders.release_due_orders(program.id, clock)
+    assert await balances(owner_connection, program.id, customer) == start
+    await ledger_invariants(owner_connection, program.id)
+
+
+@pytest.fixture
+async def program_with_rules(database: str, clock: ManualClock) -> ProgramFixture:
+    """One program for every example (each example enrols its own customer)."""
+    program = await make_program()
+    clock.set(PLACED - timedelta(days=1))
+    draft = msgspec.convert(
+        {"currency": "EUR", "points_per_unit": 7, "unit_minor": 300, "category_multipliers": {"coffee": 30000}},
+        RulesDraft,
+    )
+    await publish_rules(admin(program.id), draft, "rules", clock)
+    return program
