@@ -17,7 +17,7 @@ from service.config import Settings
 from service.db.engine import close_pool, start_pool
 from service.domain.clock import Clock, SystemClock
 from service.http.auth import CredentialMiddleware, exclude_public_paths
-from service.http.controllers import admin, customers, earning, finance, health, ledger, orders, problems
+from service.http.controllers import admin, bulk, customers, earning, finance, health, ledger, orders, problems
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.openapi import COMPONENTS, SECURITY
@@ -65,6 +65,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             earning.EarningController,
             orders.OrderController,
             orders.ReturnSettingsController,
+            bulk.BulkController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[

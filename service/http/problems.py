@@ -38,6 +38,21 @@ _FIELD_NAMED_IN_MESSAGE = re.compile(r"(?:missing required|contains unknown) fie
 _BODY_KEYS = {None, "", "data", "body"}
 
 
+def problem_body(
+    status: int, problem_type: str, title: str, detail: str, instance: str, **extra: Any
+) -> dict[str, Any]:
+    """The members of a problem document."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + problem_type,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return body
+
+
 def problem(
     status: int,
     problem_type: str,
@@ -48,35 +63,27 @@ def problem(
     **extra: Any,
 ) -> Response[dict[str, Any]]:
     """Build a problem+json response."""
-    body: dict[str, Any] = {
-        "type": TYPE_BASE + problem_type,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    body.update({key: value for key, value in extra.items() if value is not None})
+    body = problem_body(status, problem_type, title, detail, request.url.path, **extra)
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def domain_problem(error: DomainError, instance: str) -> dict[str, Any]:
+    """The problem document of a refusal by the product's rules."""
+    extra = dict(error.extra)
+    if error.problem_type == "invalid-input" and error.field and "errors" not in extra:
+        # the same shape as a schema error, so clients read one list of field errors
+        extra["errors"] = [{"field": error.field, "message": error.detail, "source": None}]
+    return problem_body(
+        error.status, error.problem_type, error.title, error.detail, instance, field=error.field, **extra
+    )
 
 
 def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
     """A refusal by the product's rules."""
     # RFC 9110: a 401 must say which authentication scheme would be accepted.
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    extra = dict(error.extra)
-    if error.problem_type == "invalid-input" and error.field and "errors" not in extra:
-        # the same shape as a schema error, so clients read one list of field errors
-        extra["errors"] = [{"field": error.field, "message": error.detail, "source": None}]
-    return problem(
-        error.status,
-        error.problem_type,
-        error.title,
-        error.detail,
-        request,
-        headers=headers,
-        field=error.field,
-        **extra,
-    )
+    body = domain_problem(error, request.url.path)
+    return Response(content=body, status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_errors(extra: Any) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -12,44 +12,9 @@ import pytest
 
 from service.domain.clock import ManualClock
 from service.usecases import orders
+from tests.api.orders_support import order_body
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
-
-PLACED = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
-RULES = {"currency": "EUR", "points_per_unit": 1, "unit_minor": 100, "category_multipliers": {"coffee": 20000}}
-
-
-async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str = "ann") -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
-
-
-@pytest.fixture
-async def ann(client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock) -> str:
-    """A customer, in a program whose rules are in force from a month before PLACED."""
-    clock.set(PLACED - timedelta(days=30))
-    published = await client.post(
-        "/v1/earning/rules", json=RULES, headers={**program.auth("admin"), "Idempotency-Key": "rules"}
-    )
-    assert published.status_code == 201, published.text
-    clock.set(PLACED + timedelta(minutes=1))
-    return await _customer(client, program)
-
-
-def order_body(customer_id: str, order_id: str = "W-1", **changes: Any) -> dict[str, Any]:
-    body = {
-        "order_id": order_id,
-        "customer_id": customer_id,
-        "currency": "EUR",
-        "placed_at": PLACED.isoformat(),
-        "lines": [
-            {"sku": "latte", "category": "coffee", "unit_price": 350, "quantity": 2},
-            {"sku": "cake", "category": "bakery", "unit_price": 500, "quantity": 1, "discount": 100},
-        ],
-    }
-    return body | changes
 
 
 async def _journal_size(connection: asyncpg.Connection, program_id: str) -> tuple[int, int, int]:

@@ -1,0 +1,55 @@
+"""Bulk awards for back-office imports and goodwill grants: many orders or grants in one
+request, each idempotent by its own key and succeeding or refused on its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgspec
+
+from service.db.ledger import WrittenEntry
+from service.domain.access import Principal
+from service.domain.clock import Clock
+from service.domain.errors import DomainError
+from service.usecases import ledger, orders
+
+CONCURRENCY = 8  # items in flight at once: grants share commits, orders take a connection each
+
+
+class BulkOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """An order of a shop, keyed by (shop, order id) as at checkout."""
+
+    shop_id: str
+    placement: orders.OrderPlacement
+
+
+class BulkGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """Goodwill points (or a deduction, negative), keyed by its idempotency key."""
+
+    key: str
+    adjustment: ledger.Adjustment
+
+
+BulkOutcome = orders.OrderView | WrittenEntry | DomainError
+
+
+async def award_in_bulk(
+    principal: Principal, items: Sequence[BulkOrder | BulkGrant], clock: Clock
+) -> list[BulkOutcome]:
+    """Every item's outcome, in the request's order. A refusal answers only its item; a
+    failure of the service itself fails the request, which is then safe to send again."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(item: BulkOrder | BulkGrant) -> BulkOutcome:
+        async with gate:
+            try:
+                if isinstance(item, BulkOrder):
+                    return await orders.place_order(principal, item.shop_id, item.placement, clock)
+                return await ledger.adjust(principal, item.adjustment, item.key, clock)
+            except DomainError as refusal:
+                return refusal
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(item)) for item in items]
+    return [task.result() for task in tasks]

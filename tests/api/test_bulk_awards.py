@@ -1,0 +1,68 @@
+"""Bulk awards over HTTP: orders and grants in one request, each answered on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.api.orders_support import order_body
+from tests.api.support import assert_problem
+from tests.conftest import ProgramFixture
+
+
+def order_item(program: ProgramFixture, customer_id: str, order_id: str, **changes: Any) -> dict[str, Any]:
+    return {"type": "order", "shop_id": program.shop_id, **order_body(customer_id, order_id), **changes}
+
+
+async def test_each_item_succeeds_or_is_refused_on_its_own_and_retries_are_harmless(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    items = [
+        order_item(program, ann, "I-1"),
+        {"type": "grant", "key": "goodwill-1", "customer_id": ann, "amount": 100, "reason": "late delivery"},
+        order_item(program, "cus_unknown", "I-2"),
+        order_item(program, ann, "I-3", currency="USD"),
+        {"type": "grant", "key": "goodwill-2", "customer_id": ann, "amount": -5, "reason": "correction"},
+        order_item(program, ann, "I-1"),  # the same order twice: one award, the same answer
+    ]
+    admin = program.auth("admin")
+    first = await client.post("/v1/bulk/awards", json={"items": items}, headers=admin)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert [r["status"] for r in body["results"]] == [201, 201, 404, 422, 201, 201]
+    assert (body["succeeded"], body["refused"]) == (4, 2)
+    results = body["results"]
+    assert results[0]["order"]["points"] == 18 and results[0]["order"] == results[5]["order"]
+    assert results[1]["entry"]["kind"] == "adjustment.grant"
+    assert results[2]["problem"]["field"] == "customer_id"
+    assert results[3]["problem"]["type"] == "/problems/invalid-input"
+    assert results[3]["problem"]["field"] == "currency"
+
+    retry = await client.post("/v1/bulk/awards", json={"items": items}, headers=admin)
+    assert retry.json() == body
+    entries = await owner_connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program.id)
+    assert entries == 3  # one award, one grant, one deduction
+    balance = await client.get(f"/v1/customers/{ann}/balance", headers=admin)
+    assert (balance.json()["pending"], balance.json()["available"]) == (18, 95)
+
+
+async def test_a_malformed_item_refuses_the_request_and_names_it(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    items = [order_item(program, ann, "J-1"), {"type": "gift", "customer_id": ann}]
+    response = await client.post("/v1/bulk/awards", json={"items": items}, headers=program.auth("admin"))
+    body = assert_problem(response, 422, "invalid-input")
+    assert body["field"].startswith("items[1]"), body
+    assert await owner_connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program.id) == 0
+    denied = await client.post("/v1/bulk/awards", json={"items": items[:1]}, headers=program.auth("checkout"))
+    assert_problem(denied, 403)
+    too_many = await client.post("/v1/bulk/awards", json={"items": items[:1] * 1001}, headers=program.auth("admin"))
+    assert assert_problem(too_many, 422)["field"] == "items"
