@@ -83,7 +83,7 @@ async def _run_jobs(settings: Settings) -> None:
     try:
         for report in await run_all(SystemClock()):
             print(
-                f"{report.program_id}: {report.holds_expired} holds expired,"
+                f"{report.program_id}: {report.orders_released} orders released, {report.holds_expired} holds expired,"
                 f" {report.expiry_entries} expiry entries, {report.entries_sealed} entries sealed"
             )
     finally:

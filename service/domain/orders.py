@@ -39,7 +39,10 @@ def release_at(placed_at: datetime, window_days: int, zone: ZoneInfo) -> datetim
 
     Goods may come back through the whole local day `window_days` days after the order's
     local date; an order at 23:30 on the 1st with 14 days releases at 00:00 on the 16th.
+    With no window (0 days) the points are due at once, released by the job's next run.
     """
+    if window_days == 0:
+        return placed_at
     return local_midnight(placed_at.astimezone(zone).date() + timedelta(days=window_days + 1), zone)
 
 

@@ -33,9 +33,11 @@ NEW_YORK = ZoneInfo("America/New_York")
         (datetime(2026, 3, 15, 12, 0, tzinfo=UTC), AMSTERDAM, 14, datetime(2026, 3, 29, 22, 0, tzinfo=UTC)),
         # across the fall-back night: 00:00 local on 26 October is 23:00 UTC (CET)
         (datetime(2026, 10, 11, 12, 0, tzinfo=UTC), AMSTERDAM, 14, datetime(2026, 10, 25, 23, 0, tzinfo=UTC)),
-        # no window: the next local midnight
-        (datetime(2026, 6, 1, 21, 59, tzinfo=UTC), AMSTERDAM, 0, datetime(2026, 6, 1, 22, 0, tzinfo=UTC)),
-        (datetime(2026, 6, 1, 22, 0, tzinfo=UTC), AMSTERDAM, 0, datetime(2026, 6, 2, 22, 0, tzinfo=UTC)),
+        # one day: through the next local day
+        (datetime(2026, 6, 1, 21, 59, tzinfo=UTC), AMSTERDAM, 1, datetime(2026, 6, 2, 22, 0, tzinfo=UTC)),
+        (datetime(2026, 6, 1, 22, 0, tzinfo=UTC), AMSTERDAM, 1, datetime(2026, 6, 3, 22, 0, tzinfo=UTC)),
+        # no window: due at once
+        (datetime(2026, 6, 1, 21, 59, tzinfo=UTC), AMSTERDAM, 0, datetime(2026, 6, 1, 21, 59, tzinfo=UTC)),
     ],
 )
 def test_points_release_at_local_midnight_after_the_window(
