@@ -146,6 +146,7 @@ class CustomerBalance(msgspec.Struct, frozen=True, kw_only=True):
     held: int
     credit_available: int
     credit_held: int
+    owed: int  # points owed after refunds of points already spent (zero or below)
     expiring: list[ExpiringPoints]
 
 
@@ -179,6 +180,7 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
         held=balances["held"],
         credit_available=balances["credit_available"],
         credit_held=balances["credit_held"],
+        owed=balances["owed"],
         expiring=[ExpiringPoints(row["last_day"], row["points"]) for row in expiring],
     )
 

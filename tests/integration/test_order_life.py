@@ -308,3 +308,40 @@ async def test_campaign_cap_per_customer_counts_earlier_orders_even_concurrently
     )
     bonus = sorted(sum(c.points for c in view.breakdown if c.rule.startswith("campaign")) for view in views)
     assert bonus == [0, 0, 10, 30, 30]
+
+
+async def test_release_workers_running_at_once_release_each_order_once(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_program(program, clock)
+    till = checkout(program.id)
+    customers = [await enrol(program.id, f"r{n}", clock) for n in range(4)]
+    for n in range(12):
+        placement = orders.OrderPlacement(order_id=f"F-{n}", customer_id=customers[n % 4], order=basket())
+        await orders.place_order(till, program.shop_id, placement, clock)
+    clock.advance(timedelta(days=20))
+    counts = await asyncio.gather(*(orders.release_due_orders(program.id, clock) for _ in range(4)))
+    assert sum(counts) == 12
+    releases = await owner_connection.fetchval(
+        "SELECT count(*) FROM entries WHERE program_id = $1 AND kind = 'order.release'", program.id
+    )
+    assert releases == 12
+    for customer in customers:
+        assert (await balances(owner_connection, program.id, customer))["available"] == 750
+    await ledger_invariants(owner_connection, program.id)
+
+
+async def test_concurrent_captures_of_one_redemption_capture_once(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    ann = await enrol(program.id, "ann", clock)
+    till = checkout(program.id)
+    await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=100, reason="gift"), "g", clock)
+    hold = await ledger.hold_points(till, ledger.HoldRequest(customer_id=ann, amount=80), "redeem", clock)
+    same = await asyncio.gather(*(ledger.capture_hold(till, hold.id, 50, "capture", clock) for _ in range(20)))
+    assert len({h.resolve_entry_id for h in same}) == 1
+    assert await balances(owner_connection, program.id, ann) == {
+        **await balances(owner_connection, program.id, ann),
+        "available": 50,
+        "held": 0,
+    }
