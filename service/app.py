@@ -17,7 +17,19 @@ from service.config import Settings
 from service.db.engine import close_pool, start_pool
 from service.domain.clock import Clock, SystemClock
 from service.http.auth import CredentialMiddleware, exclude_public_paths
-from service.http.controllers import admin, bulk, customers, earning, finance, health, ledger, orders, problems
+from service.http.controllers import (
+    admin,
+    bulk,
+    customers,
+    earning,
+    finance,
+    health,
+    history,
+    ledger,
+    orders,
+    problems,
+    redemptions,
+)
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.openapi import COMPONENTS, SECURITY
@@ -66,6 +78,8 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             orders.OrderController,
             orders.ReturnSettingsController,
             bulk.BulkController,
+            history.HistoryController,
+            redemptions.RedemptionController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[
