@@ -29,6 +29,7 @@ from service.http.controllers import (
     orders,
     problems,
     redemptions,
+    tiers,
 )
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
@@ -80,6 +81,9 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             bulk.BulkController,
             history.HistoryController,
             redemptions.RedemptionController,
+            tiers.TierConfigController,
+            tiers.CustomerTierController,
+            tiers.MyTierController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[

@@ -9,7 +9,7 @@ import msgspec
 
 from service.db.transaction import transaction
 from service.domain.clock import Clock
-from service.usecases import ledger_jobs, orders
+from service.usecases import ledger_jobs, orders, tiers
 
 log = logging.getLogger("loyalty.jobs")
 
@@ -17,6 +17,8 @@ log = logging.getLogger("loyalty.jobs")
 class JobReport(msgspec.Struct, kw_only=True):
     program_id: str
     orders_released: int = 0
+    tiers_reviewed: int = 0
+    tier_grants_ended: int = 0
     holds_expired: int = 0
     expiry_entries: int = 0
     entries_sealed: int = 0
@@ -29,10 +31,12 @@ async def program_ids() -> list[str]:
 
 
 async def run_program_jobs(program_id: str, clock: Clock) -> JobReport:
-    """Release orders past their return window, void expired holds, expire points, then
-    seal the chain, for one program."""
+    """Release orders past their return window, end granted tiers, review tiers, void
+    expired holds, expire points, then seal the chain, for one program."""
     report = JobReport(program_id=program_id)
     report.orders_released = await orders.release_due_orders(program_id, clock)
+    report.tier_grants_ended = await tiers.end_grants(program_id, clock)
+    report.tiers_reviewed = await tiers.review_due(program_id, clock)
     report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)
     report.expiry_entries = await ledger_jobs.expire_points(program_id, clock)
     report.entries_sealed = await ledger_jobs.seal_chain(program_id)
@@ -57,7 +61,7 @@ async def scheduler(clock: Clock, interval_s: float, seal_interval_s: float = 1.
             if elapsed >= interval_s:
                 elapsed = 0.0
                 for report in await run_all(clock):
-                    if report.orders_released or report.holds_expired or report.expiry_entries:
+                    if report.orders_released or report.tiers_reviewed or report.holds_expired or report.expiry_entries:
                         log.info("jobs ran", extra={"fields": msgspec.structs.asdict(report)})
             else:
                 await seal_all()

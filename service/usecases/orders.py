@@ -15,7 +15,6 @@ from service.db.transaction import in_transaction, transaction, with_retry
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.earning import (
-    NEUTRAL_BP,
     Award,
     AwardComponent,
     Order,
@@ -37,6 +36,7 @@ from service.domain.orders import (
     release_draft,
     split_clawback,
 )
+from service.usecases import tiers
 from service.usecases.earning_rules import rules_in_force
 from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
@@ -148,7 +148,8 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         so_far = None
         if any(campaign.customer_cap is not None for campaign in rules.campaigns):
             so_far = await rows.campaign_bonus_so_far(connection, program_id, placement.customer_id)
-        award = calculate_award(order, rules, zone=settings.zone, tier_multiplier_bp=NEUTRAL_BP, bonus_so_far=so_far)
+        multiplier = await tiers.multiplier_bp(connection, program_id, placement.customer_id, now)
+        award = calculate_award(order, rules, zone=settings.zone, tier_multiplier_bp=multiplier, bonus_so_far=so_far)
         entry_id = None
         if award.total:
             draft = award_draft(
@@ -176,6 +177,8 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "created_at": now,
             },
         )
+        cause = f"order {placement.order_id} at shop {shop_id}"
+        await tiers.after_order(connection, program_id, placement.customer_id, settings.zone, now, cause)
         return _order_view(row)
 
     key = f"order:{shop_id}:{placement.order_id}"

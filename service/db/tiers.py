@@ -1,0 +1,216 @@
+"""Tier rows: the program's configuration, customer tiers, grants, history, and the
+qualifying measure read from orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from service.domain.ids import new_id
+from service.domain.tiers import Basis, TierConfig
+
+
+class CustomerTier(msgspec.Struct, kw_only=True):
+    customer_id: str
+    earned_code: str
+    effective_code: str
+    since: datetime
+    review_at: datetime | None
+    grace_ends_at: datetime | None
+
+
+class TierChange(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    from_code: str | None
+    to_code: str
+    kind: str
+    cause: str
+    occurred_at: datetime
+
+
+class TierGrant(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    customer_id: str
+    tier_code: str
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    granted_by: str
+
+
+async def load_config(connection: asyncpg.Connection, program_id: str) -> TierConfig | None:
+    raw = await connection.fetchval("SELECT config FROM tier_configs WHERE program_id = $1", program_id)
+    return None if raw is None else msgspec.json.decode(raw, type=TierConfig)
+
+
+async def save_config(
+    connection: asyncpg.Connection, program_id: str, config: TierConfig, actor: str, now: datetime
+) -> int:
+    """Store the configuration; returns its version."""
+    version: int = await connection.fetchval(
+        "INSERT INTO tier_configs (program_id, version, config, updated_by, updated_at) VALUES ($1, 1, $2, $3, $4)"
+        " ON CONFLICT (program_id) DO UPDATE SET version = tier_configs.version + 1, config = excluded.config,"
+        " updated_by = excluded.updated_by, updated_at = excluded.updated_at RETURNING version",
+        program_id,
+        msgspec.json.encode(config).decode(),
+        actor,
+        now,
+    )
+    return version
+
+
+_TIER_COLUMNS = "customer_id, earned_code, effective_code, since, review_at, grace_ends_at"
+
+
+async def load_tier(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, *, lock: bool = False
+) -> CustomerTier | None:
+    row = await connection.fetchrow(
+        f"SELECT {_TIER_COLUMNS} FROM customer_tiers WHERE program_id = $1 AND customer_id = $2"
+        + (" FOR UPDATE" if lock else ""),
+        program_id,
+        customer_id,
+    )
+    return None if row is None else msgspec.convert(dict(row), CustomerTier)
+
+
+async def save_tier(connection: asyncpg.Connection, program_id: str, tier: CustomerTier, now: datetime) -> None:
+    await connection.execute(
+        f"INSERT INTO customer_tiers (program_id, {_TIER_COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (program_id, customer_id) DO UPDATE SET earned_code = excluded.earned_code,"
+        " effective_code = excluded.effective_code, since = excluded.since, review_at = excluded.review_at,"
+        " grace_ends_at = excluded.grace_ends_at, updated_at = excluded.updated_at",
+        program_id,
+        tier.customer_id,
+        tier.earned_code,
+        tier.effective_code,
+        tier.since,
+        tier.review_at,
+        tier.grace_ends_at,
+        now,
+    )
+
+
+async def record_change(
+    connection: asyncpg.Connection,
+    program_id: str,
+    customer_id: str,
+    from_code: str | None,
+    to_code: str,
+    kind: str,
+    cause: str,
+    now: datetime,
+) -> None:
+    await connection.execute(
+        "INSERT INTO tier_changes (program_id, id, customer_id, from_code, to_code, kind, cause, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        program_id,
+        new_id("tch"),
+        customer_id,
+        from_code,
+        to_code,
+        kind,
+        cause,
+        now,
+    )
+
+
+async def changes(connection: asyncpg.Connection, program_id: str, customer_id: str) -> list[TierChange]:
+    rows = await connection.fetch(
+        "SELECT id, from_code, to_code, kind, cause, occurred_at FROM tier_changes"
+        " WHERE program_id = $1 AND customer_id = $2 ORDER BY occurred_at DESC, id DESC",
+        program_id,
+        customer_id,
+    )
+    return [msgspec.convert(dict(row), TierChange) for row in rows]
+
+
+async def measure(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, basis: Basis, since: datetime | None
+) -> int:
+    """Qualifying points or net spend of the customer's orders placed since `since`, net of refunds."""
+    expression = "points - clawed_back" if basis is Basis.POINTS else "net - refunded_net"
+    value: int = await connection.fetchval(
+        f"SELECT coalesce(sum({expression}), 0)::bigint FROM orders"
+        " WHERE program_id = $1 AND customer_id = $2 AND ($3::timestamptz IS NULL OR placed_at >= $3)",
+        program_id,
+        customer_id,
+        since,
+    )
+    return value
+
+
+_GRANT_COLUMNS = "id, customer_id, tier_code, starts_at, ends_at, reason, granted_by"
+
+
+async def insert_grant(connection: asyncpg.Connection, program_id: str, grant: TierGrant) -> None:
+    await connection.execute(
+        f"INSERT INTO tier_grants (program_id, {_GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        program_id,
+        grant.id,
+        grant.customer_id,
+        grant.tier_code,
+        grant.starts_at,
+        grant.ends_at,
+        grant.reason,
+        grant.granted_by,
+    )
+
+
+async def grants_in_force(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, now: datetime
+) -> list[TierGrant]:
+    rows = await connection.fetch(
+        f"SELECT {_GRANT_COLUMNS} FROM tier_grants WHERE program_id = $1 AND customer_id = $2"
+        " AND starts_at <= $3 AND ends_at > $3 ORDER BY ends_at DESC",
+        program_id,
+        customer_id,
+        now,
+    )
+    return [msgspec.convert(dict(row), TierGrant) for row in rows]
+
+
+async def ended_grants(connection: asyncpg.Connection, program_id: str, now: datetime, limit: int) -> list[str]:
+    """Customers with a grant that ended and whose tier has not been recomputed since."""
+    rows = await connection.fetch(
+        "SELECT DISTINCT customer_id FROM tier_grants WHERE program_id = $1 AND closed_at IS NULL AND ends_at <= $2"
+        " LIMIT $3",
+        program_id,
+        now,
+        limit,
+    )
+    return [row["customer_id"] for row in rows]
+
+
+async def close_grants(connection: asyncpg.Connection, program_id: str, customer_id: str, now: datetime) -> None:
+    await connection.execute(
+        "UPDATE tier_grants SET closed_at = $3 WHERE program_id = $1 AND customer_id = $2"
+        " AND closed_at IS NULL AND ends_at <= $3",
+        program_id,
+        customer_id,
+        now,
+    )
+
+
+async def due_reviews(connection: asyncpg.Connection, program_id: str, now: datetime, limit: int) -> list[str]:
+    rows = await connection.fetch(
+        "SELECT customer_id FROM customer_tiers WHERE program_id = $1 AND review_at IS NOT NULL"
+        " AND coalesce(grace_ends_at, review_at) <= $2 ORDER BY coalesce(grace_ends_at, review_at) LIMIT $3",
+        program_id,
+        now,
+        limit,
+    )
+    return [row["customer_id"] for row in rows]
+
+
+async def customers_outside(connection: asyncpg.Connection, program_id: str, codes: list[str]) -> list[str]:
+    """Customers whose earned or effective tier is not one of `codes`."""
+    rows = await connection.fetch(
+        "SELECT customer_id FROM customer_tiers WHERE program_id = $1"
+        " AND NOT (earned_code = ANY($2::text[]) AND effective_code = ANY($2::text[]))",
+        program_id,
+        codes,
+    )
+    return [row["customer_id"] for row in rows]

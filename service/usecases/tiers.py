@@ -1,0 +1,341 @@
+"""Tiers: configure the ladder, move customers up on orders and down at reviews, grant
+tiers for a period, and show progress and history."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+
+from service.db import tiers as rows
+from service.db.tiers import CustomerTier, TierChange, TierGrant
+from service.db.transaction import in_transaction
+from service.domain.access import Principal
+from service.domain.clock import Clock
+from service.domain.earning import NEUTRAL_BP
+from service.domain.errors import InvalidInput, NotFound
+from service.domain.ids import new_id
+from service.domain.tiers import (
+    TierConfig,
+    TierProgress,
+    checked_config,
+    downgrade_to,
+    higher,
+    progress,
+    qualified,
+    review_at,
+    window_start,
+)
+from service.usecases.idempotency import fingerprint, run_once
+from service.usecases.ledger_settings import ledger_settings
+
+REVIEW_ACTOR = "job:tier-review"
+
+
+class TierSettings(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    config: TierConfig
+
+
+class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tier_code: str
+    days: int
+    reason: str
+
+
+def _required(config: TierConfig | None) -> TierConfig:
+    if config is None:
+        raise NotFound("the program has no tiers configured")
+    return config
+
+
+async def _measure(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, config: TierConfig, zone: ZoneInfo, now: datetime
+) -> int:
+    return await rows.measure(connection, program_id, customer_id, config.basis, window_start(config.window, now, zone))
+
+
+def _review(config: TierConfig, code: str, since: datetime, zone: ZoneInfo) -> datetime | None:
+    return review_at(since, zone) if config.rank(code) > 0 else None  # the base level is never reviewed
+
+
+async def _current(
+    connection: asyncpg.Connection,
+    program_id: str,
+    customer_id: str,
+    config: TierConfig,
+    zone: ZoneInfo,
+    now: datetime,
+    *,
+    lock: bool,
+) -> CustomerTier:
+    """The customer's tier row (locked if asked), or a new one at the level they qualify for."""
+    tier = await rows.load_tier(connection, program_id, customer_id, lock=lock)
+    if tier is not None:
+        return tier
+    if lock:  # a customer's first tier row: lock the customer so two first orders take turns
+        found = await connection.fetchval(
+            "SELECT 1 FROM customers WHERE program_id = $1 AND id = $2 FOR NO KEY UPDATE", program_id, customer_id
+        )
+        if found is None:
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
+        if tier is not None:
+            return tier
+    level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
+    return CustomerTier(
+        customer_id=customer_id,
+        earned_code=level.code,
+        effective_code=config.levels[0].code,  # what it was before any row: the base level
+        since=now,
+        review_at=_review(config, level.code, now, zone),
+        grace_ends_at=None,
+    )
+
+
+async def _settle(
+    connection: asyncpg.Connection,
+    program_id: str,
+    config: TierConfig,
+    tier: CustomerTier,
+    now: datetime,
+    kind: str,
+    cause: str,
+) -> None:
+    """Recompute the effective tier (earned, or a grant in force if higher), record a change, save."""
+    grants = await rows.grants_in_force(connection, program_id, tier.customer_id, now)
+    effective = higher(config, [tier.earned_code, *(grant.tier_code for grant in grants)])
+    if effective != tier.effective_code:
+        if kind in ("upgrade", "downgrade"):  # the ladder decides the word
+            kind = "upgrade" if config.rank(effective) > config.rank(tier.effective_code) else "downgrade"
+        await rows.record_change(
+            connection, program_id, tier.customer_id, tier.effective_code, effective, kind, cause, now
+        )
+        tier.effective_code = effective
+    await rows.save_tier(connection, program_id, tier, now)
+
+
+async def multiplier_bp(connection: asyncpg.Connection, program_id: str, customer_id: str, now: datetime) -> int:
+    """The earn multiplier of the customer's tier at `now` (1x without tiers)."""
+    config = await rows.load_config(connection, program_id)
+    if config is None:
+        return NEUTRAL_BP
+    tier = await rows.load_tier(connection, program_id, customer_id)
+    grants = await rows.grants_in_force(connection, program_id, customer_id, now)
+    earned = tier.earned_code if tier else config.levels[0].code
+    return config.level(higher(config, [earned, *(grant.tier_code for grant in grants)])).earn_multiplier_bp
+
+
+async def after_order(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, zone: ZoneInfo, now: datetime, cause: str
+) -> None:
+    """Upgrade at once if the order crossed a threshold (inside the order's transaction); an
+    order that makes a customer in their grace period qualify again ends the grace period."""
+    config = await rows.load_config(connection, program_id)
+    if config is None:
+        return
+    tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+    level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
+    if config.rank(level.code) > config.rank(tier.earned_code):
+        tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None
+        tier.review_at = _review(config, level.code, now, zone)
+    elif tier.grace_ends_at is not None and config.rank(level.code) >= config.rank(tier.earned_code):
+        tier.grace_ends_at = None
+        tier.review_at = _next_review(tier.review_at, zone, now)
+        await rows.record_change(
+            connection, program_id, customer_id, tier.effective_code, tier.effective_code, "review_passed", cause, now
+        )
+    await _settle(connection, program_id, config, tier, now, "upgrade", cause)
+
+
+def _next_review(current: datetime | None, zone: ZoneInfo, now: datetime) -> datetime | None:
+    """The first anniversary of the review date that is after `now`."""
+    if current is None:
+        return None
+    following = review_at(current, zone)
+    while following <= now:
+        following = review_at(following, zone)
+    return following
+
+
+async def configure(principal: Principal, config: TierConfig, key: str, clock: Clock) -> TierSettings:
+    """Replace the ladder. Customers keep their tier if its code still exists (thresholds
+    apply from their next order or review); those in a removed level move at once to the
+    level they qualify for."""
+    config = checked_config(config)
+
+    async def work(connection: asyncpg.Connection) -> TierSettings:
+        now = clock.now()
+        program_id = principal.program_id
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('tier-config:' || $1, 0))", program_id)
+        version = await rows.save_config(connection, program_id, config, principal.actor, now)
+        zone = (await ledger_settings(connection, program_id)).zone
+        codes = [level.code for level in config.levels]
+        for customer_id in await rows.customers_outside(connection, program_id, codes):
+            tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+            if config.rank(tier.earned_code) < 0:
+                level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
+                tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None
+                tier.review_at = _review(config, level.code, now, zone)
+            if config.rank(tier.effective_code) < 0:
+                tier.effective_code = tier.earned_code  # recorded below against the removed code
+                await rows.record_change(
+                    connection,
+                    program_id,
+                    customer_id,
+                    None,
+                    tier.earned_code,
+                    "configuration",
+                    f"configuration version {version}",
+                    now,
+                )
+            await _settle(
+                connection, program_id, config, tier, now, "configuration", f"configuration version {version}"
+            )
+        return TierSettings(version=version, config=config)
+
+    return await run_once(principal.program_id, key, fingerprint("tiers", config), TierSettings, work)
+
+
+async def get_settings(program_id: str) -> TierSettings:
+    async def work(connection: asyncpg.Connection) -> TierSettings:
+        row = await connection.fetchrow("SELECT version, config FROM tier_configs WHERE program_id = $1", program_id)
+        if row is None:
+            raise NotFound("the program has no tiers configured")
+        return TierSettings(version=row["version"], config=msgspec.json.decode(row["config"], type=TierConfig))
+
+    return await in_transaction(work)
+
+
+async def grant_tier(
+    principal: Principal, customer_id: str, request: GrantRequest, key: str, clock: Clock
+) -> TierGrant:
+    """Give a customer a tier for `days` days, as a floor above what they earn."""
+
+    async def work(connection: asyncpg.Connection) -> TierGrant:
+        now = clock.now()
+        program_id = principal.program_id
+        config = _required(await rows.load_config(connection, program_id))
+        if config.rank(request.tier_code) < 0:
+            raise InvalidInput(f"no tier {request.tier_code!r} is configured", field="tier_code")
+        zone = (await ledger_settings(connection, program_id)).zone
+        tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+        grant = TierGrant(
+            id=new_id("tgr"),
+            customer_id=customer_id,
+            tier_code=request.tier_code,
+            starts_at=now,
+            ends_at=now + timedelta(days=request.days),
+            reason=request.reason,
+            granted_by=principal.actor,
+        )
+        await rows.insert_grant(connection, program_id, grant)
+        await _settle(connection, program_id, config, tier, now, "grant", f"grant {grant.id}: {request.reason}")
+        return grant
+
+    if not 1 <= request.days <= 3650:
+        raise InvalidInput("days must be between 1 and 3650", field="days")
+    return await run_once(principal.program_id, key, fingerprint("tier-grant", [customer_id, request]), TierGrant, work)
+
+
+async def tier_progress(program_id: str, customer_id: str, clock: Clock) -> TierProgress:
+    """The customer's tier, the next one, what is still needed, and how long it is kept."""
+
+    async def work(connection: asyncpg.Connection) -> TierProgress:
+        now = clock.now()
+        config = _required(await rows.load_config(connection, program_id))
+        zone = (await ledger_settings(connection, program_id)).zone
+        found = await connection.fetchval(
+            "SELECT 1 FROM customers WHERE program_id = $1 AND id = $2", program_id, customer_id
+        )
+        if found is None:
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        tier = await _current(connection, program_id, customer_id, config, zone, now, lock=False)
+        grants = await rows.grants_in_force(connection, program_id, customer_id, now)
+        effective = higher(config, [tier.earned_code, *(grant.tier_code for grant in grants)])
+        floors = [g.ends_at for g in grants if config.rank(g.tier_code) > config.rank(tier.earned_code)]
+        granted_until = max(floors) if floors else None
+        kept_until = tier.grace_ends_at
+        if kept_until is None and tier.review_at is not None:
+            kept_until = tier.review_at + timedelta(days=config.grace_days)
+        if granted_until is not None and (kept_until is None or granted_until > kept_until):
+            kept_until = granted_until
+        measure = await _measure(connection, program_id, customer_id, config, zone, now)
+        return progress(config, effective, tier.earned_code, measure, kept_until, granted_until)
+
+    return await in_transaction(work)
+
+
+async def tier_history(program_id: str, customer_id: str) -> list[TierChange]:
+    """Every change of the customer's tier, newest first, with its cause."""
+    return await in_transaction(lambda connection: rows.changes(connection, program_id, customer_id))
+
+
+async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
+    """Review the tiers that are due; returns how many customers were reviewed."""
+    now = clock.now()
+
+    async def review(connection: asyncpg.Connection, customer_id: str) -> None:
+        config = await rows.load_config(connection, program_id)
+        tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
+        due = tier and tier.review_at and (tier.grace_ends_at or tier.review_at) <= now
+        if config is None or tier is None or not due:
+            return  # reviewed by another worker meanwhile
+        zone = (await ledger_settings(connection, program_id)).zone
+        level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
+        if config.rank(level.code) >= config.rank(tier.earned_code):
+            if tier.grace_ends_at is not None:
+                await rows.record_change(
+                    connection,
+                    program_id,
+                    customer_id,
+                    tier.effective_code,
+                    tier.effective_code,
+                    "review_passed",
+                    REVIEW_ACTOR,
+                    now,
+                )
+            tier.grace_ends_at = None
+            tier.review_at = _next_review(tier.review_at, zone, now)
+        elif tier.grace_ends_at is None and config.grace_days:
+            tier.grace_ends_at = now + timedelta(days=config.grace_days)
+            await rows.record_change(
+                connection,
+                program_id,
+                customer_id,
+                tier.effective_code,
+                tier.effective_code,
+                "grace_started",
+                f"{REVIEW_ACTOR}: qualifies for {level.code}; kept until {tier.grace_ends_at.isoformat()}",
+                now,
+            )
+        else:
+            tier.earned_code = downgrade_to(config, tier.earned_code, level.code)
+            tier.since, tier.grace_ends_at = now, None
+            tier.review_at = _review(config, tier.earned_code, now, zone)
+        await _settle(connection, program_id, config, tier, now, "downgrade", REVIEW_ACTOR)
+
+    customers = await in_transaction(lambda connection: rows.due_reviews(connection, program_id, now, limit))
+    for customer_id in customers:
+        await in_transaction(functools.partial(review, customer_id=customer_id))
+    return len(customers)
+
+
+async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
+    """Recompute the tier of customers whose granted tier ended; returns how many."""
+    now = clock.now()
+
+    async def close(connection: asyncpg.Connection, customer_id: str) -> None:
+        config = await rows.load_config(connection, program_id)
+        tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
+        await rows.close_grants(connection, program_id, customer_id, now)
+        if config is not None and tier is not None:
+            await _settle(connection, program_id, config, tier, now, "grant_ended", "granted tier ended")
+
+    customers = await in_transaction(lambda connection: rows.ended_grants(connection, program_id, now, limit))
+    for customer_id in customers:
+        await in_transaction(functools.partial(close, customer_id=customer_id))
+    return len(customers)

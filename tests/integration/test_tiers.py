@@ -1,0 +1,210 @@
+"""Tiers on the real database: upgrades on the crossing order, reviews with a grace period,
+refunds, rolling windows in the program's time zone, grants, and configuration changes."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from service.domain.clock import ManualClock
+from service.domain.earning import Order, OrderLine, Refund
+from service.domain.errors import InvalidInput
+from service.domain.tiers import TierConfig
+from service.usecases import orders, tiers
+from service.usecases.earning_rules import RulesDraft, publish_rules
+from tests.conftest import ProgramFixture
+from tests.integration.ledger_helpers import admin, enrol
+from tests.integration.test_order_life import checkout
+
+START = datetime(2026, 2, 2, 11, 0, tzinfo=UTC)
+LADDER: dict[str, Any] = {
+    "basis": "points",
+    "window": "rolling_12_months",
+    "grace_days": 30,
+    "downgrade": "one_level",
+    "levels": [
+        {"code": "bronze", "name": "Bronze", "threshold": 0},
+        {"code": "silver", "name": "Silver", "threshold": 300, "earn_multiplier_bp": 12000},
+        {"code": "gold", "name": "Gold", "threshold": 1000, "earn_multiplier_bp": 15000, "perks": ["free shipping"]},
+    ],
+}
+_keys = itertools.count()
+
+
+async def setup(program: ProgramFixture, clock: ManualClock, **ladder: Any) -> None:
+    clock.set(START - timedelta(days=400))
+    rules = msgspec.convert({"currency": "EUR", "points_per_unit": 10, "unit_minor": 100}, RulesDraft)
+    await publish_rules(admin(program.id), rules, "rules", clock)
+    await configure(program, clock, **ladder)
+    clock.set(START)
+
+
+async def configure(program: ProgramFixture, clock: ManualClock, **ladder: Any) -> tiers.TierSettings:
+    config = msgspec.convert(LADDER | ladder, TierConfig)
+    return await tiers.configure(admin(program.id), config, f"tiers-{next(_keys)}", clock)
+
+
+async def buy(program: ProgramFixture, clock: ManualClock, customer: str, net: int = 2500) -> orders.OrderView:
+    """An order of `net` minor units, placed now: 10 points per euro before the tier multiplier."""
+    order = Order(
+        currency="EUR",
+        placed_at=clock.now(),
+        lines=(OrderLine(sku="beans", category="coffee", unit_price=net, quantity=1),),
+    )
+    placement = orders.OrderPlacement(order_id=f"o{next(_keys)}", customer_id=customer, order=order)
+    return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
+
+
+async def kinds(program: ProgramFixture, customer: str) -> list[tuple[str, str | None, str]]:
+    history = await tiers.tier_history(program.id, customer)
+    return [(change.kind, change.from_code, change.to_code) for change in reversed(history)]
+
+
+async def test_upgrade_on_the_crossing_order_and_not_before(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    first = await buy(program, clock, ann)
+    assert first.points == 250
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "bronze"
+    crossing = await buy(program, clock, ann)  # 500 points: silver
+    assert crossing.points == 250  # the crossing order earns at the tier it was placed in
+    progress = await tiers.tier_progress(program.id, ann, clock)
+    assert (progress.tier.code, progress.measure, progress.still_needed) == ("silver", 500, 500)
+    assert progress.next_tier is not None and progress.next_tier.code == "gold"
+    assert progress.kept_until == datetime(2027, 2, 1, 23, 0, tzinfo=UTC) + timedelta(days=30)
+    assert [c for c in crossing.breakdown if c.rule == "tier"] == []
+    silver = await buy(program, clock, ann)
+    assert silver.points == 300  # x1.2 now
+    history = await tiers.tier_history(program.id, ann)
+    assert [(c.kind, c.from_code, c.to_code) for c in history] == [("upgrade", "bronze", "silver")]
+    assert history[0].cause == f"order {crossing.order_id} at shop {program.shop_id}"
+    await buy(program, clock, ann, net=1700)  # 204 -> 1004
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "gold"
+
+
+async def test_downgrade_only_after_the_grace_period(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    await buy(program, clock, ann, net=3000)  # 300: silver from START
+    review = datetime(2027, 2, 1, 23, 0, tzinfo=UTC)  # 2 February 2027 00:00 in Amsterdam
+    clock.set(review - timedelta(seconds=1))
+    assert await tiers.review_due(program.id, clock) == 0
+    clock.set(review)  # the order left the rolling window at this same midnight
+    assert await tiers.review_due(program.id, clock) == 1
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "silver"
+    clock.advance(timedelta(days=30) - timedelta(seconds=1))
+    assert await tiers.review_due(program.id, clock) == 0
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "silver"
+    clock.advance(timedelta(seconds=1))
+    assert await tiers.review_due(program.id, clock) == 1
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "bronze"
+    assert await kinds(program, ann) == [
+        ("upgrade", "bronze", "silver"),
+        ("grace_started", "silver", "silver"),
+        ("downgrade", "silver", "bronze"),
+    ]
+    assert await tiers.review_due(program.id, clock) == 0  # the base level is never reviewed
+
+
+async def test_qualifying_again_in_the_grace_period_keeps_the_tier(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock, downgrade="to_qualified")
+    ann = await enrol(program.id, "ann", clock)
+    await buy(program, clock, ann, net=10_000)  # 1000: gold
+    clock.set(datetime(2027, 2, 1, 23, 0, tzinfo=UTC))
+    await tiers.review_due(program.id, clock)
+    clock.advance(timedelta(days=3))
+    await buy(program, clock, ann, net=7000)  # 700 x1.5 = 1050 within the window: gold again
+    clock.advance(timedelta(days=40))
+    assert await tiers.review_due(program.id, clock) == 0
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "gold"
+    assert [k for k, _, _ in await kinds(program, ann)] == ["upgrade", "grace_started", "review_passed"]
+
+
+async def test_a_refund_below_the_threshold_downgrades_at_the_next_review(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    await setup(program, clock, window="lifetime")
+    ann, bob = await enrol(program.id, "ann", clock), await enrol(program.id, "bob", clock)
+    kept = await buy(program, clock, bob, net=3000)
+    refunded = await buy(program, clock, ann, net=3000)
+    assert kept.points == refunded.points == 300
+    till = checkout(program.id)
+    await orders.refund_order(till, program.shop_id, refunded.order_id, "r1", Refund(amount=1000), clock)
+    progress = await tiers.tier_progress(program.id, ann, clock)
+    assert (progress.tier.code, progress.measure) == ("silver", 200)  # no change until the review
+    clock.set(datetime(2027, 2, 1, 23, 0, tzinfo=UTC))
+    assert await tiers.review_due(program.id, clock) == 2
+    clock.advance(timedelta(days=30))
+    await tiers.review_due(program.id, clock)
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "bronze"
+    bob_now = await tiers.tier_progress(program.id, bob, clock)  # lifetime: still qualifies
+    assert bob_now.tier.code == "silver"
+    assert bob_now.kept_until == datetime(2028, 2, 1, 23, 0, tzinfo=UTC) + timedelta(days=30)
+
+
+async def test_the_rolling_window_starts_at_local_midnight(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    clock.set(datetime(2025, 11, 23, 22, 30, tzinfo=UTC))  # 23:30 on 23 November in Amsterdam
+    await buy(program, clock, ann, net=1000)
+    clock.set(datetime(2025, 11, 23, 23, 30, tzinfo=UTC))  # 00:30 on 24 November
+    await buy(program, clock, ann, net=2000)
+    # on a local day D the window holds the orders of the local days after D a year ago
+    clock.set(datetime(2026, 11, 22, 22, 59, tzinfo=UTC))  # 23:59 on 22 November 2026: both
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 300
+    clock.set(datetime(2026, 11, 22, 23, 0, tzinfo=UTC))  # 00:00 on 23 November: the 23:30 order left
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 200
+    clock.set(datetime(2026, 11, 23, 22, 59, tzinfo=UTC))  # 23:59 on 23 November: the 00:30 order stays
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 200
+    clock.set(datetime(2026, 11, 23, 23, 0, tzinfo=UTC))  # 00:00 on 24 November: none
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 0
+
+
+async def test_a_granted_tier_is_a_floor_until_it_ends(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    grant = await tiers.grant_tier(
+        admin(program.id), ann, tiers.GrantRequest(tier_code="gold", days=10, reason="referral reward"), "g1", clock
+    )
+    progress = await tiers.tier_progress(program.id, ann, clock)
+    assert (progress.tier.code, progress.earned_tier, progress.granted_until) == ("gold", "bronze", grant.ends_at)
+    assert (await buy(program, clock, ann)).points == 375  # x1.5 while granted
+    with pytest.raises(InvalidInput) as unknown:
+        await tiers.grant_tier(
+            admin(program.id), ann, tiers.GrantRequest(tier_code="platinum", days=1, reason="x"), "g2", clock
+        )
+    assert unknown.value.field == "tier_code"
+    clock.advance(timedelta(days=10))
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "silver"  # earned 375 meanwhile
+    assert await tiers.end_grants(program.id, clock) == 1
+    assert await tiers.end_grants(program.id, clock) == 0
+    assert await kinds(program, ann) == [("grant", "bronze", "gold"), ("grant_ended", "gold", "silver")]
+
+
+async def test_changing_the_ladder_with_customers_in_tiers(program: ProgramFixture, clock: ManualClock) -> None:
+    await setup(program, clock)
+    ann, bob = await enrol(program.id, "ann", clock), await enrol(program.id, "bob", clock)
+    await buy(program, clock, ann, net=3000)  # silver
+    await buy(program, clock, bob, net=10_000)  # gold
+    ladder = [
+        {"code": "bronze", "name": "Bronze", "threshold": 0},
+        {"code": "gold", "name": "Gold", "threshold": 2000, "earn_multiplier_bp": 15000},
+    ]
+    settings = await configure(program, clock, levels=ladder)
+    assert settings.version == 2
+    # silver is gone: Ann moves at once to what she qualifies for; Bob keeps gold until reviewed
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "bronze"
+    assert (await tiers.tier_progress(program.id, bob, clock)).tier.code == "gold"
+    history = await tiers.tier_history(program.id, ann)
+    assert (history[0].kind, history[0].to_code, history[0].cause) == (
+        "configuration",
+        "bronze",
+        "configuration version 2",
+    )
+    with pytest.raises(InvalidInput) as bad:
+        await configure(program, clock, levels=[ladder[1], ladder[0]])
+    assert bad.value.field == "levels[0].threshold"
