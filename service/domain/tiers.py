@@ -111,6 +111,11 @@ def review_at(since: datetime, zone: ZoneInfo) -> datetime:
     return local_midnight(_years_later(since.astimezone(zone).date(), 1), zone)
 
 
+def grace_end(review: datetime, grace_days: int, zone: ZoneInfo) -> datetime:
+    """When the grace period after a review ends: `grace_days` local days after it."""
+    return local_midnight(review.astimezone(zone).date() + timedelta(days=grace_days), zone)
+
+
 def qualified(config: TierConfig, measure: int) -> TierLevel:
     """The highest level whose threshold the measure reaches."""
     reached = [level for level in config.levels if level.threshold <= measure]

@@ -23,6 +23,7 @@ from service.domain.tiers import (
     TierProgress,
     checked_config,
     downgrade_to,
+    grace_end,
     higher,
     progress,
     qualified,
@@ -260,7 +261,7 @@ async def tier_progress(program_id: str, customer_id: str, clock: Clock) -> Tier
         granted_until = max(floors) if floors else None
         kept_until = tier.grace_ends_at
         if kept_until is None and tier.review_at is not None:
-            kept_until = tier.review_at + timedelta(days=config.grace_days)
+            kept_until = grace_end(tier.review_at, config.grace_days, zone)
         if granted_until is not None and (kept_until is None or granted_until > kept_until):
             kept_until = granted_until
         measure = await _measure(connection, program_id, customer_id, config, zone, now)
@@ -301,7 +302,7 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
             tier.grace_ends_at = None
             tier.review_at = _next_review(tier.review_at, zone, now)
         elif tier.grace_ends_at is None and config.grace_days:
-            tier.grace_ends_at = now + timedelta(days=config.grace_days)
+            tier.grace_ends_at = grace_end(tier.review_at or now, config.grace_days, zone)
             await rows.record_change(
                 connection,
                 program_id,
