@@ -1,0 +1,205 @@
+"""Record one order's whole life against a served app, as Markdown on stdout.
+
+    LOYALTY_JOB_INTERVAL_S=2 make serve            # in one terminal
+    .venv/bin/loyalty create-program "Session roasters"   # prints an admin key
+    .venv/bin/python docs/sessions/record_order_life.py --admin-key lk.... > docs/sessions/order-life.md
+
+Every request goes over HTTP to the served app; the release of pending points is done by
+the app's own scheduled job (the program's return window is set to 0 days so the session
+need not wait 14). Secrets in the output are shortened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+
+class Recorder:
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.step = 0
+        self.out: list[str] = []
+
+    def say(self, text: str) -> None:
+        self.out.append(text)
+
+    def call(self, title: str, method: str, path: str, key: str, body: Any = None, **headers: str) -> Any:
+        self.step += 1
+        sent = {"Authorization": f"Bearer {key}", **headers}
+        response = self.http.request(method, path, json=body, headers=sent)
+        shown = {name: (_short(value) if name == "Authorization" else value) for name, value in sent.items()}
+        request_text = f"{method} {path}\n" + "".join(f"{name}: {value}\n" for name, value in shown.items())
+        if body is not None:
+            request_text += "\n" + json.dumps(body, indent=2)
+        answer = response.json() if response.content else None
+        self.say(f"### {self.step}. {title}\n")
+        self.say(f"```http\n{request_text.rstrip()}\n```\n")
+        self.say(f"`{response.status_code}`\n\n```json\n{json.dumps(_redact(answer), indent=2)}\n```\n")
+        if response.status_code >= 500 or (response.status_code >= 400 and "refused" not in title):
+            raise SystemExit(f"step {self.step} ({title}) answered {response.status_code}: {response.text}")
+        return answer
+
+
+def _short(value: str) -> str:
+    return value[:22] + "…" if len(value) > 24 else value
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (_short(v) if k in ("key", "token") and isinstance(v, str) else _redact(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def record(base_url: str, admin: str) -> str:
+    r = Recorder(base_url)
+    r.say(
+        f"# One order's life against the served app\n\nRecorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
+        "`docs/sessions/record_order_life.py`; every step is a real request to `make serve`.\n"
+    )
+    r.say("## Set-up by the program admin\n")
+    shop = r.call("Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"})
+    checkout = r.call("A key for the shop's till", "POST", "/v1/api-keys", admin, {"name": "till", "scope": "checkout"})
+    finance = r.call("A key for finance", "POST", "/v1/api-keys", admin, {"name": "audit", "scope": "finance"})
+    till, audit = checkout["key"], finance["key"]
+    r.call(
+        "Points expire a year after the order",
+        "PUT",
+        "/v1/ledger/expiry-policy",
+        admin,
+        {"policy": "days", "period": 365},
+    )
+    r.call(
+        "Return window: 0 days for this session (14 by default)",
+        "PUT",
+        "/v1/program/returns",
+        admin,
+        {"window_days": 0, "policy": "within_balance"},
+    )
+    rules = {
+        "currency": "EUR",
+        "points_per_unit": 1,
+        "unit_minor": 100,
+        "category_multipliers": {"beans": 20000},
+        "campaigns": [
+            {
+                "name": "autumn",
+                "starts_on": "2026-11-01",
+                "ends_on": "2026-11-30",
+                "bonus_points": 25,
+                "customer_cap": 25,
+            }
+        ],
+    }
+    r.call("Publish earning rules", "POST", "/v1/earning/rules", admin, rules, **{"Idempotency-Key": "rules-v1"})
+
+    r.say("## At the till\n")
+    customer = r.call(
+        "Enrol the customer",
+        "POST",
+        "/v1/customers",
+        till,
+        {"external_id": "crm-4711", "email": "ann@example.com", "name": "Ann"},
+    )
+    ann = customer["id"]
+    order = {
+        "order_id": "AMS-10001",
+        "customer_id": ann,
+        "currency": "EUR",
+        "placed_at": datetime.now(UTC).isoformat(),
+        "lines": [
+            {"sku": "beans-ethiopia-250", "category": "beans", "unit_price": 1250, "quantity": 2},
+            {"sku": "mug-white", "category": "homeware", "unit_price": 1800, "quantity": 1, "discount": 300},
+        ],
+    }
+    orders = f"/v1/shops/{shop['id']}/orders"
+    r.call("Award the order (points per rule for the receipt)", "POST", orders, till, order)
+    r.call("The till sends it again (network retry): the same answer, no second award", "POST", orders, till, order)
+    r.call(
+        "The same order id with other content is refused", "POST", orders, till, order | {"lines": order["lines"][:1]}
+    )
+    r.call("Balance: the points are pending", "GET", f"/v1/customers/{ann}/balance", till)
+
+    r.say("## The return window ends; the app's scheduled job releases the points\n")
+    for _ in range(60):
+        state = r.http.get(f"{orders}/AMS-10001", headers={"Authorization": f"Bearer {till}"}).json()
+        if state["status"] == "released":
+            break
+        time.sleep(1)
+    r.call("The order, released", "GET", f"{orders}/AMS-10001", till)
+    r.call("Balance: available now", "GET", f"/v1/customers/{ann}/balance", till)
+
+    r.say("## Redeeming at the next visit\n")
+    r.call(
+        "What would a 0.40 EUR discount cost?",
+        "POST",
+        "/v1/redemptions/quote",
+        till,
+        {"customer_id": ann, "discount_minor": 40, "order_total_minor": 900},
+    )
+    hold = r.call(
+        "Reserve 40 points (a hold)",
+        "POST",
+        "/v1/holds",
+        till,
+        {"customer_id": ann, "amount": 40, "reference": "AMS-10002"},
+        **{"Idempotency-Key": "redeem-10002"},
+    )
+    r.call(
+        "Not enough points is refused: 409 says how many are available",
+        "POST",
+        "/v1/holds",
+        till,
+        {"customer_id": ann, "amount": 5000},
+        **{"Idempotency-Key": "redeem-too-much"},
+    )
+    r.call(
+        "The basket changed: capture 30 of the 40",
+        "POST",
+        f"/v1/holds/{hold['id']}/capture",
+        till,
+        {"amount": 30},
+        **{"Idempotency-Key": "capture-10002"},
+    )
+
+    r.say("## A partial return of the first order\n")
+    refund = {"refund_id": "RET-1", "lines": [{"line": 1, "quantity": 1}]}
+    r.call("The mug comes back", "POST", f"{orders}/AMS-10001/refunds", till, refund)
+    r.call("Sent twice: the same refund", "POST", f"{orders}/AMS-10001/refunds", till, refund)
+    r.call(
+        "Refunding more than was bought is refused",
+        "POST",
+        f"{orders}/AMS-10001/refunds",
+        till,
+        {"refund_id": "RET-2", "amount": 5000},
+    )
+    r.call("The order now", "GET", f"{orders}/AMS-10001", till)
+    r.call("Balance", "GET", f"/v1/customers/{ann}/balance", till)
+    r.call("The customer's history in plain words", "GET", f"/v1/customers/{ann}/history", till)
+
+    r.say("## Finance\n")
+    r.call("Trial balance", "GET", "/v1/finance/trial-balance", audit)
+    time.sleep(2)  # the sealer runs every second
+    r.call("Hash chain verification", "GET", "/v1/finance/chain", audit)
+    return "\n".join(r.out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--admin-key", required=True)
+    args = parser.parse_args()
+    print(record(args.base_url, args.admin_key), flush=True)
+
+
+if __name__ == "__main__":
+    main()
