@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Request
@@ -54,25 +53,27 @@ def exclude_public_paths() -> list[str]:
     return [f"^{path}" for path in PUBLIC_PATHS]
 
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
-
-
-def requires(*scopes: Scope) -> Guard:
-    """A guard admitting only principals with one of the scopes, then only a JSON body.
+class ScopeGuard:
+    """A guard admitting only principals with one of its scopes, then only a JSON body.
 
     Every protected route passes through this guard, so the body check (which must come
     after the scope check: a finance key gets 403, not 415) lives here rather than in
     each controller.
     """
-    allowed = frozenset(scopes)
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler) -> None:
+    def __init__(self, scopes: frozenset[Scope]) -> None:
+        self.scopes = scopes
+
+    async def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler) -> None:
         principal = connection.user
         if not isinstance(principal, Principal):
             raise Unauthorized("no credentials")
-        if principal.scope not in allowed:
-            names = ", ".join(sorted(scope.value for scope in allowed))
+        if principal.scope not in self.scopes:
+            names = ", ".join(sorted(scope.value for scope in self.scopes))
             raise Forbidden(f"this operation needs one of the scopes: {names}", scope=principal.scope.value)
         await require_json_body(connection, route_handler)
 
-    return guard
+
+def requires(*scopes: Scope) -> ScopeGuard:
+    """The guard of a route that these scopes may call."""
+    return ScopeGuard(frozenset(scopes))
