@@ -22,6 +22,7 @@ from service.http.controllers import (
     bulk,
     customers,
     earning,
+    events,
     finance,
     health,
     history,
@@ -30,13 +31,14 @@ from service.http.controllers import (
     problems,
     redemptions,
     tiers,
+    webhooks,
 )
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
 from service.http.openapi import COMPONENTS, SECURITY
 from service.http.problems import EXCEPTION_HANDLERS
 from service.usecases.group_commit import close_batchers
-from service.usecases.jobs import scheduler
+from service.usecases.jobs import run_scheduled
 
 API_DESCRIPTION = """Loyalty points and referrals on a double-entry ledger.
 
@@ -51,7 +53,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await start_pool(dsn, settings)
-        jobs = asyncio.create_task(scheduler(app.state.clock, settings.job_interval_s)) if settings.run_jobs else None
+        jobs = asyncio.create_task(run_scheduled(app.state.clock, settings)) if settings.run_jobs else None
         try:
             yield
         finally:
@@ -84,6 +86,8 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             tiers.TierConfigController,
             tiers.CustomerTierController,
             tiers.MyTierController,
+            webhooks.WebhookController,
+            events.EventController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[

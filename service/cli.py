@@ -76,16 +76,21 @@ async def _serve_prepare(settings: Settings) -> str:
 async def _run_jobs(settings: Settings) -> None:
     from service.db.engine import close_pool, start_pool
     from service.domain.clock import SystemClock
+    from service.usecases.dispatch import DispatchConfig, dispatch_once
     from service.usecases.jobs import run_all
+    from service.usecases.lifecycle import lifecycle_rules
 
     dsn = await prepare_database(settings)
     await start_pool(dsn, settings)
     try:
-        for report in await run_all(SystemClock()):
+        for report in await run_all(SystemClock(), lifecycle_rules(settings)):
             print(
                 f"{report.program_id}: {report.orders_released} orders released, {report.holds_expired} holds expired,"
-                f" {report.expiry_entries} expiry entries, {report.entries_sealed} entries sealed"
+                f" {report.expiry_entries} expiry entries, {report.lifecycle_events} lifecycle events,"
+                f" {report.entries_sealed} entries sealed"
             )
+        sent = await dispatch_once(SystemClock(), DispatchConfig.from_settings(settings))
+        print(f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts")
     finally:
         await close_pool()
 

@@ -34,6 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     run_jobs: bool = True
     seed_demo: bool = True
     job_interval_s: float = 30.0
+    webhook_timeout_s: float = 5.0
+    webhook_retry_base_s: float = 5.0
+    webhook_retry_max_delay_s: float = 3600.0
+    webhook_retry_for_s: float = 86_400.0
+    webhook_disable_after: int = 50
+    webhook_interval_s: float = 1.0
+    expiring_soon_days: int = 7
+    win_back_days: int = 60
+    cross_sell_orders: int = 3
 
 
 _VARIABLES: dict[str, tuple[str, type]] = {
@@ -51,6 +60,15 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "LOYALTY_RUN_JOBS": ("run_jobs", bool),
     "LOYALTY_SEED_DEMO": ("seed_demo", bool),
     "LOYALTY_JOB_INTERVAL_S": ("job_interval_s", float),
+    "LOYALTY_WEBHOOK_TIMEOUT_S": ("webhook_timeout_s", float),
+    "LOYALTY_WEBHOOK_RETRY_BASE_S": ("webhook_retry_base_s", float),
+    "LOYALTY_WEBHOOK_RETRY_MAX_DELAY_S": ("webhook_retry_max_delay_s", float),
+    "LOYALTY_WEBHOOK_RETRY_FOR_S": ("webhook_retry_for_s", float),
+    "LOYALTY_WEBHOOK_DISABLE_AFTER": ("webhook_disable_after", int),
+    "LOYALTY_WEBHOOK_INTERVAL_S": ("webhook_interval_s", float),
+    "LOYALTY_EXPIRING_SOON_DAYS": ("expiring_soon_days", int),
+    "LOYALTY_WIN_BACK_DAYS": ("win_back_days", int),
+    "LOYALTY_CROSS_SELL_ORDERS": ("cross_sell_orders", int),
 }
 
 _POSITIVE = {
@@ -61,6 +79,23 @@ _POSITIVE = {
     "max_body_bytes",
     "customer_token_ttl_s",
     "job_interval_s",
+    "webhook_timeout_s",
+    "webhook_retry_base_s",
+    "webhook_retry_max_delay_s",
+    "webhook_retry_for_s",
+    "webhook_disable_after",
+    "webhook_interval_s",
+    "expiring_soon_days",
+    "win_back_days",
+    "cross_sell_orders",
+}
+# Upper bounds of the event and webhook knobs (a send must end well within its claim's lease).
+_AT_MOST: dict[str, tuple[str, float]] = {
+    "webhook_timeout_s": ("LOYALTY_WEBHOOK_TIMEOUT_S", 60),
+    "webhook_retry_for_s": ("LOYALTY_WEBHOOK_RETRY_FOR_S", 30 * 86_400),
+    "expiring_soon_days": ("LOYALTY_EXPIRING_SOON_DAYS", 365),
+    "win_back_days": ("LOYALTY_WIN_BACK_DAYS", 3650),
+    "cross_sell_orders": ("LOYALTY_CROSS_SELL_ORDERS", 1000),
 }
 # The name goes into CREATE DATABASE "<name>": keep it a plain identifier.
 _DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -120,6 +155,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "LOYALTY_DATABASE_NAME must be letters, digits and underscores (at most 63),"
             f" got {settings.database_name!r}"
         )
+    for field, (variable, most) in _AT_MOST.items():
+        if getattr(settings, field) > most:
+            raise SettingsError(f"{variable} must be at most {most:g}, got {getattr(settings, field)}")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
     return settings

@@ -8,6 +8,7 @@ import asyncpg
 import msgspec
 
 from service.db import ledger_accounts
+from service.db.events import emit
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.domain.customers import (
@@ -18,6 +19,7 @@ from service.domain.customers import (
     same_enrolment,
 )
 from service.domain.errors import Conflict, InvalidInput, NotFound
+from service.domain.events import CustomerEnrolled, EventType
 from service.domain.ids import new_id
 from service.usecases.programs import shop_exists
 
@@ -54,6 +56,15 @@ async def enrol_customer(program_id: str, request: Enrolment, clock: Clock) -> t
         if row is not None:
             customer = _customer(row)
             await ledger_accounts.open_customer_accounts(connection, program_id, customer.id)
+            enrolled = CustomerEnrolled(
+                customer_id=customer.id,
+                external_id=customer.external_id,
+                shop_id=customer.shop_id,
+                email=customer.email,
+                name=customer.name,
+                enrolled_at=customer.enrolled_at,
+            )
+            await emit(connection, program_id, EventType.CUSTOMER_ENROLLED, enrolled, customer.id, occurred_at=now)
             return customer, True
         existing = await _find_by_external_id(connection, program_id, request.external_id)
         if not same_enrolment(existing, request):

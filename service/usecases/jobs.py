@@ -7,9 +7,12 @@ import logging
 
 import msgspec
 
+from service.config import Settings
 from service.db.transaction import transaction
 from service.domain.clock import Clock
-from service.usecases import ledger_jobs, orders, tiers
+from service.usecases import ledger_jobs, lifecycle, orders, tiers
+from service.usecases.dispatch import DispatchConfig, dispatch_forever, publish_events
+from service.usecases.lifecycle import LifecycleRules
 
 log = logging.getLogger("loyalty.jobs")
 
@@ -21,6 +24,8 @@ class JobReport(msgspec.Struct, kw_only=True):
     tier_grants_ended: int = 0
     holds_expired: int = 0
     expiry_entries: int = 0
+    lifecycle_events: int = 0
+    events_published: int = 0
     entries_sealed: int = 0
 
 
@@ -30,7 +35,7 @@ async def program_ids() -> list[str]:
     return [row["id"] for row in rows]
 
 
-async def run_program_jobs(program_id: str, clock: Clock) -> JobReport:
+async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules | None = None) -> JobReport:
     """Release orders past their return window, end granted tiers, review tiers, void
     expired holds, expire points, then seal the chain, for one program."""
     report = JobReport(program_id=program_id)
@@ -39,13 +44,15 @@ async def run_program_jobs(program_id: str, clock: Clock) -> JobReport:
     report.tiers_reviewed = await tiers.review_due(program_id, clock)
     report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)
     report.expiry_entries = await ledger_jobs.expire_points(program_id, clock)
+    report.lifecycle_events = await lifecycle.run_lifecycle_jobs(program_id, clock, rules or LifecycleRules())
+    report.events_published = await publish_events(program_id, clock)
     report.entries_sealed = await ledger_jobs.seal_chain(program_id)
     return report
 
 
-async def run_all(clock: Clock) -> list[JobReport]:
+async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[JobReport]:
     """Every job for every program, once."""
-    return [await run_program_jobs(program_id, clock) for program_id in await program_ids()]
+    return [await run_program_jobs(program_id, clock, rules) for program_id in await program_ids()]
 
 
 async def seal_all() -> int:
@@ -53,14 +60,16 @@ async def seal_all() -> int:
     return sum([await ledger_jobs.seal_chain(program_id) for program_id in await program_ids()])
 
 
-async def scheduler(clock: Clock, interval_s: float, seal_interval_s: float = 1.0) -> None:
+async def scheduler(
+    clock: Clock, interval_s: float, seal_interval_s: float = 1.0, rules: LifecycleRules | None = None
+) -> None:
     """Run the jobs forever: the sealer every second, the rest every interval."""
     elapsed = interval_s
     while True:
         try:
             if elapsed >= interval_s:
                 elapsed = 0.0
-                for report in await run_all(clock):
+                for report in await run_all(clock, rules):
                     if report.orders_released or report.tiers_reviewed or report.holds_expired or report.expiry_entries:
                         log.info("jobs ran", extra={"fields": msgspec.structs.asdict(report)})
             else:
@@ -71,3 +80,10 @@ async def scheduler(clock: Clock, interval_s: float, seal_interval_s: float = 1.
             log.exception("scheduled jobs failed; retrying next round")
         await asyncio.sleep(seal_interval_s)
         elapsed += seal_interval_s
+
+
+async def run_scheduled(clock: Clock, settings: Settings) -> None:
+    """The job scheduler and the webhook dispatcher, side by side until cancelled."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(scheduler(clock, settings.job_interval_s, rules=lifecycle.lifecycle_rules(settings)))
+        group.create_task(dispatch_forever(clock, DispatchConfig.from_settings(settings)))

@@ -29,6 +29,7 @@ from service.domain.ledger import (
 from service.usecases.group_commit import post_once
 from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ProgramLedgerSettings
+from service.usecases.lifecycle import emit_points_redeemed
 
 
 async def set_expiry_rule(program_id: str, rule: ExpiryRule) -> ExpiryRule:
@@ -283,6 +284,10 @@ async def resolve_hold(
         entry.id,
         entry.posted_at,
     )
+    if status == "captured" and capture and hold.unit is Unit.POINTS:
+        await emit_points_redeemed(
+            connection, program_id, hold_id, hold.customer_id, capture, entry.id, entry.posted_at
+        )
     return _hold(updated)
 
 

@@ -17,6 +17,7 @@ from service.domain.clock import Clock
 from service.domain.errors import DomainError, HoldNotOpen
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
 from service.usecases.ledger import resolve_hold
+from service.usecases.lifecycle import emit_points_expired
 
 JOB_ACTOR = "job:{}"
 log = logging.getLogger("loyalty.jobs")
@@ -87,7 +88,8 @@ async def expire_points(program_id: str, clock: Clock) -> int:
                 kind="expiry",
                 metadata={"reason": "points expired", "as_of": now.isoformat()},
             )
-            await write_entry(connection, program_id, draft, actor=JOB_ACTOR.format("expire-points"), now=now)
+            written = await write_entry(connection, program_id, draft, actor=JOB_ACTOR.format("expire-points"), now=now)
+            await emit_points_expired(connection, program_id, customer_id, amount, written.id, written.posted_at)
             return True
 
         if await in_transaction(work):

@@ -40,6 +40,7 @@ from service.usecases import tiers
 from service.usecases.earning_rules import rules_in_force
 from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
+from service.usecases.lifecycle import emit_order_events
 
 RELEASE_ACTOR = "job:release-orders"
 
@@ -176,6 +177,9 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "release_at": release_at(order.placed_at, returns.window_days, settings.zone),
                 "created_at": now,
             },
+        )
+        await emit_order_events(
+            connection, program_id, row, expires_at(settings.expiry, order.placed_at, settings.zone)
         )
         cause = f"order {placement.order_id} at shop {shop_id}"
         await tiers.after_order(connection, program_id, placement.customer_id, settings.zone, now, cause)

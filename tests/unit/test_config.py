@@ -23,6 +23,15 @@ NUMERIC_VARIABLES = {
     "LOYALTY_MAX_BODY_BYTES": "max_body_bytes",
     "LOYALTY_CUSTOMER_TOKEN_TTL_S": "customer_token_ttl_s",
     "LOYALTY_JOB_INTERVAL_S": "job_interval_s",
+    "LOYALTY_WEBHOOK_TIMEOUT_S": "webhook_timeout_s",
+    "LOYALTY_WEBHOOK_RETRY_BASE_S": "webhook_retry_base_s",
+    "LOYALTY_WEBHOOK_RETRY_MAX_DELAY_S": "webhook_retry_max_delay_s",
+    "LOYALTY_WEBHOOK_RETRY_FOR_S": "webhook_retry_for_s",
+    "LOYALTY_WEBHOOK_DISABLE_AFTER": "webhook_disable_after",
+    "LOYALTY_WEBHOOK_INTERVAL_S": "webhook_interval_s",
+    "LOYALTY_EXPIRING_SOON_DAYS": "expiring_soon_days",
+    "LOYALTY_WIN_BACK_DAYS": "win_back_days",
+    "LOYALTY_CROSS_SELL_ORDERS": "cross_sell_orders",
 }
 
 
@@ -141,6 +150,18 @@ BAD_VALUES = [
     ("LOYALTY_JOB_INTERVAL_S", "-30"),
     ("LOYALTY_JOB_INTERVAL_S", "0"),
     ("LOYALTY_JOB_INTERVAL_S", "NaN"),
+    ("LOYALTY_WEBHOOK_TIMEOUT_S", "0"),
+    ("LOYALTY_WEBHOOK_TIMEOUT_S", "61"),
+    ("LOYALTY_WEBHOOK_RETRY_BASE_S", "-5"),
+    ("LOYALTY_WEBHOOK_RETRY_MAX_DELAY_S", "inf"),
+    ("LOYALTY_WEBHOOK_RETRY_FOR_S", "3000000"),
+    ("LOYALTY_WEBHOOK_DISABLE_AFTER", "0"),
+    ("LOYALTY_WEBHOOK_DISABLE_AFTER", "ten"),
+    ("LOYALTY_WEBHOOK_INTERVAL_S", "0"),
+    ("LOYALTY_EXPIRING_SOON_DAYS", "0"),
+    ("LOYALTY_EXPIRING_SOON_DAYS", "366"),
+    ("LOYALTY_WIN_BACK_DAYS", "60.5"),
+    ("LOYALTY_CROSS_SELL_ORDERS", "1001"),
     ("DATABASE_URL", "mysql://db/loyalty"),
     ("DATABASE_URL", "db.internal:5432"),
     ("LOYALTY_DATABASE_NAME", 'loyalty"; DROP DATABASE postgres; --'),
@@ -242,3 +263,30 @@ def test_cli_rejects_an_unknown_command(tmp_path: Path) -> None:
     result = _run_cli(["frobnicate"], {}, tmp_path)
     assert result.returncode == 2
     assert "frobnicate" in result.stderr
+
+
+def test_event_and_webhook_settings() -> None:
+    defaults = load_settings({})
+    assert (defaults.webhook_timeout_s, defaults.webhook_retry_for_s, defaults.webhook_disable_after) == (
+        5.0,
+        86_400,
+        50,
+    )
+    assert (defaults.webhook_retry_base_s, defaults.webhook_retry_max_delay_s, defaults.webhook_interval_s) == (
+        5.0,
+        3600.0,
+        1.0,
+    )
+    assert (defaults.expiring_soon_days, defaults.win_back_days, defaults.cross_sell_orders) == (7, 60, 3)
+    loaded = load_settings(
+        {
+            "LOYALTY_WEBHOOK_TIMEOUT_S": "2.5",
+            "LOYALTY_WEBHOOK_RETRY_FOR_S": "600",
+            "LOYALTY_WEBHOOK_DISABLE_AFTER": "5",
+            "LOYALTY_EXPIRING_SOON_DAYS": "14",
+            "LOYALTY_WIN_BACK_DAYS": "90",
+            "LOYALTY_CROSS_SELL_ORDERS": "4",
+        }
+    )
+    assert (loaded.webhook_timeout_s, loaded.webhook_retry_for_s, loaded.webhook_disable_after) == (2.5, 600.0, 5)
+    assert (loaded.expiring_soon_days, loaded.win_back_days, loaded.cross_sell_orders) == (14, 90, 4)

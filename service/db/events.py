@@ -1,0 +1,154 @@
+"""The event outbox: emit inside the causing transaction, publish in visibility order, read the feed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from service.domain.events import AnyEvent, EventType, check_payload, to_event
+from service.domain.ids import new_id
+
+EVENT_COLUMNS = "seq, id, type, customer_id, payload, occurred_at"
+
+
+async def emit(
+    connection: asyncpg.Connection,
+    program_id: str,
+    type: EventType,
+    payload: msgspec.Struct,
+    customer_id: str | None = None,
+    *,
+    occurred_at: datetime,
+) -> str:
+    """Append an event to the outbox in the caller's transaction; returns its id.
+
+    A transaction that rolls back (or a savepoint, as a refused idempotent request's does)
+    takes the event with it, so nothing is ever published for what did not happen.
+    """
+    check_payload(type, payload)
+    event_id = new_id("evt", int(occurred_at.timestamp() * 1000))
+    await connection.execute(
+        "INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+        program_id,
+        event_id,
+        type.value,
+        customer_id,
+        msgspec.json.encode(payload).decode(),
+        occurred_at,
+    )
+    return event_id
+
+
+async def emit_once(
+    connection: asyncpg.Connection,
+    program_id: str,
+    key: str,
+    type: EventType,
+    payload: msgspec.Struct,
+    customer_id: str | None = None,
+    *,
+    occurred_at: datetime,
+) -> bool:
+    """Emit unless an event was emitted under `key` before (a record in `event_marks`);
+    concurrent callers with one key take turns on its row, and one of them emits."""
+    event_id = new_id("evt", int(occurred_at.timestamp() * 1000))
+    inserted = await connection.fetchval(
+        "INSERT INTO event_marks (program_id, key, event_id, created_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (program_id, key) DO NOTHING RETURNING true",
+        program_id,
+        key,
+        event_id,
+        occurred_at,
+    )
+    if not inserted:
+        return False
+    await emit(connection, program_id, type, payload, customer_id, occurred_at=occurred_at)
+    return True
+
+
+PUBLISH_LOCK = "publish-events:"
+
+
+async def publish_batch(connection: asyncpg.Connection, program_id: str, now: datetime, batch: int) -> int:
+    """Move up to `batch` outbox rows of a program into `events`, numbered after the last
+    published one in outbox order, and create their deliveries to the enabled endpoints
+    that take their type. One publisher per program at a time: a second gives up at once.
+    Returns how many were published."""
+    locked = await connection.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || $2, 0))", PUBLISH_LOCK, program_id
+    )
+    if not locked:
+        return 0
+    # Statements after the lock see every publisher that committed before it.
+    published = await connection.fetch(
+        "WITH taken AS ("
+        "  DELETE FROM event_outbox WHERE program_id = $1 AND id IN ("
+        "    SELECT id FROM event_outbox WHERE program_id = $1 ORDER BY position LIMIT $2)"
+        "  RETURNING *),"
+        " last AS (SELECT coalesce(max(seq), 0) AS seq FROM events WHERE program_id = $1)"
+        " INSERT INTO events (program_id, seq, id, type, customer_id, payload, occurred_at, published_at)"
+        " SELECT $1, last.seq + row_number() OVER (ORDER BY t.position), t.id, t.type, t.customer_id,"
+        " t.payload, t.occurred_at, $3 FROM taken t CROSS JOIN last"
+        " RETURNING seq, id, type, customer_id",
+        program_id,
+        batch,
+        now,
+    )
+    if not published:
+        return 0
+    endpoints = await connection.fetch(
+        "SELECT id, event_types FROM webhook_endpoints WHERE program_id = $1 AND enabled", program_id
+    )
+    deliveries: list[tuple[str, str, str, int, str | None]] = []
+    for event in sorted(published, key=lambda row: row["seq"]):
+        for endpoint in endpoints:
+            if event["type"] in endpoint["event_types"]:
+                deliveries.append((new_id("dlv"), endpoint["id"], event["id"], event["seq"], event["customer_id"]))
+    if deliveries:
+        ids, endpoint_ids, event_ids, seqs, customers = (list(column) for column in zip(*deliveries, strict=True))
+        await connection.execute(
+            "INSERT INTO webhook_deliveries (program_id, id, endpoint_id, event_id, event_seq, customer_id,"
+            " status, next_attempt_at, retry_from, created_at, updated_at)"
+            " SELECT $1, d.id, d.endpoint_id, d.event_id, d.seq, d.customer_id, 'pending', $7, $7, $7, $7"
+            " FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])"
+            " AS d (id, endpoint_id, event_id, seq, customer_id)",
+            program_id,
+            ids,
+            endpoint_ids,
+            event_ids,
+            seqs,
+            customers,
+            now,
+        )
+    return len(published)
+
+
+def event_from_row(row: asyncpg.Record) -> AnyEvent:
+    """An event row as receivers see it."""
+    return to_event(row["id"], row["seq"], row["type"], row["occurred_at"], row["customer_id"], row["payload"])
+
+
+async def feed(
+    connection: asyncpg.Connection, program_id: str, after: int, limit: int, types: list[str] | None
+) -> tuple[list[AnyEvent], int]:
+    """Published events after `after` in seq order (of the given types), and the seq up to
+    which the page covers the feed: the last item's, or the last published one's when the
+    page is not full (the types filter may have skipped some)."""
+    # one statement, one snapshot: the page and the last published seq agree
+    rows = await connection.fetch(
+        f"WITH last AS (SELECT coalesce(max(seq), 0) AS last_seq FROM events WHERE program_id = $1),"
+        f" page AS (SELECT {EVENT_COLUMNS} FROM events WHERE program_id = $1 AND seq > $2"
+        f" AND ($4::text[] IS NULL OR type = ANY($4::text[])) ORDER BY seq LIMIT $3)"
+        f" SELECT last.last_seq, page.* FROM last LEFT JOIN page ON true ORDER BY page.seq",
+        program_id,
+        after,
+        limit,
+        types,
+    )
+    events = [event_from_row(row) for row in rows if row["id"] is not None]
+    if len(events) == limit:
+        return events, rows[-1]["seq"]
+    return events, max(after, rows[0]["last_seq"])

@@ -1,0 +1,295 @@
+"""The webhook dispatcher: publish the outbox, claim due deliveries, send them signed, record
+what happened (retry with back-off, give up after the retry period, disable a failing endpoint).
+
+At-least-once: a delivery is claimed with `FOR UPDATE SKIP LOCKED` and a lease (its
+`claimed_until`) in a short transaction, sent outside any transaction, and confirmed in
+another. A dispatcher that dies between the two leaves the lease to run out, and the
+delivery is due again: receivers de-duplicate by `webhook-id` (the event id). Several
+dispatchers may run at once; a claimed delivery is invisible to the others until its lease
+ends. A customer's events reach an endpoint in order: a delivery is not claimed while an
+earlier event of the same customer to the same endpoint is still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from datetime import timedelta
+
+import asyncpg
+import httpx
+import msgspec
+
+from service.config import Settings
+from service.db import events as event_rows
+from service.db.transaction import in_transaction, transaction
+from service.domain.clock import Clock
+from service.domain.webhooks import RetryPolicy, headers, is_success, next_attempt, should_disable
+
+log = logging.getLogger("loyalty.webhooks")
+
+USER_AGENT = "loyalty-webhooks/1"
+MAX_ERROR_CHARS = 500
+
+
+class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the dispatcher sends: timeouts, retries, when to disable, batch sizes."""
+
+    timeout_s: float = 5.0
+    retry: RetryPolicy = RetryPolicy()
+    disable_after: int = 50  # consecutive failed attempts
+    batch: int = 100  # deliveries claimed at once per program
+    concurrency: int = 16  # requests in flight per dispatcher
+    interval_s: float = 1.0  # pause when there is nothing to do
+    publish_batch: int = 1000
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim lasts: well past the longest a send may take."""
+        return timedelta(seconds=self.timeout_s * 2 + 30)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchConfig:
+        return cls(
+            timeout_s=settings.webhook_timeout_s,
+            retry=RetryPolicy(
+                base_delay_s=settings.webhook_retry_base_s,
+                max_delay_s=settings.webhook_retry_max_delay_s,
+                retry_for_s=settings.webhook_retry_for_s,
+            ),
+            disable_after=settings.webhook_disable_after,
+            interval_s=settings.webhook_interval_s,
+        )
+
+
+class DispatchReport(msgspec.Struct, kw_only=True):
+    published: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    gave_up: int = 0
+    endpoints_disabled: int = 0
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    program_id: str
+    delivery_id: str
+    claim: str
+    url: str
+    secret: str
+    event_id: str
+    body: bytes
+
+
+async def publish_events(program_id: str, clock: Clock, batch: int = 1000) -> int:
+    """Publish the program's outbox (numbered into the feed, fanned out to deliveries)."""
+    total = 0
+    while True:
+        published = await in_transaction(
+            lambda connection: event_rows.publish_batch(connection, program_id, clock.now(), batch)
+        )
+        total += published
+        if published < batch:
+            return total
+
+
+_CLAIM = """
+WITH due AS (
+    SELECT d.id FROM webhook_deliveries d
+      JOIN webhook_endpoints w ON w.program_id = d.program_id AND w.id = d.endpoint_id
+     WHERE d.program_id = $1 AND d.status = 'pending' AND d.next_attempt_at <= $2
+       AND (d.claimed_until IS NULL OR d.claimed_until <= $2) AND w.enabled
+       AND (d.customer_id IS NULL OR NOT EXISTS (
+            SELECT FROM webhook_deliveries earlier
+             WHERE earlier.program_id = d.program_id AND earlier.endpoint_id = d.endpoint_id
+               AND earlier.customer_id = d.customer_id AND earlier.status = 'pending'
+               AND earlier.event_seq < d.event_seq))
+     ORDER BY d.next_attempt_at, d.event_seq
+     LIMIT $3
+       FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d SET claimed_until = $4, claim = $5, updated_at = $2
+  FROM due, events e, webhook_endpoints w
+ WHERE d.program_id = $1 AND d.id = due.id
+   AND e.program_id = d.program_id AND e.seq = d.event_seq
+   AND w.program_id = d.program_id AND w.id = d.endpoint_id
+RETURNING d.id AS delivery_id, w.url, w.secret, e.seq, e.id, e.type, e.customer_id, e.payload, e.occurred_at
+"""
+
+
+async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> list[Claimed]:
+    """Claim up to a batch of due deliveries of a program for this dispatcher."""
+    now = clock.now()
+    claim = secrets.token_hex(8)
+
+    async def work(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await connection.fetch(
+            _CLAIM, program_id, now, config.batch, now + config.lease, claim
+        )
+        return rows
+
+    rows = await in_transaction(work)
+    return [
+        Claimed(
+            program_id=program_id,
+            delivery_id=row["delivery_id"],
+            claim=claim,
+            url=row["url"],
+            secret=row["secret"],
+            event_id=row["id"],
+            body=msgspec.json.encode(event_rows.event_from_row(row)),
+        )
+        for row in rows
+    ]
+
+
+async def send(client: httpx.AsyncClient, claimed: Claimed, clock: Clock, timeout_s: float) -> tuple[int | None, str]:
+    """POST one signed message; (status code, error): a code of None means no answer."""
+    timestamp = int(clock.now().timestamp())
+    request_headers = {
+        **headers(claimed.secret, claimed.event_id, timestamp, claimed.body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+    try:
+        async with asyncio.timeout(timeout_s):  # a bound on the whole exchange, not per read
+            async with client.stream("POST", claimed.url, content=claimed.body, headers=request_headers) as answer:
+                return answer.status_code, ("" if is_success(answer.status_code) else f"HTTP {answer.status_code}")
+    except TimeoutError:
+        return None, f"no answer within {timeout_s:g} s"
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
+        return None, f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+async def record(claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig) -> str:
+    """Store the outcome of an attempt: `delivered`, `retry`, `failed`, or `stale` when this
+    dispatcher's claim was lost (its lease ran out and another took the delivery)."""
+    now = clock.now()
+
+    async def work(connection: asyncpg.Connection) -> str:
+        row = await connection.fetchrow(
+            "SELECT endpoint_id, attempts, retry_from FROM webhook_deliveries"
+            " WHERE program_id = $1 AND id = $2 AND claim = $3 FOR UPDATE",
+            claimed.program_id,
+            claimed.delivery_id,
+            claimed.claim,
+        )
+        if row is None:
+            return "stale"
+        attempts = row["attempts"] + 1
+        if status is not None and is_success(status):
+            await connection.execute(
+                "UPDATE webhook_deliveries SET status = 'delivered', attempts = $3, delivered_at = $4,"
+                " last_attempt_at = $4, last_status_code = $5, last_error = NULL, claimed_until = NULL,"
+                " claim = NULL, updated_at = $4 WHERE program_id = $1 AND id = $2",
+                claimed.program_id,
+                claimed.delivery_id,
+                attempts,
+                now,
+                status,
+            )
+            await connection.execute(
+                "UPDATE webhook_endpoints SET consecutive_failures = 0"
+                " WHERE program_id = $1 AND id = $2 AND consecutive_failures <> 0",
+                claimed.program_id,
+                row["endpoint_id"],
+            )
+            return "delivered"
+        retry_at = next_attempt(config.retry, attempts, row["retry_from"], now)
+        await connection.execute(
+            "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_at = coalesce($5, next_attempt_at),"
+            " last_attempt_at = $6, last_status_code = $7, last_error = $8, claimed_until = NULL, claim = NULL,"
+            " updated_at = $6 WHERE program_id = $1 AND id = $2",
+            claimed.program_id,
+            claimed.delivery_id,
+            "pending" if retry_at else "failed",
+            attempts,
+            retry_at,
+            now,
+            status,
+            error,
+        )
+        failures = await connection.fetchval(
+            "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1"
+            " WHERE program_id = $1 AND id = $2 RETURNING consecutive_failures",
+            claimed.program_id,
+            row["endpoint_id"],
+        )
+        if failures is not None and should_disable(failures, config.disable_after):
+            disabled = await connection.fetchval(
+                "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $3, updated_at = $4"
+                " WHERE program_id = $1 AND id = $2 AND enabled RETURNING true",
+                claimed.program_id,
+                row["endpoint_id"],
+                f"{failures} consecutive failed attempts; the last: {error}"[:MAX_ERROR_CHARS],
+                now,
+            )
+            if disabled:
+                log.warning("webhook endpoint %s disabled after %d failures", row["endpoint_id"], failures)
+                return "disabled"
+        return "retry" if retry_at else "failed"
+
+    return await in_transaction(work)
+
+
+async def dispatch_program(
+    program_id: str, clock: Clock, config: DispatchConfig, client: httpx.AsyncClient, max_rounds: int = 50
+) -> DispatchReport:
+    """Publish a program's outbox and send its due deliveries, round after round while some
+    were due (the next event of a customer becomes due when the one before it is delivered)."""
+    report = DispatchReport(published=await publish_events(program_id, clock, config.publish_batch))
+    limit = asyncio.Semaphore(config.concurrency)
+
+    async def deliver(claimed: Claimed) -> str:
+        async with limit:
+            status, error = await send(client, claimed, clock, config.timeout_s)
+        return await record(claimed, status, error, clock, config)
+
+    for _ in range(max_rounds):
+        claimed = await claim_due(program_id, clock, config)
+        if not claimed:
+            break
+        outcomes = await asyncio.gather(*(deliver(one) for one in claimed))
+        report.delivered += outcomes.count("delivered")
+        report.failed_attempts += len(outcomes) - outcomes.count("delivered") - outcomes.count("stale")
+        report.gave_up += outcomes.count("failed")
+        report.endpoints_disabled += outcomes.count("disabled")
+    return report
+
+
+def new_client(config: DispatchConfig) -> httpx.AsyncClient:
+    """The HTTP client of a dispatcher: no redirects, no proxies from the environment."""
+    return httpx.AsyncClient(timeout=config.timeout_s, follow_redirects=False, trust_env=False)
+
+
+async def dispatch_once(
+    clock: Clock, config: DispatchConfig, client: httpx.AsyncClient | None = None
+) -> DispatchReport:
+    """One pass over every program."""
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(new_client(config))
+        async with transaction() as connection:
+            programs = [row["id"] for row in await connection.fetch("SELECT id FROM programs ORDER BY id")]
+        total = DispatchReport()
+        for program_id in programs:
+            report = await dispatch_program(program_id, clock, config, client)
+            for field in msgspec.structs.fields(DispatchReport):
+                setattr(total, field.name, getattr(total, field.name) + getattr(report, field.name))
+        return total
+
+
+async def dispatch_forever(clock: Clock, config: DispatchConfig) -> None:
+    """The dispatcher loop of the scheduler: a pass, then a pause of `interval_s`."""
+    async with new_client(config) as client:
+        while True:
+            try:
+                report = await dispatch_once(clock, config, client)
+                if report.failed_attempts or report.endpoints_disabled:
+                    log.info("webhooks dispatched", extra={"fields": msgspec.structs.asdict(report)})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook dispatch failed; retrying next round")
+            await asyncio.sleep(config.interval_s)

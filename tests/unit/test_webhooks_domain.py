@@ -1,0 +1,144 @@
+"""Standard Webhooks signing, the retry schedule, and the event catalogue (no database)."""
+
+from __future__ import annotations
+
+import base64
+import random
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.domain.events import CATALOGUE, AnyEvent, EventType, check_payload, payload_schema, to_event
+from service.domain.webhooks import (
+    RetryPolicy,
+    headers,
+    is_success,
+    new_secret,
+    next_attempt,
+    retry_delay,
+    secret_bytes,
+    should_disable,
+    sign,
+    verify,
+)
+
+# The reference vector of the Standard Webhooks libraries.
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+MESSAGE_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+TIMESTAMP = 1614265330
+BODY = b'{"test": 2432232314}'
+
+
+def test_the_signature_matches_the_reference_vector() -> None:
+    assert sign(SECRET, MESSAGE_ID, TIMESTAMP, BODY) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_a_receiver_verifies_the_headers() -> None:
+    sent = headers(SECRET, MESSAGE_ID, TIMESTAMP, BODY)
+    assert sent["webhook-id"] == MESSAGE_ID and sent["webhook-timestamp"] == str(TIMESTAMP)
+    assert verify(SECRET, sent, BODY, TIMESTAMP + 10)
+    assert not verify(SECRET, sent, BODY + b" ", TIMESTAMP)  # body changed
+    assert not verify(SECRET, sent | {"webhook-id": "msg_other"}, BODY, TIMESTAMP)
+    assert not verify(SECRET, sent, BODY, TIMESTAMP + 301)  # too old: a replay
+    assert not verify(SECRET, sent, BODY, TIMESTAMP - 301)  # from the future
+    assert not verify(new_secret(), sent, BODY, TIMESTAMP)
+    assert not verify(SECRET, {"webhook-id": MESSAGE_ID}, BODY, TIMESTAMP)  # headers missing
+    assert not verify(SECRET, sent | {"webhook-timestamp": "soon"}, BODY, TIMESTAMP)
+    # during a secret rotation several signatures may be sent; one match is enough
+    rotated = sent | {"webhook-signature": f"v1,bm90IGl0 {sent['webhook-signature']}"}
+    assert verify(SECRET, rotated, BODY, TIMESTAMP)
+
+
+def test_secrets_are_whsec_and_base64_of_random_bytes() -> None:
+    secret = new_secret()
+    assert secret.startswith("whsec_")
+    assert secret_bytes(secret) == base64.b64decode(secret.removeprefix("whsec_"))
+    assert len(secret_bytes(secret)) == 24
+    assert new_secret() != secret
+    with pytest.raises(ValueError, match="base64"):
+        secret_bytes("whsec_not*base64")
+
+
+def test_only_2xx_is_success() -> None:
+    assert [is_success(code) for code in (200, 204, 299, 301, 404, 500)] == [True, True, True, False, False, False]
+
+
+def test_an_endpoint_is_disabled_after_n_consecutive_failures() -> None:
+    assert not should_disable(2, 3)
+    assert should_disable(3, 3)
+
+
+POLICY = RetryPolicy(base_delay_s=5.0, max_delay_s=3600.0, retry_for_s=86_400.0)
+
+
+def test_the_retry_delays_grow_exponentially_with_jitter_up_to_the_cap() -> None:
+    low, high = random.Random(0), random.Random(0)
+    low.uniform = lambda a, b: a  # type: ignore[method-assign]
+    high.uniform = lambda a, b: b  # type: ignore[method-assign]
+    assert [retry_delay(POLICY, n, high).total_seconds() for n in range(1, 6)] == [5, 10, 20, 40, 80]
+    assert [retry_delay(POLICY, n, low).total_seconds() for n in range(1, 4)] == [2.5, 5, 10]
+    assert retry_delay(POLICY, 20, high) == timedelta(hours=1)
+    assert retry_delay(POLICY, 10_000, high) == timedelta(hours=1)  # no overflow
+
+
+def test_retries_stop_after_the_retry_period() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    assert next_attempt(POLICY, 1, start, start) is not None
+    assert next_attempt(POLICY, 30, start, start + timedelta(hours=23, minutes=59)) is None
+    # a day of retries at most: with the cap of an hour, about 30 attempts
+    now, attempts, rng = start, 0, random.Random(7)
+    while (due := next_attempt(POLICY, attempts + 1, start, now, rng)) is not None:
+        now, attempts = due, attempts + 1
+    assert now <= start + timedelta(days=1)
+    assert 25 <= attempts <= 60
+
+
+@given(
+    attempts=st.integers(min_value=1, max_value=200),
+    base=st.floats(min_value=0.01, max_value=100),
+    cap=st.floats(min_value=0.01, max_value=10_000),
+    seed=st.integers(),
+)
+def test_a_delay_is_between_half_and_all_of_the_capped_exponential(
+    attempts: int, base: float, cap: float, seed: int
+) -> None:
+    policy = RetryPolicy(base_delay_s=base, max_delay_s=cap, retry_for_s=1.0)
+    full = min(base * 2.0 ** (attempts - 1), cap)
+    delay = retry_delay(policy, attempts, random.Random(seed)).total_seconds()
+    assert full / 2 - 1e-6 <= delay <= full + 1e-6
+
+
+def test_the_catalogue_covers_every_type_with_a_schema_and_an_envelope() -> None:
+    assert set(CATALOGUE) == set(EventType)
+    for event_type, entry in CATALOGUE.items():
+        schema = payload_schema(event_type)
+        assert "$defs" in schema and "customer_id" in str(schema)
+        assert entry.envelope.__struct_config__.tag == event_type.value
+    emitted = {event_type.value for event_type, entry in CATALOGUE.items() if entry.emitted}
+    assert {"customer.enrolled", "purchase.first", "points.earned", "customer.win_back_due"} <= emitted
+    assert "tier.upgraded" not in emitted
+
+
+def test_an_event_is_encoded_with_its_type_and_typed_data() -> None:
+    payload = b'{"customer_id":"cus_1","points":5,"entry_id":9}'
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = to_event("evt_1", 3, "points.expired", at, "cus_1", payload)
+    assert msgspec.json.decode(msgspec.json.encode(event)) == {
+        "type": "points.expired",
+        "id": "evt_1",
+        "seq": 3,
+        "timestamp": "2026-01-01T00:00:00Z",
+        "customer_id": "cus_1",
+        "data": {"customer_id": "cus_1", "points": 5, "entry_id": 9},
+    }
+    assert msgspec.json.decode(msgspec.json.encode(event), type=AnyEvent) == event
+
+
+def test_a_payload_must_be_its_types_struct() -> None:
+    entry = CATALOGUE[EventType.POINTS_EXPIRED]
+    check_payload(EventType.POINTS_EXPIRED, entry.payload(customer_id="c", points=1, entry_id=1))
+    with pytest.raises(TypeError):
+        check_payload(EventType.POINTS_REDEEMED, entry.payload(customer_id="c", points=1, entry_id=1))
