@@ -16,6 +16,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from service.config import Settings
 from service.db.engine import close_pool, start_pool
 from service.domain.clock import Clock, SystemClock
+from service.domain.rate_limit import RateLimiter
 from service.http.auth import CredentialMiddleware, exclude_public_paths
 from service.http.controllers import (
     admin,
@@ -45,6 +46,12 @@ API_DESCRIPTION = """Loyalty points and referrals on a double-entry ledger.
 Authenticate with `Authorization: Bearer <key>`: an API key (scopes `checkout`, `admin`,
 `finance`) or a customer token for the app. Errors are RFC 9457 problem+json documents.
 Writes accept an `Idempotency-Key` header."""
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter | None:
+    if not settings.rate_limit_per_s:
+        return None
+    return RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
 
 def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Litestar:
@@ -96,7 +103,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State({"clock": clock or SystemClock(), "settings": settings}),
+        state=State({"clock": clock or SystemClock(), "settings": settings, "rate_limiter": _rate_limiter(settings)}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Loyalty ledger API",

@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     expiring_soon_days: int = 7
     win_back_days: int = 60
     cross_sell_orders: int = 3
+    rate_limit_per_s: float = 1000.0  # per credential and process; 0 turns limits off
+    rate_limit_burst: int = 2000
 
 
 _VARIABLES: dict[str, tuple[str, type]] = {
@@ -69,6 +71,8 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "LOYALTY_EXPIRING_SOON_DAYS": ("expiring_soon_days", int),
     "LOYALTY_WIN_BACK_DAYS": ("win_back_days", int),
     "LOYALTY_CROSS_SELL_ORDERS": ("cross_sell_orders", int),
+    "LOYALTY_RATE_LIMIT_PER_S": ("rate_limit_per_s", float),
+    "LOYALTY_RATE_LIMIT_BURST": ("rate_limit_burst", int),
 }
 
 _POSITIVE = {
@@ -148,6 +152,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"LOYALTY_CUSTOMER_TOKEN_TTL_S must be between 60 and 86400, got {settings.customer_token_ttl_s}"
         )
+    if not (math.isfinite(settings.rate_limit_per_s) and settings.rate_limit_per_s >= 0):
+        raise SettingsError(f"LOYALTY_RATE_LIMIT_PER_S must be 0 (off) or more, got {settings.rate_limit_per_s}")
+    if settings.rate_limit_burst < 1:
+        raise SettingsError(f"LOYALTY_RATE_LIMIT_BURST must be at least 1, got {settings.rate_limit_burst}")
     if settings.port > 65535:
         raise SettingsError(f"LOYALTY_PORT must be at most 65535, got {settings.port}")
     if not _DATABASE_NAME.fullmatch(settings.database_name):

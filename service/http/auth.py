@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from litestar import Request
@@ -14,6 +15,7 @@ from litestar.types import Scope as AsgiScope
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.errors import Forbidden, Unauthorized
+from service.domain.rate_limit import RateLimiter
 from service.http.body import require_json_body
 from service.http.problems import domain_error_handler
 from service.usecases.programs import authenticate
@@ -54,7 +56,8 @@ def exclude_public_paths() -> list[str]:
 
 
 class ScopeGuard:
-    """A guard admitting only principals with one of its scopes, then only a JSON body.
+    """A guard admitting only principals with one of its scopes, within the credential's
+    rate limit, then only a JSON body.
 
     Every protected route passes through this guard, so the body check (which must come
     after the scope check: a finance key gets 403, not 415) lives here rather than in
@@ -71,6 +74,9 @@ class ScopeGuard:
         if principal.scope not in self.scopes:
             names = ", ".join(sorted(scope.value for scope in self.scopes))
             raise Forbidden(f"this operation needs one of the scopes: {names}", scope=principal.scope.value)
+        limiter: RateLimiter | None = connection.app.state.get("rate_limiter")
+        if limiter is not None:
+            limiter.check(principal.actor, time.monotonic())
         await require_json_body(connection, route_handler)
 
 

@@ -82,6 +82,8 @@ def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) ->
     """A refusal by the product's rules."""
     # RFC 9110: a 401 must say which authentication scheme would be accepted.
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    if error.status == 429:
+        headers = {"Retry-After": str(error.extra.get("retry_after_s", 1))}
     body = domain_problem(error, request.url.path)
     return Response(content=body, status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 

@@ -162,6 +162,10 @@ BAD_VALUES = [
     ("LOYALTY_EXPIRING_SOON_DAYS", "366"),
     ("LOYALTY_WIN_BACK_DAYS", "60.5"),
     ("LOYALTY_CROSS_SELL_ORDERS", "1001"),
+    ("LOYALTY_RATE_LIMIT_PER_S", "-1"),
+    ("LOYALTY_RATE_LIMIT_PER_S", "inf"),
+    ("LOYALTY_RATE_LIMIT_BURST", "0"),
+    ("LOYALTY_RATE_LIMIT_BURST", "1.5"),
     ("DATABASE_URL", "mysql://db/loyalty"),
     ("DATABASE_URL", "db.internal:5432"),
     ("LOYALTY_DATABASE_NAME", 'loyalty"; DROP DATABASE postgres; --'),
@@ -290,3 +294,9 @@ def test_event_and_webhook_settings() -> None:
     )
     assert (loaded.webhook_timeout_s, loaded.webhook_retry_for_s, loaded.webhook_disable_after) == (2.5, 600.0, 5)
     assert (loaded.expiring_soon_days, loaded.win_back_days, loaded.cross_sell_orders) == (14, 90, 4)
+
+
+def test_rate_limits_default_to_generous_and_zero_turns_them_off() -> None:
+    assert (Settings().rate_limit_per_s, Settings().rate_limit_burst) == (1000.0, 2000)
+    loaded = load_settings({"LOYALTY_RATE_LIMIT_PER_S": "0", "LOYALTY_RATE_LIMIT_BURST": "10"})
+    assert (loaded.rate_limit_per_s, loaded.rate_limit_burst) == (0.0, 10)
