@@ -31,6 +31,7 @@ from service.http.controllers import (
     orders,
     problems,
     redemptions,
+    referrals,
     tiers,
     webhooks,
 )
@@ -93,6 +94,10 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             tiers.TierConfigController,
             tiers.CustomerTierController,
             tiers.MyTierController,
+            referrals.ReferralProgramController,
+            referrals.ReferralCodeController,
+            referrals.CustomerReferralController,
+            referrals.MyReferralController,
             webhooks.WebhookController,
             events.EventController,
         ],

@@ -159,6 +159,17 @@ async def insert_grant(connection: asyncpg.Connection, program_id: str, grant: T
     )
 
 
+async def end_grant(connection: asyncpg.Connection, program_id: str, grant_id: str, now: datetime) -> None:
+    """Move a grant's end to now (to just after its start, if it started now)."""
+    await connection.execute(
+        "UPDATE tier_grants SET ends_at = greatest($3, starts_at + interval '1 microsecond')"
+        " WHERE program_id = $1 AND id = $2 AND ends_at > $3",
+        program_id,
+        grant_id,
+        now,
+    )
+
+
 async def grants_in_force(
     connection: asyncpg.Connection, program_id: str, customer_id: str, now: datetime
 ) -> list[TierGrant]:

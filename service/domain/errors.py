@@ -89,3 +89,86 @@ class Forbidden(DomainError):
     problem_type = "forbidden"
     title = "Not allowed for this credential"
     status = 403
+
+
+# --- Referral refusals: each names the rule that refused (`rule`), and changes nothing ---
+
+
+class ReferralsDisabled(DomainError):
+    """The program does not take referral codes now (its referral settings are disabled)."""
+
+    problem_type = "referrals-disabled"
+    title = "Referrals are not enabled"
+    status = 409
+
+
+class ReferralCodeDisabled(DomainError):
+    """An admin disabled the referral code; `reason` says why."""
+
+    problem_type = "referral-code-disabled"
+    title = "The referral code is disabled"
+    status = 409
+
+
+class SelfReferral(DomainError):
+    """A customer tried to redeem their own referral code."""
+
+    problem_type = "referral-self-referral"
+    title = "Self-referral is not allowed"
+    status = 409
+
+
+class RefereeAlreadyReferred(DomainError):
+    """The customer has already redeemed a referral code (another one); a customer is referred once."""
+
+    problem_type = "referral-already-referred"
+    title = "The customer was already referred"
+    status = 409
+
+
+class RedeemWindowClosed(DomainError):
+    """The redeem window after the customer's enrolment has passed; `closed_at` says when it closed."""
+
+    problem_type = "referral-redeem-window-closed"
+    title = "Too late to redeem a referral code"
+    status = 409
+
+
+class RefereeHasOrders(DomainError):
+    """Only a customer without orders may redeem a referral code (fraud rule `referee_has_orders`)."""
+
+    problem_type = "referral-referee-has-orders"
+    title = "The customer already has orders"
+    status = 409
+
+
+class SharedEmail(DomainError):
+    """The referee's normalised email address is the referrer's (fraud rule `shared_email`)."""
+
+    problem_type = "referral-shared-email"
+    title = "Referrer and referee share an email address"
+    status = 409
+
+
+class SharedDevice(DomainError):
+    """A device hash of the referee is one of the referrer's (fraud rule `shared_device`)."""
+
+    problem_type = "referral-shared-device"
+    title = "Referrer and referee share a device"
+    status = 409
+
+
+class SharedPayment(DomainError):
+    """A payment fingerprint of the referee is one of the referrer's (fraud rule `shared_payment`)."""
+
+    problem_type = "referral-shared-payment"
+    title = "Referrer and referee share a payment method"
+    status = 409
+
+
+class ReferralCapReached(DomainError):
+    """The code's owner reached the program's cap of referrals per period; `cap` and `period_days` say which."""
+
+    problem_type = "referral-cap-reached"
+    title = "The referrer's cap is reached"
+    status = 409

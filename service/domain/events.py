@@ -299,10 +299,15 @@ CATALOGUE: dict[EventType, CatalogueEntry] = {
         _entry(EventType.TIER_UPGRADED, TierChanged, "loyalty", "The customer moved up a tier.", False),
         _entry(EventType.TIER_DOWNGRADED, TierChanged, "loyalty", "The customer moved down a tier.", False),
         _entry(EventType.TIER_DOWNGRADE_WARNING, TierDowngradeWarning, "loyalty", "A downgrade is coming.", False),
-        _entry(EventType.REFERRAL_REDEEMED, ReferralEvent, "referral", "A referee redeemed a code.", False),
-        _entry(EventType.REFERRAL_QUALIFIED, ReferralEvent, "referral", "The referee's order qualified.", False),
-        _entry(EventType.REFERRAL_REWARDED, ReferralEvent, "referral", "Both sides were rewarded.", False),
-        _entry(EventType.REFERRAL_CANCELLED, ReferralEvent, "referral", "The reward was clawed back.", False),
+        _entry(EventType.REFERRAL_REDEEMED, ReferralEvent, "referral", "A referee redeemed a code."),
+        _entry(EventType.REFERRAL_QUALIFIED, ReferralEvent, "referral", "The referee's order qualified."),
+        _entry(EventType.REFERRAL_REWARDED, ReferralEvent, "referral", "Both sides were rewarded."),
+        _entry(
+            EventType.REFERRAL_CANCELLED,
+            ReferralEvent,
+            "referral",
+            "The qualifying order was refunded; rewards already paid were clawed back.",
+        ),
         _entry(EventType.CHURN_RISK_RED, ChurnRiskRed, "win-back", "The churn-risk light turned red.", False),
     )
 }

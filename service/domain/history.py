@@ -203,6 +203,24 @@ def _reversal(entry: EntryFacts, words: Wording) -> str:
     return f"Correction of an earlier entry: {reason}" if reason else "Correction of an earlier entry"
 
 
+_REFERRAL_REASONS = {"referrer": "for referring a friend", "referee": "for joining through a friend's referral"}
+
+
+def _referral_reward(entry: EntryFacts, words: Wording) -> str:
+    text = f"Received {words.amount(_gain(entry.changes), _unit(entry.changes))}"
+    milestone = _count(entry.metadata, "milestone")
+    if milestone:
+        return f"{text} for reaching {milestone} successful referrals"
+    return f"{text} {_REFERRAL_REASONS.get(_text(entry.metadata, 'role') or '', 'for a referral')}"
+
+
+def _referral_clawback(entry: EntryFacts, words: Wording) -> str:
+    unit = _unit(entry.changes)
+    text = f"{words.amount(_loss(entry.changes), unit)} taken back: a referral was cancelled"
+    forgiven = _count(entry.metadata, "forgiven")
+    return f"{text} ({words.amount(forgiven, unit)} already spent, forgiven)" if forgiven else text
+
+
 def _other(entry: EntryFacts, words: Wording) -> str:
     return f"Balance changed ({entry.kind})"
 
@@ -219,6 +237,8 @@ DESCRIBERS: Mapping[str, Callable[[EntryFacts, Wording], str]] = {
     "adjustment.grant": _grant,
     "adjustment.deduct": _deduct,
     "reversal": _reversal,
+    "referral.reward": _referral_reward,
+    "referral.clawback": _referral_clawback,
 }
 
 

@@ -10,7 +10,7 @@ import msgspec
 from service.config import Settings
 from service.db.transaction import transaction
 from service.domain.clock import Clock
-from service.usecases import ledger_jobs, lifecycle, orders, tiers
+from service.usecases import ledger_jobs, lifecycle, orders, referrals, tiers
 from service.usecases.dispatch import DispatchConfig, dispatch_forever, publish_events
 from service.usecases.lifecycle import LifecycleRules
 
@@ -20,6 +20,7 @@ log = logging.getLogger("loyalty.jobs")
 class JobReport(msgspec.Struct, kw_only=True):
     program_id: str
     orders_released: int = 0
+    referrals_rewarded: int = 0
     tiers_reviewed: int = 0
     tier_grants_ended: int = 0
     holds_expired: int = 0
@@ -36,10 +37,11 @@ async def program_ids() -> list[str]:
 
 
 async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules | None = None) -> JobReport:
-    """Release orders past their return window, end granted tiers, review tiers, void
+    """Release orders past their return window, reward referrals, end granted tiers, review tiers, void
     expired holds, expire points, then seal the chain, for one program."""
     report = JobReport(program_id=program_id)
     report.orders_released = await orders.release_due_orders(program_id, clock)
+    report.referrals_rewarded = await referrals.reward_due(program_id, clock)
     report.tier_grants_ended = await tiers.end_grants(program_id, clock)
     report.tiers_reviewed = await tiers.review_due(program_id, clock)
     report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)

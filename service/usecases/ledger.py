@@ -99,7 +99,7 @@ async def adjust(principal: Principal, adjustment: Adjustment, key: str, clock: 
 
 # --- Reversals -----------------------------------------------------------------------
 
-NOT_REVERSIBLE = ("hold.", "order.", "reversal")  # holds resolve; orders are refunded
+NOT_REVERSIBLE = ("hold.", "order.", "referral.", "reversal")  # holds resolve; orders (and referrals) are refunded
 
 
 async def reverse(principal: Principal, entry_id: int, reason: str, key: str, clock: Clock) -> WrittenEntry:

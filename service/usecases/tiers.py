@@ -211,31 +211,54 @@ async def get_settings(program_id: str) -> TierSettings:
     return await in_transaction(work)
 
 
+async def grant_in(
+    connection: asyncpg.Connection,
+    program_id: str,
+    customer_id: str,
+    request: GrantRequest,
+    granted_by: str,
+    now: datetime,
+    field: str = "tier_code",
+) -> TierGrant:
+    """Grant a tier inside the caller's transaction (an admin's grant, a referral reward)."""
+    config = _required(await rows.load_config(connection, program_id))
+    if config.rank(request.tier_code) < 0:
+        raise InvalidInput(f"no tier {request.tier_code!r} is configured", field=field)
+    zone = (await ledger_settings(connection, program_id)).zone
+    tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+    grant = TierGrant(
+        id=new_id("tgr"),
+        customer_id=customer_id,
+        tier_code=request.tier_code,
+        starts_at=now,
+        ends_at=now + timedelta(days=request.days),
+        reason=request.reason,
+        granted_by=granted_by,
+    )
+    await rows.insert_grant(connection, program_id, grant)
+    await _settle(connection, program_id, config, tier, now, "grant", f"grant {grant.id}: {request.reason}")
+    return grant
+
+
+async def end_grant_in(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, grant_id: str, now: datetime, cause: str
+) -> None:
+    """End a grant now, inside the caller's transaction (a referral reward clawed back)."""
+    config = await rows.load_config(connection, program_id)
+    tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
+    await rows.end_grant(connection, program_id, grant_id, now)
+    await rows.close_grants(connection, program_id, customer_id, now)
+    if config is not None and tier is not None:
+        await _settle(connection, program_id, config, tier, now, "grant_ended", cause)
+
+
 async def grant_tier(
     principal: Principal, customer_id: str, request: GrantRequest, key: str, clock: Clock
 ) -> TierGrant:
     """Give a customer a tier for `days` days, as a floor above what they earn."""
 
     async def work(connection: asyncpg.Connection) -> TierGrant:
-        now = clock.now()
-        program_id = principal.program_id
-        config = _required(await rows.load_config(connection, program_id))
-        if config.rank(request.tier_code) < 0:
-            raise InvalidInput(f"no tier {request.tier_code!r} is configured", field="tier_code")
-        zone = (await ledger_settings(connection, program_id)).zone
-        tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
-        grant = TierGrant(
-            id=new_id("tgr"),
-            customer_id=customer_id,
-            tier_code=request.tier_code,
-            starts_at=now,
-            ends_at=now + timedelta(days=request.days),
-            reason=request.reason,
-            granted_by=principal.actor,
-        )
-        await rows.insert_grant(connection, program_id, grant)
-        await _settle(connection, program_id, config, tier, now, "grant", f"grant {grant.id}: {request.reason}")
-        return grant
+        return await grant_in(connection, principal.program_id, customer_id, request, principal.actor, clock.now())
 
     if not 1 <= request.days <= 3650:
         raise InvalidInput("days must be between 1 and 3650", field="days")

@@ -109,7 +109,21 @@ def entry(kind: str, changes: dict[str, int], metadata: dict[str, Any] | None = 
             entry("reversal", {"available": -500}, {"reason": "granted twice", "reversed_kind": "adjustment.grant"}),
             "Correction of an earlier entry: granted twice",
         ),
-        (entry("referral.reward", {"available": 10}), "Balance changed (referral.reward)"),
+        (entry("referral.reward", {"available": 10}), "Received 10 points for a referral"),
+        (
+            entry("referral.reward", {"available": 500}, {"role": "referrer"}),
+            "Received 500 points for referring a friend",
+        ),
+        (
+            entry("referral.reward", {"available": 1000}, {"role": "milestone", "milestone": 10}),
+            "Received 1,000 points for reaching 10 successful referrals",
+        ),
+        (
+            entry("referral.clawback", {"credit_available": -600}, {"forgiven": 400}),
+            "6.00 EUR of store credit taken back: a referral was cancelled"
+            " (4.00 EUR of store credit already spent, forgiven)",
+        ),
+        (entry("order.gift", {"available": 10}), "Balance changed (order.gift)"),
     ],
     ids=lambda value: value.kind if isinstance(value, EntryFacts) else "",
 )
