@@ -28,6 +28,7 @@ from service.http.controllers import (
     health,
     history,
     ledger,
+    metrics,
     orders,
     problems,
     redemptions,
@@ -100,6 +101,10 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             referrals.MyReferralController,
             webhooks.WebhookController,
             events.EventController,
+            metrics.MetricsController,
+            metrics.MetricSettingsController,
+            metrics.LifetimeFitController,
+            metrics.SignalController,
         ],
         dependencies=DEPENDENCIES,
         middleware=[

@@ -10,7 +10,7 @@ import msgspec
 from service.config import Settings
 from service.db.transaction import transaction
 from service.domain.clock import Clock
-from service.usecases import ledger_jobs, lifecycle, orders, referrals, tiers
+from service.usecases import clv, ledger_jobs, lifecycle, orders, referrals, tiers
 from service.usecases.dispatch import DispatchConfig, dispatch_forever, publish_events
 from service.usecases.lifecycle import LifecycleRules
 
@@ -28,6 +28,7 @@ class JobReport(msgspec.Struct, kw_only=True):
     lifecycle_events: int = 0
     events_published: int = 0
     entries_sealed: int = 0
+    ltv_fits_refreshed: int = 0
 
 
 async def program_ids() -> list[str]:
@@ -49,6 +50,7 @@ async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules 
     report.lifecycle_events = await lifecycle.run_lifecycle_jobs(program_id, clock, rules or LifecycleRules())
     report.events_published = await publish_events(program_id, clock)
     report.entries_sealed = await ledger_jobs.seal_chain(program_id)
+    report.ltv_fits_refreshed = int(await clv.refresh_fit(program_id, clock))  # at most daily
     return report
 
 

@@ -36,7 +36,7 @@ from service.domain.orders import (
     release_draft,
     split_clawback,
 )
-from service.usecases import referrals, tiers
+from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_in_force
 from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
@@ -178,6 +178,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "created_at": now,
             },
         )
+        await metrics.after_order(connection, program_id, row)
         await referrals.qualify_on_order(connection, program_id, row)
         await emit_order_events(
             connection, program_id, row, expires_at(settings.expiry, order.placed_at, settings.zone)
@@ -249,6 +250,7 @@ async def refund_order(
         )
         refunded = clawback.refunded_net
         await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points)
+        await metrics.after_refund(connection, program_id, order, refunded)
         await referrals.cancel_on_refund(connection, program_id, order, refunded, principal.actor, now)
         return _refund_view(row)
 

@@ -1,0 +1,241 @@
+"""Customer signals from shops and the support desk, and the churn-risk traffic light."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated
+
+import asyncpg
+import msgspec
+
+from service.db import metrics as rows
+from service.db.transaction import in_transaction, transaction
+from service.domain.access import Principal
+from service.domain.clock import Clock
+from service.domain.errors import Conflict, InvalidInput, NotFound
+from service.domain.metrics import (
+    DEFINITIONS,
+    Colour,
+    CustomerSignals,
+    Definition,
+    RiskRules,
+    churn_risk,
+)
+from service.usecases.ledger_settings import ledger_settings
+
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+
+
+class SignalKind(StrEnum):
+    COMPLAINT_OPENED = "complaint_opened"
+    COMPLAINT_CLOSED = "complaint_closed"
+    TICKET_OPENED = "ticket_opened"
+    TICKET_CLOSED = "ticket_closed"
+    SATISFACTION = "satisfaction"
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A signal about a customer; `signal_id` makes sending it again harmless. Complaints and
+    tickets name their `reference` (opened and closed by it); a satisfaction score is 0..10."""
+
+    signal_id: Ref
+    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    kind: SignalKind
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    reference: Ref | None = None
+    score: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
+
+
+class SignalView(msgspec.Struct, frozen=True, kw_only=True):
+    signal_id: str
+    customer_id: str
+    kind: SignalKind
+    reference: str | None
+    score: int | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+def _view(row: asyncpg.Record) -> SignalView:
+    return SignalView(
+        signal_id=row["id"],
+        customer_id=row["customer_id"],
+        kind=SignalKind(row["kind"]),
+        reference=row["reference"],
+        score=row["score"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+def _check(signal: Signal) -> None:
+    if signal.kind is SignalKind.SATISFACTION:
+        if signal.score is None:
+            raise InvalidInput("a satisfaction signal needs a score (0..10)", field="score")
+        if signal.reference is not None:
+            raise InvalidInput("a satisfaction signal has no reference", field="reference")
+    else:
+        if signal.reference is None:
+            raise InvalidInput("a complaint or ticket signal needs its reference", field="reference")
+        if signal.score is not None:
+            raise InvalidInput("only a satisfaction signal has a score", field="score")
+
+
+async def record_signal(principal: Principal, signal: Signal, clock: Clock) -> tuple[SignalView, bool]:
+    """Store a signal and update the customer's open complaints, tickets and latest score;
+    returns (the signal, whether it is new). The same id with other content is a 409."""
+    _check(signal)
+    program_id = principal.program_id
+
+    async def work(connection: asyncpg.Connection) -> tuple[SignalView, bool]:
+        if not await rows.customer_exists(connection, program_id, signal.customer_id):
+            raise NotFound(f"customer {signal.customer_id} not found", field="customer_id")
+        values = {
+            "id": signal.signal_id,
+            "customer_id": signal.customer_id,
+            "kind": signal.kind.value,
+            "reference": signal.reference,
+            "score": signal.score,
+            "occurred_at": signal.occurred_at,
+            "recorded_at": clock.now(),
+        }
+        created = await rows.insert_signal(connection, program_id, values)
+        stored = _view(await rows.load_signal(connection, program_id, signal.signal_id))
+        if not created:
+            same = (stored.customer_id, stored.kind, stored.reference, stored.score, stored.occurred_at) == (
+                signal.customer_id,
+                signal.kind,
+                signal.reference,
+                signal.score,
+                signal.occurred_at,
+            )
+            if not same:
+                raise Conflict(f"signal {signal.signal_id} was recorded with other content", field="signal_id")
+            return stored, False
+        await rows.apply_signal(
+            connection,
+            program_id,
+            signal.customer_id,
+            signal.kind.value,
+            signal.reference,
+            signal.score,
+            signal.occurred_at,
+        )
+        return stored, True
+
+    return await in_transaction(work)
+
+
+# --- Churn risk ------------------------------------------------------------------------
+
+
+class RiskCounts(msgspec.Struct, frozen=True, kw_only=True):
+    definition: str
+    reference: str
+    rules: RiskRules
+    customers: int
+    green: int
+    orange: int
+    red: int
+    by_rule: dict[str, int]
+
+
+class CustomerRisk(msgspec.Struct, frozen=True, kw_only=True):
+    customer_id: str
+    colour: Colour
+    rule: str
+    days_inactive: int | None
+    open_complaints: int
+    open_tickets: int
+    last_score: int | None
+
+
+class RiskPage(msgspec.Struct, frozen=True, kw_only=True):
+    definition: str
+    reference: str
+    rules: RiskRules
+    colour: Colour | None
+    items: list[CustomerRisk]
+    next_cursor: str | None
+
+
+def _signals(row: asyncpg.Record) -> CustomerSignals:
+    return CustomerSignals(
+        days_inactive=row["days_inactive"],
+        open_complaints=row["open_complaints"],
+        open_tickets=row["open_tickets"],
+        last_score=row["last_score"],
+    )
+
+
+async def _context(connection: asyncpg.Connection, program_id: str, now: datetime) -> tuple[RiskRules, date]:
+    rules = (await rows.load_settings(connection, program_id)).risk
+    today = now.astimezone((await ledger_settings(connection, program_id)).zone).date()
+    return rules, today
+
+
+async def risk_counts(program_id: str, now: datetime) -> RiskCounts:
+    """How many customers are green, orange and red today, and by which rule."""
+    async with transaction() as connection:
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        rules, today = await _context(connection, program_id, now)
+        groups = await rows.risk_groups(connection, program_id, today)
+    colours: Counter[str] = Counter()
+    by_rule: Counter[str] = Counter()
+    for group in groups:
+        risk = churn_risk(_signals(group), rules)
+        colours[risk.colour.value] += group["customers"]
+        by_rule[f"{risk.colour.value}: {risk.rule}"] += group["customers"]
+    return RiskCounts(
+        definition=Definition.RISK.value,
+        reference=DEFINITIONS,
+        rules=rules,
+        customers=sum(colours.values()),
+        green=colours[Colour.GREEN.value],
+        orange=colours[Colour.ORANGE.value],
+        red=colours[Colour.RED.value],
+        by_rule=dict(sorted(by_rule.items())),
+    )
+
+
+async def risk_customers(
+    program_id: str, now: datetime, colour: Colour | None, cursor: str | None, limit: int
+) -> RiskPage:
+    """Customers with their colour and the rule that set it, by id, of one colour or all."""
+    items: list[CustomerRisk] = []
+    more = False
+    async with transaction() as connection:
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        rules, today = await _context(connection, program_id, now)
+        after = cursor
+        while len(items) <= limit:
+            batch = await rows.risk_inputs(connection, program_id, today, after, 1000)
+            for row in batch:
+                risk = churn_risk(_signals(row), rules)
+                if colour is None or risk.colour is colour:
+                    items.append(
+                        CustomerRisk(
+                            customer_id=row["customer_id"],
+                            colour=risk.colour,
+                            rule=risk.rule,
+                            days_inactive=row["days_inactive"],
+                            open_complaints=row["open_complaints"],
+                            open_tickets=row["open_tickets"],
+                            last_score=row["last_score"],
+                        )
+                    )
+            if len(batch) < 1000:
+                break
+            after = batch[-1]["customer_id"]
+        more = len(items) > limit
+    page = items[:limit]
+    return RiskPage(
+        definition=Definition.RISK.value,
+        reference=DEFINITIONS,
+        rules=rules,
+        colour=colour,
+        items=page,
+        next_cursor=page[-1].customer_id if more else None,
+    )
