@@ -225,3 +225,17 @@ async def customers_outside(connection: asyncpg.Connection, program_id: str, cod
         codes,
     )
     return [row["customer_id"] for row in rows]
+
+
+async def in_grace(
+    connection: asyncpg.Connection, program_id: str, now: datetime, warning_days: int
+) -> list[tuple[str, str, datetime]]:
+    """(customer, tier, downgrade instant) of customers whose grace period ends within `warning_days`."""
+    rows = await connection.fetch(
+        "SELECT customer_id, earned_code, grace_ends_at FROM customer_tiers WHERE program_id = $1"
+        " AND grace_ends_at > $2 AND grace_ends_at <= $2 + make_interval(days => $3) ORDER BY grace_ends_at",
+        program_id,
+        now,
+        warning_days,
+    )
+    return [(row["customer_id"], row["earned_code"], row["grace_ends_at"]) for row in rows]

@@ -11,12 +11,14 @@ import asyncpg
 import msgspec
 
 from service.db import tiers as rows
+from service.db.events import emit, emit_once
 from service.db.tiers import CustomerTier, TierChange, TierGrant
 from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.earning import NEUTRAL_BP
 from service.domain.errors import InvalidInput, NotFound
+from service.domain.events import EventType, TierChanged, TierDowngradeWarning
 from service.domain.ids import new_id
 from service.domain.tiers import (
     TierConfig,
@@ -115,6 +117,12 @@ async def _settle(
         await rows.record_change(
             connection, program_id, tier.customer_id, tier.effective_code, effective, kind, cause, now
         )
+        up = config.rank(effective) > config.rank(tier.effective_code)
+        changed = TierChanged(
+            customer_id=tier.customer_id, from_tier=tier.effective_code, to_tier=effective, reason=cause
+        )
+        event = EventType.TIER_UPGRADED if up else EventType.TIER_DOWNGRADED
+        await emit(connection, program_id, event, changed, tier.customer_id, occurred_at=now)
         tier.effective_code = effective
     await rows.save_tier(connection, program_id, tier, now)
 
@@ -345,7 +353,21 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     customers = await in_transaction(lambda connection: rows.due_reviews(connection, program_id, now, limit))
     for customer_id in customers:
         await in_transaction(functools.partial(review, customer_id=customer_id))
+    await in_transaction(lambda connection: _warn_of_downgrades(connection, program_id, now))
     return len(customers)
+
+
+async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, now: datetime) -> None:
+    """Announce each coming downgrade once, `warning_days` before its grace period ends."""
+    config = await rows.load_config(connection, program_id)
+    if config is None:
+        return
+    for customer_id, tier_code, downgrade_at in await rows.in_grace(connection, program_id, now, config.warning_days):
+        warning = TierDowngradeWarning(customer_id=customer_id, tier=tier_code, downgrade_at=downgrade_at)
+        key = f"tier-downgrade-warning:{customer_id}:{downgrade_at.isoformat()}"
+        await emit_once(
+            connection, program_id, key, EventType.TIER_DOWNGRADE_WARNING, warning, customer_id, occurred_at=now
+        )
 
 
 async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:

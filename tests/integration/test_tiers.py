@@ -4,9 +4,11 @@ refunds, rolling windows in the program's time zone, grants, and configuration c
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -59,6 +61,17 @@ async def buy(program: ProgramFixture, clock: ManualClock, customer: str, net: i
     return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
+async def tier_events(connection: asyncpg.Connection, program_id: str, customer: str) -> list[tuple[str, Any]]:
+    rows = await connection.fetch(
+        "SELECT type, payload FROM (SELECT type, occurred_at, id, payload, customer_id FROM event_outbox"
+        " WHERE program_id = $1 UNION ALL SELECT type, occurred_at, id, payload, customer_id FROM events"
+        " WHERE program_id = $1) e WHERE customer_id = $2 AND type LIKE 'tier.%' ORDER BY occurred_at, id",
+        program_id,
+        customer,
+    )
+    return [(row["type"], json.loads(row["payload"])) for row in rows]
+
+
 async def kinds(program: ProgramFixture, customer: str) -> list[tuple[str, str | None, str]]:
     history = await tiers.tier_history(program.id, customer)
     return [(change.kind, change.from_code, change.to_code) for change in reversed(history)]
@@ -86,7 +99,9 @@ async def test_upgrade_on_the_crossing_order_and_not_before(program: ProgramFixt
     assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "gold"
 
 
-async def test_downgrade_only_after_the_grace_period(program: ProgramFixture, clock: ManualClock) -> None:
+async def test_downgrade_only_after_the_grace_period(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
     await setup(program, clock)
     ann = await enrol(program.id, "ann", clock)
     await buy(program, clock, ann, net=3000)  # 300: silver from START
@@ -96,7 +111,9 @@ async def test_downgrade_only_after_the_grace_period(program: ProgramFixture, cl
     clock.set(review)  # the order left the rolling window at this same midnight
     assert await tiers.review_due(program.id, clock) == 1
     assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "silver"
-    clock.advance(timedelta(days=30) - timedelta(seconds=1))
+    clock.advance(timedelta(days=16))
+    assert await tiers.review_due(program.id, clock) == 0  # 14 days before the downgrade: the warning
+    clock.advance(timedelta(days=14) - timedelta(seconds=1))
     assert await tiers.review_due(program.id, clock) == 0
     assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "silver"
     clock.advance(timedelta(seconds=1))
@@ -108,6 +125,13 @@ async def test_downgrade_only_after_the_grace_period(program: ProgramFixture, cl
         ("downgrade", "silver", "bronze"),
     ]
     assert await tiers.review_due(program.id, clock) == 0  # the base level is never reviewed
+    events = await tier_events(owner_connection, program.id, ann)
+    assert [(kind, payload.get("to_tier")) for kind, payload in events] == [
+        ("tier.upgraded", "silver"),
+        ("tier.downgrade_warning", None),  # 14 days ahead, once however often the job runs
+        ("tier.downgraded", "bronze"),
+    ]
+    assert events[1][1]["downgrade_at"] == "2027-03-03T23:00:00Z"
 
 
 async def test_qualifying_again_in_the_grace_period_keeps_the_tier(program: ProgramFixture, clock: ManualClock) -> None:
