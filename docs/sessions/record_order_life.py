@@ -12,52 +12,10 @@ need not wait 14). Secrets in the output are shortened.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import UTC, datetime
-from typing import Any
 
-import httpx
-
-
-class Recorder:
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10)
-        self.step = 0
-        self.out: list[str] = []
-
-    def say(self, text: str) -> None:
-        self.out.append(text)
-
-    def call(self, title: str, method: str, path: str, key: str, body: Any = None, **headers: str) -> Any:
-        self.step += 1
-        sent = {"Authorization": f"Bearer {key}", **headers}
-        response = self.http.request(method, path, json=body, headers=sent)
-        shown = {name: (_short(value) if name == "Authorization" else value) for name, value in sent.items()}
-        request_text = f"{method} {path}\n" + "".join(f"{name}: {value}\n" for name, value in shown.items())
-        if body is not None:
-            request_text += "\n" + json.dumps(body, indent=2)
-        answer = response.json() if response.content else None
-        self.say(f"### {self.step}. {title}\n")
-        self.say(f"```http\n{request_text.rstrip()}\n```\n")
-        self.say(f"`{response.status_code}`\n\n```json\n{json.dumps(_redact(answer), indent=2)}\n```\n")
-        if response.status_code >= 500 or (response.status_code >= 400 and "refused" not in title):
-            raise SystemExit(f"step {self.step} ({title}) answered {response.status_code}: {response.text}")
-        return answer
-
-
-def _short(value: str) -> str:
-    return value[:22] + "…" if len(value) > 24 else value
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: (_short(v) if k in ("key", "token") and isinstance(v, str) else _redact(v)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
+from recorder import Recorder  # docs/sessions/recorder.py, beside this script
 
 
 def record(base_url: str, admin: str) -> str:
