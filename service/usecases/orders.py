@@ -11,7 +11,7 @@ import msgspec
 
 from service.db import orders as rows
 from service.db.ledger import write_entry
-from service.db.transaction import in_transaction, transaction, with_retry
+from service.db.transaction import drain, in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.earning import (
@@ -281,18 +281,11 @@ async def release_due_orders(program_id: str, clock: Clock, limit: int = 10_000)
     """Release every order whose return window has ended, one transaction each; several
     workers may run it at once (each claims its order with SKIP LOCKED). Returns how many."""
     now = clock.now()
-
-    async def release_next() -> bool:
-        async with transaction() as connection:
-            order = await rows.due_order(connection, program_id, now)
-            if order is not None:
-                await release_order(connection, program_id, order, now)
-            return order is not None
-
-    released = 0
-    while released < limit and await with_retry(release_next):
-        released += 1
-    return released
+    return await drain(
+        lambda connection: rows.due_order(connection, program_id, now),
+        lambda connection, order: release_order(connection, program_id, order, now),
+        limit,
+    )
 
 
 async def set_return_settings(program_id: str, settings: ReturnSettings) -> ReturnSettings:

@@ -17,7 +17,7 @@ from service.db import tiers as tier_rows
 from service.db.events import emit
 from service.db.ledger import EntryToWrite, write_entries, write_entry
 from service.db.referrals import CodeRow, ReferralRow, RewardRow
-from service.db.transaction import in_transaction, transaction, with_retry
+from service.db.transaction import drain, in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -533,18 +533,11 @@ async def reward_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Reward the qualified referrals whose order was released or whose reward time passed,
     one transaction each; several workers may run at once (SKIP LOCKED). Returns how many."""
     now = clock.now()
-
-    async def reward_next() -> bool:
-        async with transaction() as connection:
-            referral = await rows.claim_due(connection, program_id, now)
-            if referral is not None:
-                await _pay(connection, program_id, referral, now)
-            return referral is not None
-
-    rewarded = 0
-    while rewarded < limit and await with_retry(reward_next):
-        rewarded += 1
-    return rewarded
+    return await drain(
+        lambda connection: rows.claim_due(connection, program_id, now),
+        lambda connection, referral: _pay(connection, program_id, referral, now),
+        limit,
+    )
 
 
 # --- Stats -----------------------------------------------------------------------------
