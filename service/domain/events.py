@@ -148,6 +148,7 @@ class ChurnRiskRed(msgspec.Struct, frozen=True, kw_only=True):
 
     customer_id: str
     days_since_last_order: int
+    rule: str  # the rule that set the colour (e.g. "inactive 60+ days", "open complaint")
 
 
 class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -308,7 +309,7 @@ CATALOGUE: dict[EventType, CatalogueEntry] = {
             "referral",
             "The qualifying order was refunded; rewards already paid were clawed back.",
         ),
-        _entry(EventType.CHURN_RISK_RED, ChurnRiskRed, "win-back", "The churn-risk light turned red.", False),
+        _entry(EventType.CHURN_RISK_RED, ChurnRiskRed, "win-back", "The churn-risk light turned red."),
     )
 }
 

@@ -10,7 +10,7 @@ import msgspec
 from service.config import Settings
 from service.db.transaction import transaction
 from service.domain.clock import Clock
-from service.usecases import clv, ledger_jobs, lifecycle, orders, referrals, tiers
+from service.usecases import clv, ledger_jobs, lifecycle, orders, referrals, signals, tiers
 from service.usecases.dispatch import DispatchConfig, dispatch_forever, publish_events
 from service.usecases.lifecycle import LifecycleRules
 
@@ -26,6 +26,7 @@ class JobReport(msgspec.Struct, kw_only=True):
     holds_expired: int = 0
     expiry_entries: int = 0
     lifecycle_events: int = 0
+    churn_risk_red: int = 0
     events_published: int = 0
     entries_sealed: int = 0
     ltv_fits_refreshed: int = 0
@@ -48,6 +49,7 @@ async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules 
     report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)
     report.expiry_entries = await ledger_jobs.expire_points(program_id, clock)
     report.lifecycle_events = await lifecycle.run_lifecycle_jobs(program_id, clock, rules or LifecycleRules())
+    report.churn_risk_red = await signals.emit_churn_risk_red(program_id, clock)
     report.events_published = await publish_events(program_id, clock)
     report.entries_sealed = await ledger_jobs.seal_chain(program_id)
     report.ltv_fits_refreshed = int(await clv.refresh_fit(program_id, clock))  # at most daily

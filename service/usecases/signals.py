@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
@@ -11,10 +11,12 @@ import asyncpg
 import msgspec
 
 from service.db import metrics as rows
+from service.db.events import emit_once
 from service.db.transaction import in_transaction, transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.errors import Conflict, InvalidInput, NotFound
+from service.domain.events import ChurnRiskRed, EventType
 from service.domain.metrics import (
     DEFINITIONS,
     Colour,
@@ -239,3 +241,32 @@ async def risk_customers(
         items=page,
         next_cursor=page[-1].customer_id if more else None,
     )
+
+
+async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) -> int:
+    """Emit `customer.churn_risk_red` for customers whose light is red, once per lapse (a
+    purchase starts a new one). Customers who never bought are left out: they cannot churn."""
+    now = clock.now()
+    emitted = 0
+    after: str | None = None
+    while True:
+        async with transaction() as connection:
+            rules, today = await _context(connection, program_id, now)
+            found = await rows.risk_inputs(connection, program_id, today, after, batch)
+            for row in found:
+                if row["days_inactive"] is None:
+                    continue
+                risk = churn_risk(_signals(row), rules)
+                if risk.colour is not Colour.RED:
+                    continue
+                last_purchase = today - timedelta(days=row["days_inactive"])
+                key = f"churn-risk-red:{row['customer_id']}:{last_purchase.isoformat()}"
+                red = ChurnRiskRed(
+                    customer_id=row["customer_id"], days_since_last_order=row["days_inactive"], rule=risk.rule
+                )
+                emitted += await emit_once(
+                    connection, program_id, key, EventType.CHURN_RISK_RED, red, row["customer_id"], occurred_at=now
+                )
+        if len(found) < batch:
+            return emitted
+        after = found[-1]["customer_id"]

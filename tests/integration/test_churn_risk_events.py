@@ -1,0 +1,52 @@
+"""`customer.churn_risk_red`: once per lapse of a customer who bought, never for one who did not."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import asyncpg
+
+from service.domain.clock import ManualClock
+from service.usecases import orders, signals
+from tests.conftest import ProgramFixture
+from tests.integration.ledger_helpers import enrol
+from tests.integration.test_order_life import START, basket, checkout, setup_program
+
+
+async def red_events(connection: asyncpg.Connection, program_id: str) -> list[dict[str, object]]:
+    rows = await connection.fetch(
+        "SELECT payload FROM event_outbox WHERE program_id = $1 AND type = 'customer.churn_risk_red'"
+        " UNION ALL SELECT payload FROM events WHERE program_id = $1 AND type = 'customer.churn_risk_red'",
+        program_id,
+    )
+    return [json.loads(row["payload"]) for row in rows]
+
+
+async def test_red_once_per_lapse(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_program(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    await enrol(program.id, "bob", clock)  # never buys: no event
+    till = checkout(program.id)
+    await orders.place_order(
+        till, program.shop_id, orders.OrderPlacement(order_id="1", customer_id=ann, order=basket()), clock
+    )
+
+    clock.set(START + timedelta(days=59))
+    assert await signals.emit_churn_risk_red(program.id, clock) == 0
+    clock.set(START + timedelta(days=60))
+    assert await signals.emit_churn_risk_red(program.id, clock) == 1
+    assert await signals.emit_churn_risk_red(program.id, clock) == 0  # still the same lapse
+    assert await red_events(owner_connection, program.id) == [
+        {"customer_id": ann, "days_since_last_order": 60, "rule": "inactive 60+ days"}
+    ]
+
+    clock.set(START + timedelta(days=61))
+    again = orders.OrderPlacement(order_id="2", customer_id=ann, order=basket(clock.now()))
+    await orders.place_order(till, program.shop_id, again, clock)
+    assert await signals.emit_churn_risk_red(program.id, clock) == 0  # green again
+    clock.set(START + timedelta(days=121))
+    assert await signals.emit_churn_risk_red(program.id, clock) == 1  # a new lapse
+    assert len(await red_events(owner_connection, program.id)) == 2
