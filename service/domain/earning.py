@@ -44,11 +44,16 @@ BasisPoints = Annotated[int, msgspec.Meta(ge=0)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
+MAX_UNIT_PRICE = 10**12  # minor units
+MAX_QUANTITY = 10**6
+MAX_ORDER_NET = 10**15  # minor units: sums of many orders still fit 64-bit columns
+
+
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sku: Text
     category: Text
-    unit_price: Minor
-    quantity: Annotated[int, msgspec.Meta(ge=1)]
+    unit_price: Annotated[int, msgspec.Meta(ge=0, le=MAX_UNIT_PRICE)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
     discount: Minor = 0  # for the whole line, at most unit_price * quantity
     level: int | None = None
 
@@ -126,7 +131,7 @@ class Refund(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Goods returned by line, or money returned as an amount of net value; not both."""
 
     lines: tuple[RefundLine, ...] = ()
-    amount: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_ORDER_NET)] | None = None
 
 
 class Clawback(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,6 +217,8 @@ def calculate_award(
         raise InvalidInput(f"rules version {rules.version} is not yet in force", field="placed_at")
 
     net = order.net
+    if net > MAX_ORDER_NET:
+        raise InvalidInput(f"an order's net value is at most {MAX_ORDER_NET} minor units", field="lines")
     if net < rules.minimum_order_minor:
         reason = f"order net {net} is below the minimum of {rules.minimum_order_minor}"
         below = AwardComponent("minimum-order", 0, reason)

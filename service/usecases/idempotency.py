@@ -16,6 +16,13 @@ from service.domain.errors import DomainError
 T = TypeVar("T")
 
 
+def derived_key(kind: str, *ids: str) -> str:
+    """The idempotency key of a request identified by ids its client chose (a shop's order id,
+    a refund id): a digest of them, so ids of any length and content fit and no two
+    requests share a key; its first character is one no `Idempotency-Key` header can carry."""
+    return f"\x1f{kind}:" + hashlib.sha256(msgspec.json.encode([kind, *ids])).hexdigest()
+
+
 def fingerprint(operation: str, request: object) -> bytes:
     """A digest of the operation and its request body."""
     return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(request)).digest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -29,6 +30,7 @@ class JobReport(msgspec.Struct, kw_only=True):
     churn_risk_red: int = 0
     events_published: int = 0
     entries_sealed: int = 0
+    failed: list[str] = msgspec.field(default_factory=list)
     ltv_fits_refreshed: int = 0
 
 
@@ -39,21 +41,38 @@ async def program_ids() -> list[str]:
 
 
 async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules | None = None) -> JobReport:
-    """Release orders past their return window, reward referrals, end granted tiers, review tiers, void
-    expired holds, expire points, then seal the chain, for one program."""
+    """Release orders past their return window, reward referrals, end granted tiers, review
+    tiers, void expired holds, expire points, emit lifecycle events, publish events, seal the
+    chain and refresh lifetime-value fits, for one program. A job that fails is logged and
+    the others still run; the failed one is tried again next round."""
     report = JobReport(program_id=program_id)
-    report.orders_released = await orders.release_due_orders(program_id, clock)
-    report.referrals_rewarded = await referrals.reward_due(program_id, clock)
-    report.tier_grants_ended = await tiers.end_grants(program_id, clock)
-    report.tiers_reviewed = await tiers.review_due(program_id, clock)
-    report.holds_expired = await ledger_jobs.expire_holds(program_id, clock)
-    report.expiry_entries = await ledger_jobs.expire_points(program_id, clock)
-    report.lifecycle_events = await lifecycle.run_lifecycle_jobs(program_id, clock, rules or LifecycleRules())
-    report.churn_risk_red = await signals.emit_churn_risk_red(program_id, clock)
-    report.events_published = await publish_events(program_id, clock)
-    report.entries_sealed = await ledger_jobs.seal_chain(program_id)
-    report.ltv_fits_refreshed = int(await clv.refresh_fit(program_id, clock))  # at most daily
+    lifecycle_rules = rules or LifecycleRules()
+    steps: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+        ("orders_released", lambda: orders.release_due_orders(program_id, clock)),
+        ("referrals_rewarded", lambda: referrals.reward_due(program_id, clock)),
+        ("tier_grants_ended", lambda: tiers.end_grants(program_id, clock)),
+        ("tiers_reviewed", lambda: tiers.review_due(program_id, clock)),
+        ("holds_expired", lambda: ledger_jobs.expire_holds(program_id, clock)),
+        ("expiry_entries", lambda: ledger_jobs.expire_points(program_id, clock)),
+        ("lifecycle_events", lambda: lifecycle.run_lifecycle_jobs(program_id, clock, lifecycle_rules)),
+        ("churn_risk_red", lambda: signals.emit_churn_risk_red(program_id, clock)),
+        ("events_published", lambda: publish_events(program_id, clock)),
+        ("entries_sealed", lambda: ledger_jobs.seal_chain(program_id)),
+        ("ltv_fits_refreshed", lambda: _count(clv.refresh_fit(program_id, clock))),  # at most daily
+    ]
+    for field, step in steps:
+        try:
+            setattr(report, field, await step())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s failed for program %s; the next round tries again", field, program_id)
+            report.failed.append(field)
     return report
+
+
+async def _count(done: Awaitable[bool]) -> int:
+    return int(await done)
 
 
 async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[JobReport]:

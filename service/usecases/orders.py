@@ -38,7 +38,7 @@ from service.domain.orders import (
 )
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_in_force
-from service.usecases.idempotency import fingerprint, run_once
+from service.usecases.idempotency import derived_key, fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
 from service.usecases.lifecycle import emit_order_events
 
@@ -187,9 +187,27 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         await tiers.after_order(connection, program_id, placement.customer_id, settings.zone, now, cause)
         return _order_view(row)
 
-    key = f"order:{shop_id}:{placement.order_id}"
+    # What may exist later (the shop, the customer) is checked before the order's key is
+    # claimed, so its refusal is not remembered: the same order succeeds once they exist.
+    await in_transaction(lambda connection: _require(connection, principal.program_id, shop_id, placement.customer_id))
+    key = derived_key("order", shop_id, placement.order_id)
     request = fingerprint("order", {"shop_id": shop_id, "placement": placement})
     return await run_once(principal.program_id, key, request, OrderView, work)
+
+
+async def _require(
+    connection: asyncpg.Connection,
+    program_id: str,
+    shop_id: str,
+    customer_id: str | None = None,
+    order_id: str | None = None,
+) -> None:
+    """NotFound, naming the field, for a shop, customer or order that does not exist (yet)."""
+    await rows.shop_name(connection, program_id, shop_id)
+    if customer_id is not None:
+        await rows.require_customer(connection, program_id, customer_id)
+    if order_id is not None:
+        await rows.load_order(connection, program_id, shop_id, order_id)
 
 
 async def get_order(program_id: str, shop_id: str, order_id: str) -> OrderView:
@@ -254,7 +272,9 @@ async def refund_order(
         await referrals.cancel_on_refund(connection, program_id, order, refunded, principal.actor, now)
         return _refund_view(row)
 
-    key = f"refund:{shop_id}:{order_id}:{refund_id}"
+    # a refund sent before its order arrived is refused without being remembered
+    await in_transaction(lambda connection: _require(connection, principal.program_id, shop_id, order_id=order_id))
+    key = derived_key("refund", shop_id, order_id, refund_id)
     request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
     return await run_once(principal.program_id, key, request, RefundView, work)
 

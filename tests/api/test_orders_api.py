@@ -159,3 +159,47 @@ async def test_release_job_makes_points_available_in_the_program_time_zone(
     assert await orders.release_due_orders(program.id, clock) == 1
     balance = await client.get(f"/v1/customers/{ann}/balance", headers=program.auth("checkout"))
     assert (balance.json()["pending"], balance.json()["available"]) == (0, 18)
+
+
+async def test_a_refund_before_its_order_is_not_remembered_and_ids_of_any_length_fit(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str
+) -> None:
+    till = program.auth("checkout")
+    long_id = "L" * 200
+    path = f"/v1/shops/{program.shop_id}/orders"
+    early = await client.post(f"{path}/{long_id}/refunds", json={"refund_id": "R" * 200, "amount": 100}, headers=till)
+    assert assert_problem(early, 404)["field"] == "order_id"
+    placed = await client.post(path, json=order_body(ann, long_id), headers=till)
+    assert placed.status_code == 201, placed.text
+    late = await client.post(f"{path}/{long_id}/refunds", json={"refund_id": "R" * 200, "amount": 100}, headers=till)
+    assert late.status_code == 201, late.text
+    assert late.json()["points"] == 1  # floor(18 * 100 / 1100)
+
+
+async def test_an_order_for_a_customer_enrolled_later_succeeds_when_sent_again(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str
+) -> None:
+    till = program.auth("checkout")
+    path = f"/v1/shops/{program.shop_id}/orders"
+    customer = "cus_not_yet"
+    early = await client.post(path, json=order_body(customer, "E-1"), headers=till)
+    assert assert_problem(early, 404)["field"] == "customer_id"
+    # the same order id for the known customer is a fresh request, not a replay of the 404
+    assert (await client.post(path, json=order_body(ann, "E-1"), headers=till)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ({"unit_price": 10**12 + 1}, "lines[0].unit_price"),
+        ({"quantity": 10**6 + 1}, "lines[0].quantity"),
+        ({"unit_price": 10**12, "quantity": 10**6}, "lines"),  # 10^18: more than an order may be worth
+    ],
+)
+async def test_amounts_beyond_the_bounds_are_refused_by_name(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, line: dict[str, int], field: str
+) -> None:
+    body = order_body(ann, "BIG") | {"lines": [{"sku": "x", "category": "c", "unit_price": 1, "quantity": 1} | line]}
+    response = await client.post(f"/v1/shops/{program.shop_id}/orders", json=body, headers=program.auth("checkout"))
+    body = assert_problem(response, 422)
+    assert body["field"] == field, body

@@ -18,7 +18,7 @@ from service.domain.earning import Order, OrderLine, Refund, RefundLine
 from service.domain.errors import IdempotencyKeyReused, InvalidInput, NotFound
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.orders import ReturnPolicy, ReturnSettings
-from service.usecases import finance, ledger, ledger_jobs, orders
+from service.usecases import finance, jobs, ledger, ledger_jobs, orders
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
@@ -345,3 +345,17 @@ async def test_concurrent_captures_of_one_redemption_capture_once(
         "available": 50,
         "held": 0,
     }
+
+
+async def test_a_failing_job_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(program_id: str, clock: ManualClock) -> int:
+        raise RuntimeError("the release job is broken")
+
+    await setup_program(program, clock)
+    await enrol(program.id, "ann", clock)
+    monkeypatch.setattr(orders, "release_due_orders", broken)
+    report = await jobs.run_program_jobs(program.id, clock)
+    assert report.failed == ["orders_released"]
+    assert report.events_published >= 1  # the enrolment's event still went out

@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.earning import AwareDatetime, Currency, Order, OrderLine, Refund, RefundLine
+from service.domain.earning import MAX_ORDER_NET, AwareDatetime, Currency, Order, OrderLine, Refund, RefundLine
 from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES
@@ -44,7 +44,7 @@ class RefundRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     refund_id: ExternalId
     lines: Annotated[tuple[RefundLine, ...], msgspec.Meta(max_length=500)] = ()
-    amount: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_ORDER_NET)] | None = None
 
 
 class ReturnSettingsRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
