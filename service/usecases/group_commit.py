@@ -1,9 +1,15 @@
-"""Group commit: concurrent ledger writes of one program share a transaction.
+"""Writing one entry per idempotency key: credit-only entries in one statement, the rest
+with group commit.
 
-Each request still gets its own entry, its own idempotency record and its own answer
-(a refused entry changes nothing and does not stop the others); what is shared is the
-commit, the lock statement and one statement per table. While one batch commits, the
-next gathers, so a lone writer waits for nobody and a busy program writes in batches.
+A credit-only entry (a grant: see `credited_only`) needs nothing decided against the
+account's state, so it is written, its key claimed and its outcome remembered by one
+autocommitted statement (`write_credits_once`): one round trip.
+
+Any other entry goes through group commit: concurrent ledger writes of one program share
+a transaction. Each request still gets its own entry, its own idempotency record and its
+own answer (a refused entry changes nothing and does not stop the others); what is shared
+is the commit, the lock statement and one statement per table. While one batch commits,
+the next gathers, so a lone writer waits for nobody and a busy program writes in batches.
 """
 
 from __future__ import annotations
@@ -20,11 +26,26 @@ from datetime import datetime
 import asyncpg
 
 from service.db.idempotency import lock_keys_reading_program, remember, replay
-from service.db.ledger import EntryToWrite, WrittenEntry, write_entries
-from service.db.transaction import transaction, with_retry
+from service.db.ledger import (
+    EntryToWrite,
+    SettingsChanged,
+    WrittenEntry,
+    is_credit_only,
+    write_credits_once,
+    write_entries,
+    write_entry,
+)
+from service.db.transaction import autocommit, transaction, with_retry
 from service.domain.errors import DomainError
 from service.domain.ledger import EntryDraft
-from service.usecases.ledger_settings import ProgramLedgerSettings, settings_from_row
+from service.usecases.idempotency import run_once
+from service.usecases.ledger_settings import (
+    ProgramLedgerSettings,
+    forget_settings,
+    known_settings,
+    ledger_settings,
+    settings_from_row,
+)
 
 DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]
 MAX_BATCH = 200
@@ -162,11 +183,69 @@ def _fail(submissions: list[Submission], error: BaseException) -> None:
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EntryBatcher]] = weakref.WeakKeyDictionary()
 
 
+SETTINGS_ATTEMPTS = 3  # a credit-only write whose settings keep changing goes the general way
+
+
+async def _credit_once(
+    program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
+) -> WrittenEntry | None:
+    """Write the entry in one statement if it is credit-only (None: it is not, or the
+    program's settings kept changing under it; nothing was written)."""
+    for _ in range(SETTINGS_ATTEMPTS):
+        settings = await known_settings(program_id)
+        try:
+            item = EntryToWrite(build(settings, now), actor)
+        except DomainError:
+            return None  # the general path refuses it and remembers the refusal
+        if not is_credit_only(item):
+            return None
+
+        async def attempt(item: EntryToWrite = item, settings: ProgramLedgerSettings = settings) -> WrittenEntry:
+            async with autocommit() as connection:
+                [outcome] = await write_credits_once(
+                    connection,
+                    program_id,
+                    [(key, fingerprint, item)],
+                    now=now,
+                    time_zone=settings.time_zone,
+                    expiry=settings.expiry,
+                )
+            if isinstance(outcome, DomainError):
+                raise outcome
+            return outcome
+
+        try:
+            return await with_retry(attempt)
+        except SettingsChanged:
+            forget_settings(program_id)
+    return None
+
+
+async def write_once(
+    program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
+) -> WrittenEntry:
+    """Write the entry `build` makes, once per idempotency key, in a transaction of its own:
+    a credit-only entry in one statement, any other through `run_once` and `write_entry`."""
+    written = await _credit_once(program_id, key, fingerprint, build, actor, now)
+    if written is not None:
+        return written
+
+    async def work(connection: asyncpg.Connection) -> WrittenEntry:
+        draft = build(await ledger_settings(connection, program_id), now)
+        return await write_entry(connection, program_id, draft, actor=actor, now=now)
+
+    return await run_once(program_id, key, fingerprint, WrittenEntry, work)
+
+
 async def post_once(
     program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
 ) -> WrittenEntry:
-    """Write the entry `build` makes, once per idempotency key, sharing the commit with
-    whatever else this program is writing at the same moment."""
+    """Write the entry `build` makes, once per idempotency key: a credit-only entry in one
+    statement; any other sharing the commit with whatever else this program is writing at
+    the same moment."""
+    written = await _credit_once(program_id, key, fingerprint, build, actor, now)
+    if written is not None:
+        return written
     batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
     batcher = batchers.get(program_id)
     if batcher is None or any(worker.done() for worker in batcher.workers):
