@@ -50,6 +50,8 @@ from service.usecases.ledger_settings import (
 DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]
 MAX_BATCH = 200
 WORKERS = 4  # batches of one program in flight at once: one commits while others build
+GRANT_WORKERS = 4  # the same for grants, each batch one statement
+SETTINGS_ATTEMPTS = 3  # a grant whose settings keep changing under it goes the general way
 
 
 @dataclass
@@ -65,13 +67,15 @@ class Submission:
 class EntryBatcher:
     """One per program and event loop: turns queued submissions into batched transactions."""
 
+    workers_count = WORKERS
+
     def __init__(self, program_id: str) -> None:
         self.program_id = program_id
         self.queue: asyncio.Queue[Submission] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.workers = [  # a clean context: never the context (or transaction) of the first caller
             loop.create_task(self._run(), name=f"group-commit:{program_id}:{n}", context=contextvars.Context())
-            for n in range(WORKERS)
+            for n in range(self.workers_count)
         ]
 
     async def submit(self, submission: Submission) -> WrittenEntry:
@@ -174,31 +178,105 @@ class EntryBatcher:
         return results
 
 
+class GrantBatcher(EntryBatcher):
+    """One per program and event loop: concurrent grants (credit-only entries) written by one
+    autocommitted statement per batch, which also claims their keys (`write_credits_once`).
+
+    A submission whose entry turns out not to be credit-only goes to the program's
+    EntryBatcher. A second request with a key already in the batch gets the first one's
+    outcome if it is the same request; if not, it waits for the next batch, where the
+    record stored under its key answers it."""
+
+    workers_count = GRANT_WORKERS
+
+    async def _commit(self, batch: list[Submission]) -> None:
+        leaders: dict[str, Submission] = {}
+        for submission in batch:
+            leaders.setdefault(submission.key, submission)
+        now = max(s.now for s in leaders.values())
+        for _ in range(SETTINGS_ATTEMPTS):
+            settings = await known_settings(self.program_id)
+            requests: list[tuple[str, bytes, EntryToWrite]] = []
+            detour: set[str] = set()
+            for key, leader in leaders.items():
+                try:
+                    item = EntryToWrite(leader.build(settings, now), leader.actor)
+                except DomainError:
+                    item = None  # the general path refuses it and remembers the refusal
+                if item is None or not is_credit_only(item):
+                    detour.add(key)
+                else:
+                    requests.append((key, leader.fingerprint, item))
+            try:
+                outcomes: list[WrittenEntry | DomainError] = []
+                if requests:
+                    async with autocommit() as connection:
+                        outcomes = await write_credits_once(
+                            connection,
+                            self.program_id,
+                            requests,
+                            now=now,
+                            time_zone=settings.time_zone,
+                            expiry=settings.expiry,
+                        )
+                break
+            except SettingsChanged:
+                forget_settings(self.program_id)
+        else:  # the settings kept changing: the general path reads them in its transaction
+            requests, outcomes, detour = [], [], set(leaders)
+        by_key = {key: outcome for (key, _, _), outcome in zip(requests, outcomes, strict=True)}
+        for submission in batch:
+            if submission.outcome.done():
+                continue
+            if submission.key in detour:
+                await _batcher(EntryBatcher, self.program_id).queue.put(submission)
+            elif submission is leaders[submission.key] or submission.fingerprint == leaders[submission.key].fingerprint:
+                _answer(submission, by_key[submission.key])
+            else:
+                await self.queue.put(submission)
+
+
+def _answer(submission: Submission, outcome: WrittenEntry | DomainError) -> None:
+    if isinstance(outcome, DomainError):
+        submission.outcome.set_exception(outcome)
+    else:
+        submission.outcome.set_result(outcome)
+
+
 def _fail(submissions: list[Submission], error: BaseException) -> None:
     for submission in submissions:
         if not submission.outcome.done():
             submission.outcome.set_exception(error)
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EntryBatcher]] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[type[EntryBatcher], str], EntryBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-SETTINGS_ATTEMPTS = 3  # a credit-only write whose settings keep changing goes the general way
+def _batcher(kind: type[EntryBatcher], program_id: str) -> EntryBatcher:
+    """The running batcher of that kind for the program, on this event loop."""
+    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
+    batcher = batchers.get((kind, program_id))
+    if batcher is None or any(worker.done() for worker in batcher.workers):
+        batcher = batchers[(kind, program_id)] = kind(program_id)
+    return batcher
 
 
-async def _credit_once(
+async def write_once(
     program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
-) -> WrittenEntry | None:
-    """Write the entry in one statement if it is credit-only (None: it is not, or the
-    program's settings kept changing under it; nothing was written)."""
+) -> WrittenEntry:
+    """Write the entry `build` makes, once per idempotency key, in a transaction of its own
+    (shared with nobody): a credit-only entry in one autocommitted statement, any other
+    through `run_once` and `write_entry`."""
     for _ in range(SETTINGS_ATTEMPTS):
         settings = await known_settings(program_id)
         try:
             item = EntryToWrite(build(settings, now), actor)
         except DomainError:
-            return None  # the general path refuses it and remembers the refusal
+            break  # the general path refuses it and remembers the refusal
         if not is_credit_only(item):
-            return None
+            break
 
         async def attempt(item: EntryToWrite = item, settings: ProgramLedgerSettings = settings) -> WrittenEntry:
             async with autocommit() as connection:
@@ -218,17 +296,6 @@ async def _credit_once(
             return await with_retry(attempt)
         except SettingsChanged:
             forget_settings(program_id)
-    return None
-
-
-async def write_once(
-    program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
-) -> WrittenEntry:
-    """Write the entry `build` makes, once per idempotency key, in a transaction of its own:
-    a credit-only entry in one statement, any other through `run_once` and `write_entry`."""
-    written = await _credit_once(program_id, key, fingerprint, build, actor, now)
-    if written is not None:
-        return written
 
     async def work(connection: asyncpg.Connection) -> WrittenEntry:
         draft = build(await ledger_settings(connection, program_id), now)
@@ -240,17 +307,16 @@ async def write_once(
 async def post_once(
     program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
 ) -> WrittenEntry:
-    """Write the entry `build` makes, once per idempotency key: a credit-only entry in one
-    statement; any other sharing the commit with whatever else this program is writing at
-    the same moment."""
-    written = await _credit_once(program_id, key, fingerprint, build, actor, now)
-    if written is not None:
-        return written
-    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
-    batcher = batchers.get(program_id)
-    if batcher is None or any(worker.done() for worker in batcher.workers):
-        batcher = batchers[program_id] = EntryBatcher(program_id)
-    return await batcher.submit(Submission(key, fingerprint, build, actor, now))
+    """Write the entry `build` makes, once per idempotency key, sharing the work with
+    whatever else this program is writing at the same moment: a credit-only entry in one
+    statement with the other grants, any other in one transaction with the other entries."""
+    settings = await known_settings(program_id)
+    try:
+        credit_only = is_credit_only(EntryToWrite(build(settings, now), actor))
+    except DomainError:
+        credit_only = False
+    kind = GrantBatcher if credit_only else EntryBatcher
+    return await _batcher(kind, program_id).submit(Submission(key, fingerprint, build, actor, now))
 
 
 async def close_batchers() -> None:
@@ -261,4 +327,5 @@ async def close_batchers() -> None:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+    for batcher in batchers.values():
         batcher.fail_queued(RuntimeError("the service is shutting down; retry with the same key"))

@@ -431,3 +431,22 @@ async def test_an_entry_that_is_not_a_grant_keeps_the_general_path(program: Prog
     [written] = await in_transaction(work)
     assert isinstance(written, WrittenEntry)
     assert [p.balance_after for p in written.postings] == [None, 1, 1]
+
+
+async def test_in_a_batch_the_record_under_a_key_answers_each_request_by_its_own_fingerprint(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    first = ledger.Adjustment(customer_id=ann, amount=9, reason="x")
+    other = ledger.Adjustment(customer_id=ann, amount=10, reason="x")
+    original = await ledger.adjust(who, first, "k", clock)
+
+    for order in ([other, first, other, first], [first, other, first, other]):
+        outcomes = await asyncio.gather(*(ledger.adjust(who, r, "k", clock) for r in order), return_exceptions=True)
+        for request, outcome in zip(order, outcomes, strict=True):
+            if request is first:
+                assert outcome == original
+            else:
+                assert isinstance(outcome, IdempotencyKeyReused), outcome
+    assert (await balances(owner_connection, program.id, ann))["available"] == 9
