@@ -105,7 +105,7 @@ BEGIN
           ORDER BY id FOR NO KEY UPDATE;
     END IF;
     -- Credit each account what the batch credits it; the UPDATE reads the balance after
-    -- the lock, so the old values are the ones the postings run from.
+    -- the lock, and what it returns less the batch's credits is what the postings run from.
     FOR v_row IN
         UPDATE accounts AS a
            SET balance = a.balance + d.delta, version = a.version + d.postings,
@@ -115,8 +115,8 @@ BEGIN
                  WHERE x.pos IS NOT NULL AND NOT v_skip[x.entry]
                  GROUP BY x.pos) AS d
          WHERE a.program_id = p_program_id AND a.code = p_accounts[d.pos] AND a.customer_id IS NOT NULL
-        RETURNING d.pos, a.id, a.unit, old.balance AS balance, old.version AS version,
-                  new.last_posted_at AS posted_at
+        RETURNING d.pos, a.id, a.unit, a.balance - d.delta AS balance, a.version - d.postings AS version,
+                  a.last_posted_at AS posted_at
     LOOP
         v_account_ids[v_row.pos] := v_row.id;
         v_units[v_row.pos] := v_row.unit;
