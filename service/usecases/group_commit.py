@@ -47,7 +47,7 @@ from service.usecases.ledger_settings import (
     settings_from_row,
 )
 
-DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]
+DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]  # pure: it may run more than once
 MAX_BATCH = 200
 WORKERS = 4  # batches of one program in flight at once: one commits while others build
 GRANT_WORKERS = 2  # the same for grants (one statement a batch): fewer, fuller batches measured faster
