@@ -1,7 +1,13 @@
 """Writing entries, set-based: lock every customer balance the entries touch in one
 statement ordered by id, decide each entry in order against running balances (the pure
 domain does the checking and the lot planning), then append entries, postings, lot
-movements and seal-queue rows with one statement per table, however many entries."""
+movements and seal-queue rows with one statement per table, however many entries.
+
+Credit-only entries (grants: see `credited_only`) have nothing to decide against the
+account's state, so a batch of them is one call of `append_credit_entries` (migration
+0010): balances, entries, postings, lots, seal-queue rows and idempotency records in one
+statement; with `write_credits_once` it also claims the idempotency keys, so a grant in
+a transaction of its own is one round trip."""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service.db.idempotency import encode_outcome, remember
+from service.db.idempotency import Stored, encode_outcome, remember, replay
 from service.db.ledger_accounts import system_account_ids
 from service.domain.errors import DomainError, NotFound
+from service.domain.expiry import ExpiryRule
 from service.domain.ledger import (
     AccountRef,
     EntryDraft,
@@ -23,6 +30,7 @@ from service.domain.ledger import (
     OpenLot,
     Slice,
     check_balances,
+    credited_only,
     net_by_account,
     plan_lots,
     validate_entry,
@@ -191,6 +199,10 @@ async def write_entries(
     Each result is the written entry or the refusal of that entry alone; a refused entry
     changes nothing and does not stop the others. With `keys` (idempotency key and request
     fingerprint per item), each outcome is remembered under its key in the same statement."""
+    credited = [_credited_only(item) for item in items]
+    if items and all(account is not None for account in credited):
+        answers = await connection.fetch(_APPEND_CREDITS, program_id, now, *_credit_arguments(items, credited, keys))
+        return [_credit_outcome(i, a, row) for i, a, row in zip(items, credited, answers, strict=True)]
     refs = sorted({p.account for item in items for p in item.draft.postings if p.account.is_customer}, key=str)
     credits = sum(1 for item in items for p in item.draft.postings if p.account.is_customer and p.amount > 0)
     accounts, reserved = await _lock_customer_accounts(connection, program_id, refs, len(items), credits)
@@ -387,6 +399,158 @@ async def _append(
         *_columns(rows.consumed, 3),
         *_columns(remembered, 4),
     )
+
+
+# --- Credit-only entries: one statement --------------------------------------------------
+
+_CREDIT_PARAMETERS = (
+    "$1, $2, $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::integer[], $8::text[], $9::integer[],"
+    " $10::smallint[], $11::text[], $12::bigint[], $13::integer[], $14::text[], $15::bytea[], $16::integer[],"
+    " $17::bytea[]"
+)
+_APPEND_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS})"
+_CLAIM_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS}, true, $18, $19, $20)"
+SETTINGS_CHANGED = "LY001"  # SQLSTATE: the program's ledger settings are not the drafts'
+
+
+class SettingsChanged(Exception):
+    """The program's ledger settings changed since the drafts were made; nothing was written."""
+
+
+def _credited_only(item: EntryToWrite) -> AccountRef | None:
+    """The account a credit-only item credits; None sends it down the general path (which
+    also answers a malformed draft with its refusal)."""
+    if item.restored or item.reclaimed:
+        return None
+    try:
+        validate_entry(item.draft)
+    except DomainError:
+        return None
+    return credited_only(item.draft)
+
+
+def is_credit_only(item: EntryToWrite) -> bool:
+    """Whether the item is written by the one-statement path (see `credited_only`)."""
+    return _credited_only(item) is not None
+
+
+def _missing(account: AccountRef) -> NotFound:
+    """The refusal of an entry whose customer account does not exist (as `_decide` says it)."""
+    return NotFound(f"customer {account.customer_id} not found", field="customer_id")
+
+
+def _credit_arguments(
+    items: Sequence[EntryToWrite],
+    credited: Sequence[AccountRef | None],
+    keys: Sequence[tuple[str, bytes]] | None,
+) -> list[Any]:
+    """The arrays of append_credit_entries, from $3 to $17 (customer accounts by position)."""
+    accounts: dict[AccountRef, int] = {}
+    kinds: list[str] = []
+    actors: list[str] = []
+    metadata: list[str] = []
+    expiries: list[datetime | None] = []
+    entry_accounts: list[int] = []
+    posting_entries: list[int] = []
+    posting_lines: list[int] = []
+    posting_accounts: list[str] = []
+    posting_amounts: list[int] = []
+    posting_customers: list[int | None] = []
+    for ordinal, (item, account) in enumerate(zip(items, credited, strict=True), start=1):
+        assert account is not None, "only credit-only entries take this path"
+        draft = item.draft
+        position = accounts.setdefault(account, len(accounts) + 1)
+        kinds.append(draft.kind)
+        actors.append(item.actor)
+        metadata.append(msgspec.json.encode(draft.metadata).decode())
+        expiries.append(draft.lot_expires_at)
+        entry_accounts.append(position)
+        for line, posting in enumerate(draft.postings, start=1):
+            posting_entries.append(ordinal)
+            posting_lines.append(line)
+            posting_accounts.append(posting.account.code)
+            posting_amounts.append(posting.amount)
+            posting_customers.append(position if posting.account.is_customer else None)
+    arguments: list[Any] = [kinds, actors, metadata, expiries, entry_accounts, [ref.code for ref in accounts]]
+    arguments += [posting_entries, posting_lines, posting_accounts, posting_amounts, posting_customers]
+    if not keys:
+        return [*arguments, None, None, None, None]
+    refusals = [encode_outcome(_missing(account)) for account in credited if account is not None]
+    return [
+        *arguments,
+        [key for key, _ in keys],
+        [fingerprint for _, fingerprint in keys],
+        [status for status, _ in refusals],
+        [body for _, body in refusals],
+    ]
+
+
+def _credit_outcome(item: EntryToWrite, account: AccountRef | None, row: asyncpg.Record) -> WrittenEntry | NotFound:
+    """The entry append_credit_entries wrote for item (or the refusal of a missing account)."""
+    assert account is not None
+    if row["entry_id"] is None:
+        return _missing(account)
+    draft = item.draft
+    return WrittenEntry(
+        id=row["entry_id"],
+        kind=draft.kind,
+        posted_at=row["posted_at"],
+        actor=item.actor,
+        metadata=draft.metadata,
+        reverses_entry_id=None,
+        postings=[
+            WrittenPosting(line, account_id, posting.account.code, posting.account.unit.value, posting.amount, after)
+            for line, (posting, account_id, after) in enumerate(
+                zip(draft.postings, row["account_ids"], row["balances_after"], strict=True), start=1
+            )
+        ],
+    )
+
+
+async def write_credits_once(
+    connection: asyncpg.Connection,
+    program_id: str,
+    requests: Sequence[tuple[str, bytes, EntryToWrite]],
+    *,
+    now: datetime,
+    time_zone: str,
+    expiry: ExpiryRule,
+) -> list[WrittenEntry | DomainError]:
+    """Write credit-only entries once per idempotency key, in one statement that must be a
+    transaction of its own (autocommit): it takes the keys' locks, checks that the
+    program's time zone and expiry rule are still those the drafts were made with
+    (SettingsChanged otherwise, and nothing is written), answers a key already used with
+    its stored outcome (or IdempotencyKeyReused), and writes and remembers the rest.
+
+    `requests` are (key, request fingerprint, item) with distinct keys, every item
+    credit-only (`is_credit_only`)."""
+    items = [item for _, _, item in requests]
+    credited = [_credited_only(item) for item in items]
+    if not all(account is not None for account in credited):
+        raise ValueError("write_credits_once writes credit-only entries only")
+    keys = [(key, fingerprint) for key, fingerprint, _ in requests]
+    try:
+        rows = await connection.fetch(
+            _CLAIM_CREDITS,
+            program_id,
+            now,
+            *_credit_arguments(items, credited, keys),
+            time_zone,
+            expiry.policy.value,
+            expiry.period,
+        )
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == SETTINGS_CHANGED:
+            raise SettingsChanged(str(error)) from None
+        raise
+    outcomes: list[WrittenEntry | DomainError] = []
+    for (key, fingerprint, item), account, row in zip(requests, credited, rows, strict=True):
+        if row["entry_id"] is not None:
+            outcomes.append(_credit_outcome(item, account, row))
+        else:
+            stored: Stored = (bytes(row["fingerprint"]), row["status_code"], bytes(row["response"]))
+            outcomes.append(replay(stored, key, fingerprint, WrittenEntry))
+    return outcomes
 
 
 async def write_entry(

@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import asyncpg
 
@@ -25,6 +25,26 @@ async def transaction() -> AsyncIterator[asyncpg.Connection]:
     async with DB.transaction() as tx:
         connection: asyncpg.Connection = tx.connection
         yield connection
+
+
+@asynccontextmanager
+async def autocommit() -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection outside any transaction: each statement on it is a transaction
+    of its own (one round trip where BEGIN, statement and COMMIT take three). Waits for a
+    connection no longer than a transaction does."""
+    pool = DB.pool
+    if pool is None:
+        connection: asyncpg.Connection = await DB.get_new_connection()
+        try:
+            yield connection
+        finally:
+            await connection.close()
+        return
+    pooled = await pool.acquire(timeout=DB.acquire_timeout)
+    try:
+        yield cast(asyncpg.Connection, pooled)
+    finally:
+        await pool.release(pooled)
 
 
 async def with_retry(work: Callable[[], Awaitable[T]]) -> T:

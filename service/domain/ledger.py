@@ -176,6 +176,29 @@ def net_by_account(postings: Iterable[PostingDraft]) -> dict[AccountRef, int]:
     return dict(net)
 
 
+def credited_only(draft: EntryDraft) -> AccountRef | None:
+    """The customer account of a credit-only entry (a grant), or None for any other entry.
+
+    Credit-only: a well-formed entry (validate_entry passed) that is no reversal and whose
+    customer postings all credit one credit-normal customer account; the rest are system
+    accounts. Such an entry cannot overdraw, consumes no lots and, by plan_lots, creates
+    exactly one lot: the sum it credits, earned now, expiring at `lot_expires_at`. So it
+    can be written without deciding anything against the account's state."""
+    if draft.reverses_entry_id is not None:
+        return None
+    credited: AccountRef | None = None
+    for posting in draft.postings:
+        account = posting.account
+        if not account.is_customer:
+            continue
+        if posting.amount <= 0 or CHART[account.kind].normal_side is not Side.CREDIT:
+            return None
+        if credited is not None and account != credited:
+            return None
+        credited = account
+    return credited
+
+
 def check_balances(draft: EntryDraft, balances: Mapping[AccountRef, int]) -> dict[AccountRef, int]:
     """New balances of the customer accounts; InsufficientPoints if one would go below zero.
 

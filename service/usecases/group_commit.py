@@ -1,9 +1,15 @@
-"""Group commit: concurrent ledger writes of one program share a transaction.
+"""Writing one entry per idempotency key: credit-only entries in one statement, the rest
+with group commit.
 
-Each request still gets its own entry, its own idempotency record and its own answer
-(a refused entry changes nothing and does not stop the others); what is shared is the
-commit, the lock statement and one statement per table. While one batch commits, the
-next gathers, so a lone writer waits for nobody and a busy program writes in batches.
+A credit-only entry (a grant: see `credited_only`) needs nothing decided against the
+account's state, so it is written, its key claimed and its outcome remembered by one
+autocommitted statement (`write_credits_once`): one round trip.
+
+Any other entry goes through group commit: concurrent ledger writes of one program share
+a transaction. Each request still gets its own entry, its own idempotency record and its
+own answer (a refused entry changes nothing and does not stop the others); what is shared
+is the commit, the lock statement and one statement per table. While one batch commits,
+the next gathers, so a lone writer waits for nobody and a busy program writes in batches.
 """
 
 from __future__ import annotations
@@ -20,15 +26,32 @@ from datetime import datetime
 import asyncpg
 
 from service.db.idempotency import lock_keys_reading_program, remember, replay
-from service.db.ledger import EntryToWrite, WrittenEntry, write_entries
-from service.db.transaction import transaction, with_retry
+from service.db.ledger import (
+    EntryToWrite,
+    SettingsChanged,
+    WrittenEntry,
+    is_credit_only,
+    write_credits_once,
+    write_entries,
+    write_entry,
+)
+from service.db.transaction import autocommit, transaction, with_retry
 from service.domain.errors import DomainError
 from service.domain.ledger import EntryDraft
-from service.usecases.ledger_settings import ProgramLedgerSettings, settings_from_row
+from service.usecases.idempotency import run_once
+from service.usecases.ledger_settings import (
+    ProgramLedgerSettings,
+    forget_settings,
+    known_settings,
+    ledger_settings,
+    settings_from_row,
+)
 
-DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]
+DraftBuilder = Callable[[ProgramLedgerSettings, datetime], EntryDraft]  # pure: it may run more than once
 MAX_BATCH = 200
 WORKERS = 4  # batches of one program in flight at once: one commits while others build
+GRANT_WORKERS = 2  # the same for grants (one statement a batch): fewer, fuller batches measured faster
+SETTINGS_ATTEMPTS = 3  # a grant whose settings keep changing under it goes the general way
 
 
 @dataclass
@@ -44,13 +67,15 @@ class Submission:
 class EntryBatcher:
     """One per program and event loop: turns queued submissions into batched transactions."""
 
+    workers_count = WORKERS
+
     def __init__(self, program_id: str) -> None:
         self.program_id = program_id
         self.queue: asyncio.Queue[Submission] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.workers = [  # a clean context: never the context (or transaction) of the first caller
             loop.create_task(self._run(), name=f"group-commit:{program_id}:{n}", context=contextvars.Context())
-            for n in range(WORKERS)
+            for n in range(self.workers_count)
         ]
 
     async def submit(self, submission: Submission) -> WrittenEntry:
@@ -153,25 +178,145 @@ class EntryBatcher:
         return results
 
 
+class GrantBatcher(EntryBatcher):
+    """One per program and event loop: concurrent grants (credit-only entries) written by one
+    autocommitted statement per batch, which also claims their keys (`write_credits_once`).
+
+    A submission whose entry turns out not to be credit-only goes to the program's
+    EntryBatcher. A second request with a key already in the batch gets the first one's
+    outcome if it is the same request; if not, it waits for the next batch, where the
+    record stored under its key answers it."""
+
+    workers_count = GRANT_WORKERS
+
+    async def _commit(self, batch: list[Submission]) -> None:
+        leaders: dict[str, Submission] = {}
+        for submission in batch:
+            leaders.setdefault(submission.key, submission)
+        now = max(s.now for s in leaders.values())
+        for _ in range(SETTINGS_ATTEMPTS):
+            settings = await known_settings(self.program_id)
+            requests: list[tuple[str, bytes, EntryToWrite]] = []
+            detour: set[str] = set()
+            for key, leader in leaders.items():
+                try:
+                    item = EntryToWrite(leader.build(settings, now), leader.actor)
+                except DomainError:
+                    item = None  # the general path refuses it and remembers the refusal
+                if item is None or not is_credit_only(item):
+                    detour.add(key)
+                else:
+                    requests.append((key, leader.fingerprint, item))
+            try:
+                outcomes: list[WrittenEntry | DomainError] = []
+                if requests:
+                    async with autocommit() as connection:
+                        outcomes = await write_credits_once(
+                            connection,
+                            self.program_id,
+                            requests,
+                            now=now,
+                            time_zone=settings.time_zone,
+                            expiry=settings.expiry,
+                        )
+                break
+            except SettingsChanged:
+                forget_settings(self.program_id)
+        else:  # the settings kept changing: the general path reads them in its transaction
+            requests, outcomes, detour = [], [], set(leaders)
+        by_key = {key: outcome for (key, _, _), outcome in zip(requests, outcomes, strict=True)}
+        for submission in batch:
+            if submission.outcome.done():
+                continue
+            if submission.key in detour:
+                await _batcher(EntryBatcher, self.program_id).queue.put(submission)
+            elif submission is leaders[submission.key] or submission.fingerprint == leaders[submission.key].fingerprint:
+                _answer(submission, by_key[submission.key])
+            else:
+                await self.queue.put(submission)
+
+
+def _answer(submission: Submission, outcome: WrittenEntry | DomainError) -> None:
+    if isinstance(outcome, DomainError):
+        submission.outcome.set_exception(outcome)
+    else:
+        submission.outcome.set_result(outcome)
+
+
 def _fail(submissions: list[Submission], error: BaseException) -> None:
     for submission in submissions:
         if not submission.outcome.done():
             submission.outcome.set_exception(error)
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EntryBatcher]] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[type[EntryBatcher], str], EntryBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _batcher(kind: type[EntryBatcher], program_id: str) -> EntryBatcher:
+    """The running batcher of that kind for the program, on this event loop."""
+    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
+    batcher = batchers.get((kind, program_id))
+    if batcher is None or any(worker.done() for worker in batcher.workers):
+        batcher = batchers[(kind, program_id)] = kind(program_id)
+    return batcher
+
+
+async def write_once(
+    program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
+) -> WrittenEntry:
+    """Write the entry `build` makes, once per idempotency key, in a transaction of its own
+    (shared with nobody): a credit-only entry in one autocommitted statement, any other
+    through `run_once` and `write_entry`."""
+    for _ in range(SETTINGS_ATTEMPTS):
+        settings = await known_settings(program_id)
+        try:
+            item = EntryToWrite(build(settings, now), actor)
+        except DomainError:
+            break  # the general path refuses it and remembers the refusal
+        if not is_credit_only(item):
+            break
+
+        async def attempt(item: EntryToWrite = item, settings: ProgramLedgerSettings = settings) -> WrittenEntry:
+            async with autocommit() as connection:
+                [outcome] = await write_credits_once(
+                    connection,
+                    program_id,
+                    [(key, fingerprint, item)],
+                    now=now,
+                    time_zone=settings.time_zone,
+                    expiry=settings.expiry,
+                )
+            if isinstance(outcome, DomainError):
+                raise outcome
+            return outcome
+
+        try:
+            return await with_retry(attempt)
+        except SettingsChanged:
+            forget_settings(program_id)
+
+    async def work(connection: asyncpg.Connection) -> WrittenEntry:
+        draft = build(await ledger_settings(connection, program_id), now)
+        return await write_entry(connection, program_id, draft, actor=actor, now=now)
+
+    return await run_once(program_id, key, fingerprint, WrittenEntry, work)
 
 
 async def post_once(
     program_id: str, key: str, fingerprint: bytes, build: DraftBuilder, actor: str, now: datetime
 ) -> WrittenEntry:
-    """Write the entry `build` makes, once per idempotency key, sharing the commit with
-    whatever else this program is writing at the same moment."""
-    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
-    batcher = batchers.get(program_id)
-    if batcher is None or any(worker.done() for worker in batcher.workers):
-        batcher = batchers[program_id] = EntryBatcher(program_id)
-    return await batcher.submit(Submission(key, fingerprint, build, actor, now))
+    """Write the entry `build` makes, once per idempotency key, sharing the work with
+    whatever else this program is writing at the same moment: a credit-only entry in one
+    statement with the other grants, any other in one transaction with the other entries."""
+    settings = await known_settings(program_id)
+    try:
+        credit_only = is_credit_only(EntryToWrite(build(settings, now), actor))
+    except DomainError:
+        credit_only = False
+    kind = GrantBatcher if credit_only else EntryBatcher
+    return await _batcher(kind, program_id).submit(Submission(key, fingerprint, build, actor, now))
 
 
 async def close_batchers() -> None:
@@ -182,4 +327,5 @@ async def close_batchers() -> None:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+    for batcher in batchers.values():
         batcher.fail_queued(RuntimeError("the service is shutting down; retry with the same key"))

@@ -28,7 +28,7 @@ from service.domain.ledger import (
 )
 from service.usecases.group_commit import post_once
 from service.usecases.idempotency import fingerprint, run_once
-from service.usecases.ledger_settings import ProgramLedgerSettings
+from service.usecases.ledger_settings import ProgramLedgerSettings, forget_settings
 from service.usecases.lifecycle import emit_points_redeemed
 
 
@@ -44,7 +44,10 @@ async def set_expiry_rule(program_id: str, rule: ExpiryRule) -> ExpiryRule:
         )
         return rule
 
-    return await in_transaction(work)
+    try:
+        return await in_transaction(work)
+    finally:
+        forget_settings(program_id)
 
 
 # --- Adjustments ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
+from service.db.transaction import in_transaction
 from service.domain.errors import NotFound
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 
@@ -33,3 +34,24 @@ async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> Pr
     if row is None:
         raise NotFound(f"program {program_id} not found")
     return settings_from_row(row)
+
+
+_known: dict[str, ProgramLedgerSettings] = {}
+
+
+async def known_settings(program_id: str) -> ProgramLedgerSettings:
+    """The settings this process last read for the program (read now if never). A writer
+    that relies on them has the database confirm them in its own statement
+    (`write_credits_once`) and calls `forget_settings` when they turn out stale."""
+    settings = _known.get(program_id)
+    if settings is None:
+
+        async def read(connection: asyncpg.Connection) -> ProgramLedgerSettings:
+            return await ledger_settings(connection, program_id)
+
+        settings = _known[program_id] = await in_transaction(read)
+    return settings
+
+
+def forget_settings(program_id: str) -> None:
+    _known.pop(program_id, None)

@@ -183,6 +183,39 @@ async def test_a_posting_cannot_be_added_to_an_entry_later(
     )
 
 
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+async def test_postings_of_an_entry_that_does_not_exist_are_refused(
+    journal: Journal,
+    other_program: ProgramFixture,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    as_owner: bool,
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    missing = await owner_connection.fetchval("SELECT max(id) + 1000 FROM entries")
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"entry {missing}, which does not exist"):
+        await connection.execute(
+            "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, posted_at)"
+            " SELECT $1, $2, line, account_id, 'POINTS', amount, now()"
+            " FROM unnest($3::smallint[], $4::bigint[], $5::bigint[]) AS p(line, account_id, amount)",
+            journal.program_id,
+            missing,
+            [1, 2],
+            [ids["issued"], ids["adjustments"]],
+            [-10, 10],
+        )
+    with pytest.raises(asyncpg.ForeignKeyViolationError):  # another program's entry is not this program's
+        await connection.execute(
+            "INSERT INTO postings (program_id, entry_id, line, account_id, unit, amount, posted_at)"
+            " VALUES ($1, $2, 1, $3, 'POINTS', -1, now()), ($1, $2, 2, $4, 'POINTS', 1, now())",
+            other_program.id,
+            journal.entry_ids[0],
+            ids["issued"],
+            ids["adjustments"],
+        )
+
+
 UNBALANCED = {
     "no postings": [],
     "one posting": [("issued", "POINTS", -10)],

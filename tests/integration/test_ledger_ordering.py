@@ -85,3 +85,26 @@ async def test_shutdown_answers_a_request_in_flight(program: ProgramFixture, clo
         await asyncio.wait_for(pending, timeout=5)
     await blocker.execute("ROLLBACK")
     await blocker.close()
+
+
+async def test_shutdown_answers_a_deduction_in_flight(
+    program: ProgramFixture, clock: ManualClock, database: str
+) -> None:
+    ann = await enrol(program.id, "ann", clock)
+    who = admin(program.id)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=5, reason="x"), "g", clock)
+    blocker = await asyncpg.connect(database)
+    await blocker.execute("BEGIN")
+    await blocker.execute(
+        "SELECT 1 FROM accounts WHERE program_id = $1 AND customer_id = $2 FOR NO KEY UPDATE", program.id, ann
+    )
+    # a deduction goes through the general batcher, a grant through the grant batcher
+    pending = asyncio.create_task(
+        ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=-1, reason="x"), "k", clock)
+    )
+    await asyncio.sleep(0.3)
+    await close_batchers()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await asyncio.wait_for(pending, timeout=5)
+    await blocker.execute("ROLLBACK")
+    await blocker.close()

@@ -17,6 +17,7 @@ from service.domain.ledger import (
     Slice,
     check_balances,
     consume,
+    credited_only,
     customer_account,
     plan_lots,
     reversal_of,
@@ -127,3 +128,52 @@ def test_lot_plans_conserve_points(remainders: list[int], expiries: list[int | N
         from service.domain.ledger import expiry_order
 
         assert max(expiry_order(one) for one in lots if one.id in spent) <= min(map(expiry_order, untouched))
+
+
+def test_credited_only_names_the_one_customer_account_a_grant_credits() -> None:
+    assert credited_only(transfer(ISSUED, ANN_AVAILABLE, 10, kind="grant")) == ANN_AVAILABLE
+    split = EntryDraft(
+        kind="grant",
+        postings=(PostingDraft(ISSUED, -7), PostingDraft(ANN_PENDING, 3), PostingDraft(ANN_PENDING, 4)),
+    )
+    assert credited_only(split) == ANN_PENDING
+
+
+def test_credited_only_refuses_debits_moves_reversals_and_system_only_entries() -> None:
+    assert credited_only(transfer(ANN_AVAILABLE, REDEEMED, 10, kind="spend")) is None
+    assert credited_only(transfer(ANN_AVAILABLE, ANN_HELD, 10, kind="hold.authorize")) is None
+    two_customers = EntryDraft(
+        kind="grant",
+        postings=(
+            PostingDraft(ISSUED, -20),
+            PostingDraft(ANN_AVAILABLE, 10),
+            PostingDraft(customer_account("cus_bob", AccountKind.AVAILABLE), 10),
+        ),
+    )
+    assert credited_only(two_customers) is None
+    undo = reversal_of("spend", transfer(ANN_AVAILABLE, REDEEMED, 5, kind="spend").postings, 42, "mistake")
+    assert credited_only(undo) is None
+    assert credited_only(transfer(ISSUED, REDEEMED, 5, kind="internal")) is None
+
+
+@given(
+    amounts=st.lists(st.integers(min_value=1, max_value=1000), min_size=1, max_size=4),
+    balance=st.integers(min_value=0, max_value=10_000),
+    expires_in=st.one_of(st.none(), st.integers(min_value=1, max_value=400)),
+)
+def test_a_credit_only_entry_is_what_the_general_rules_decide(
+    amounts: list[int], balance: int, expires_in: int | None
+) -> None:
+    """What the one-statement writer assumes: no overdraft, nothing consumed, one lot of the
+    credited sum, earned now, expiring at the draft's lot expiry."""
+    expiry = None if expires_in is None else NOW + timedelta(days=expires_in)
+    postings = (PostingDraft(ISSUED, -sum(amounts)), *(PostingDraft(ANN_AVAILABLE, a) for a in amounts))
+    draft = EntryDraft(kind="grant", postings=postings, lot_expires_at=expiry)
+    validate_entry(draft)
+    assert credited_only(draft) == ANN_AVAILABLE
+    assert check_balances(draft, {ANN_AVAILABLE: balance}) == {ANN_AVAILABLE: balance + sum(amounts)}
+    plan = plan_lots(draft, {ANN_AVAILABLE: [lot(1, balance + 1, 3)]}, NOW)
+    assert plan.consumed == ()
+    assert [(n.account, n.amount, n.earned_at, n.expires_at) for n in plan.created] == [
+        (ANN_AVAILABLE, sum(amounts), NOW, expiry)
+    ]
