@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve test lint unit jobs bench clean-db
+.PHONY: serve test lint unit jobs bench faults clean-db
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ unit: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.ledger_throughput
+
+faults: $(INSTALLED)  ## kill the app, restart PostgreSQL, exhaust the pool, each under load (~1 min; docs/performance.md)
+	$(BIN)/python -m bench.faults all
 
 jobs: $(INSTALLED)  ## run the scheduled jobs once (expire holds and points, seal the chain)
 	$(BIN)/loyalty jobs run

@@ -6,8 +6,11 @@ engine is created unconfigured and `DB.configure` fills it in.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
@@ -30,6 +33,14 @@ class DeferredPostgresEngine(PostgresEngine):
 
     def transaction(self, allow_nested: bool = True) -> PostgresTransaction:
         return BoundedWaitTransaction(engine=self, allow_nested=allow_nested)
+
+    async def _run_in_pool(self, query: str, args: Sequence[Any] | None = None) -> Any:
+        """A query outside a transaction (authentication's key lookup, say) waits for a
+        pooled connection at most the acquire timeout too."""
+        if not self.pool:
+            raise ValueError("A pool isn't currently running.")
+        async with self.pool.acquire(timeout=self.acquire_timeout) as connection:
+            return await connection.fetch(query, *(args or []))
 
 
 class BoundedWaitTransaction(PostgresTransaction):
@@ -61,7 +72,10 @@ class BoundedWaitTransaction(PostgresTransaction):
         try:
             if exception:
                 if not self._rolled_back:
-                    await self.rollback()  # type: ignore[no-untyped-call]
+                    # on a connection the server dropped, ROLLBACK fails too; the error that
+                    # ended the transaction is the one to report (a lost database is a 503)
+                    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
+                        await self.rollback()  # type: ignore[no-untyped-call]
             elif not self._committed and not self._rolled_back:
                 await self.commit()  # type: ignore[no-untyped-call]
         finally:

@@ -161,8 +161,28 @@ def unstorable_text_handler(request: Request[Any, Any, Any], error: Exception) -
     )
 
 
+def _lost_database(error: BaseException) -> bool:
+    """The error, or one it was raised from or during, is the database going away: the
+    driver's follow-on errors on a dropped connection then hide the first one."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (*UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError)):
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
+            return True
+        if isinstance(current, asyncpg.InternalClientError):  # a pooled connection the restart broke
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def internal_error_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
-    """Anything unexpected: logged with its traceback, reported without internals."""
+    """Anything unexpected: logged with its traceback, reported without internals (a database
+    that went away, however the driver reports it, is a 503)."""
+    if _lost_database(error):
+        return database_unavailable_handler(request, error)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem(
         HTTP_500_INTERNAL_SERVER_ERROR,
