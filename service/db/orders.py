@@ -31,14 +31,6 @@ async def lock_customer_balances(
     return {AccountKind(row["kind"]): row["balance"] for row in rows}
 
 
-async def require_customer(connection: asyncpg.Connection, program_id: str, customer_id: str) -> None:
-    found = await connection.fetchval(
-        "SELECT 1 FROM customers WHERE program_id = $1 AND id = $2", program_id, customer_id
-    )
-    if found is None:
-        raise NotFound(f"customer {customer_id} not found", field="customer_id")
-
-
 async def return_settings(connection: asyncpg.Connection, program_id: str) -> ReturnSettings:
     row = await connection.fetchrow("SELECT return_window_days, return_policy FROM programs WHERE id = $1", program_id)
     if row is None:

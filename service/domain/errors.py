@@ -11,6 +11,7 @@ class DomainError(Exception):
     problem_type: ClassVar[str] = "domain-error"
     title: ClassVar[str] = "Request refused"
     status: ClassVar[int] = 422
+    remembered: ClassVar[bool] = True  # kept under the request's idempotency key, and replayed
 
     def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -33,6 +34,14 @@ class NotFound(DomainError):
     problem_type = "not-found"
     title = "Not found"
     status = 404
+
+
+class NotYetThere(NotFound):
+    """Something the request names does not exist yet (a customer still being enrolled, an
+    order still on its way): not remembered under the idempotency key, so the same request
+    succeeds once it exists."""
+
+    remembered = False
 
 
 class Conflict(DomainError):

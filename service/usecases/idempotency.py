@@ -47,6 +47,8 @@ async def run_once(
                 async with connection.transaction():  # a savepoint: a refusal undoes only the work
                     outcome = await work(connection)
             except DomainError as refusal:
+                if not refusal.remembered:
+                    raise
                 outcome = refusal
             await remember(connection, program_id, [(key, request_fingerprint)], [outcome])
             return outcome

@@ -3,8 +3,9 @@ and claw them back on refunds. Every change of value is a ledger entry."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -24,7 +25,7 @@ from service.domain.earning import (
     calculate_award,
     claw_back,
 )
-from service.domain.errors import InvalidInput
+from service.domain.errors import InvalidInput, NotFound, NotYetThere
 from service.domain.expiry import expires_at
 from service.domain.ledger import AccountKind
 from service.domain.orders import (
@@ -43,6 +44,7 @@ from service.usecases.ledger_settings import ledger_settings
 from service.usecases.lifecycle import emit_order_events
 
 RELEASE_ACTOR = "job:release-orders"
+T = TypeVar("T")
 
 
 class OrderPlacement(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,10 +141,12 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         if order.placed_at > now + FUTURE_TOLERANCE:
             raise InvalidInput("placed_at is in the future", field="order.placed_at")
         program_id = principal.program_id
-        shop = await rows.shop_name(connection, program_id, shop_id)
+        shop = await _not_yet(rows.shop_name(connection, program_id, shop_id))
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
-        await rows.lock_customer_balances(connection, program_id, placement.customer_id, [AccountKind.PENDING])
+        await _not_yet(
+            rows.lock_customer_balances(connection, program_id, placement.customer_id, [AccountKind.PENDING])
+        )
         settings = await ledger_settings(connection, program_id)
         returns = await rows.return_settings(connection, program_id)
         rules = await rules_in_force(connection, program_id, order.placed_at)
@@ -187,27 +191,17 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         await tiers.after_order(connection, program_id, placement.customer_id, settings.zone, now, cause)
         return _order_view(row)
 
-    # What may exist later (the shop, the customer) is checked before the order's key is
-    # claimed, so its refusal is not remembered: the same order succeeds once they exist.
-    await in_transaction(lambda connection: _require(connection, principal.program_id, shop_id, placement.customer_id))
     key = derived_key("order", shop_id, placement.order_id)
     request = fingerprint("order", {"shop_id": shop_id, "placement": placement})
     return await run_once(principal.program_id, key, request, OrderView, work)
 
 
-async def _require(
-    connection: asyncpg.Connection,
-    program_id: str,
-    shop_id: str,
-    customer_id: str | None = None,
-    order_id: str | None = None,
-) -> None:
-    """NotFound, naming the field, for a shop, customer or order that does not exist (yet)."""
-    await rows.shop_name(connection, program_id, shop_id)
-    if customer_id is not None:
-        await rows.require_customer(connection, program_id, customer_id)
-    if order_id is not None:
-        await rows.load_order(connection, program_id, shop_id, order_id)
+async def _not_yet(lookup: Awaitable[T]) -> T:
+    """The lookup's result; what it did not find may exist later (NotYetThere: not remembered)."""
+    try:
+        return await lookup
+    except NotFound as missing:
+        raise NotYetThere(missing.detail, field=missing.field) from None
 
 
 async def get_order(program_id: str, shop_id: str, order_id: str) -> OrderView:
@@ -228,7 +222,7 @@ async def refund_order(
     async def work(connection: asyncpg.Connection) -> RefundView:
         now = clock.now()
         program_id = principal.program_id
-        order = await rows.load_order(connection, program_id, shop_id, order_id, for_update=True)
+        order = await _not_yet(rows.load_order(connection, program_id, shop_id, order_id, for_update=True))
         earlier = await rows.refunds_of(connection, program_id, shop_id, order_id)
         previous = [rows.refund_request(row) for row in earlier]
         lines = msgspec.json.decode(order["lines"], type=tuple[OrderLine, ...])
@@ -272,8 +266,6 @@ async def refund_order(
         await referrals.cancel_on_refund(connection, program_id, order, refunded, principal.actor, now)
         return _refund_view(row)
 
-    # a refund sent before its order arrived is refused without being remembered
-    await in_transaction(lambda connection: _require(connection, principal.program_id, shop_id, order_id=order_id))
     key = derived_key("refund", shop_id, order_id, refund_id)
     request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
     return await run_once(principal.program_id, key, request, RefundView, work)

@@ -26,9 +26,10 @@ def _catalogue() -> dict[str, ProblemType]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls is not DomainError:
-            types[cls.problem_type] = ProblemType(
-                TYPE_BASE + cls.problem_type, cls.title, cls.status, (cls.__doc__ or cls.title).strip()
+        if cls is not DomainError:  # a refinement sharing its parent's type keeps the parent's words
+            types.setdefault(
+                cls.problem_type,
+                ProblemType(TYPE_BASE + cls.problem_type, cls.title, cls.status, (cls.__doc__ or cls.title).strip()),
             )
     for status, (slug, title, description) in HTTP_PROBLEM_TYPES.items():
         types.setdefault(slug, ProblemType(TYPE_BASE + slug, title, status, description))
