@@ -4,6 +4,7 @@ request, each idempotent by its own key and succeeding or refused on its own."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Sequence
 
 import msgspec
@@ -37,9 +38,16 @@ BulkOutcome = orders.OrderView | WrittenEntry | DomainError
 async def award_in_bulk(
     principal: Principal, items: Sequence[BulkOrder | BulkGrant], clock: Clock
 ) -> list[BulkOutcome]:
-    """Every item's outcome, in the request's order. A refusal answers only its item; a
-    failure of the service itself fails the request, which is then safe to send again."""
+    """Every item's outcome, in the request's order. Items of one customer are applied in the
+    order given (a deduction after the grant it relies on); different customers' items run
+    concurrently. A refusal answers only its item; a failure of the service itself fails
+    the request, which is then safe to send again."""
     gate = asyncio.Semaphore(CONCURRENCY)
+    outcomes: list[BulkOutcome | None] = [None] * len(items)
+    by_customer: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        customer = item.placement.customer_id if isinstance(item, BulkOrder) else item.adjustment.customer_id
+        by_customer[customer].append(index)
 
     async def one(item: BulkOrder | BulkGrant) -> BulkOutcome:
         async with gate:
@@ -50,6 +58,11 @@ async def award_in_bulk(
             except DomainError as refusal:
                 return refusal
 
+    async def in_order(indexes: list[int]) -> None:
+        for index in indexes:
+            outcomes[index] = await one(items[index])
+
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(item)) for item in items]
-    return [task.result() for task in tasks]
+        for indexes in by_customer.values():
+            group.create_task(in_order(indexes))
+    return [outcome for outcome in outcomes if outcome is not None]
