@@ -52,7 +52,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.faults import PROGRAM_LINE, REPO, App, Postgres, Program, Report, _call, _some
+from bench.faults import PROGRAM_LINE, REPO, App, Postgres, Program, Report, _call, _some, run_reported
 
 WHEEL = "lifetimes==0.11.3"
 MEMBER = "lifetimes/datasets/CDNOW_master.txt"
@@ -316,14 +316,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
-    try:
-        report = asyncio.run(run(args))
-    except Exception as error:  # a run that cannot finish is a failed run
-        report = Report("bulk-cdnow")
-        report.check("run finished", False, f"{type(error).__name__}: {error}")
-    report.print()
-    return 0 if report.ok else 1
+    return run_reported("bulk-cdnow", run(_parse(argv)))
 
 
 if __name__ == "__main__":

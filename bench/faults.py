@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -913,6 +913,17 @@ async def run(args: argparse.Namespace) -> int:
         report.print()
         reports.append(report)
     return 0 if all(report.ok for report in reports) else 1
+
+
+def run_reported(name: str, work: Coroutine[Any, Any, Report]) -> int:
+    """Run a measured scenario and print its report; a run that cannot finish is a failed run."""
+    try:
+        report = asyncio.run(work)
+    except Exception as error:
+        report = Report(name)
+        report.check("run finished", False, f"{type(error).__name__}: {error}")
+    report.print()
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

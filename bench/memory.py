@@ -51,7 +51,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.faults import Program, Report, Scenario, check_books, check_chain, order_body, scenario
+from bench.faults import Program, Report, Scenario, check_books, check_chain, order_body, run_reported, scenario
 from service.db.chain import seal_batch
 
 MIB = 1024 * 1024
@@ -341,14 +341,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
-    try:
-        report = asyncio.run(run(args))
-    except Exception as error:  # a run that cannot finish is a failed run
-        report = Report("memory")
-        report.check("run finished", False, f"{type(error).__name__}: {error}")
-    report.print()
-    return 0 if report.ok else 1
+    return run_reported("memory", run(_parse(argv)))
 
 
 if __name__ == "__main__":

@@ -24,25 +24,7 @@ def record(base_url: str, admin: str) -> str:
         f"# One order's life against the served app\n\nRecorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
         "`docs/sessions/record_order_life.py`; every step is a real request to `make serve`.\n"
     )
-    r.say("## Set-up by the program admin\n")
-    shop = r.call("Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"})
-    checkout = r.call("A key for the shop's till", "POST", "/v1/api-keys", admin, {"name": "till", "scope": "checkout"})
-    finance = r.call("A key for finance", "POST", "/v1/api-keys", admin, {"name": "audit", "scope": "finance"})
-    till, audit = checkout["key"], finance["key"]
-    r.call(
-        "Points expire a year after the order",
-        "PUT",
-        "/v1/ledger/expiry-policy",
-        admin,
-        {"policy": "days", "period": 365},
-    )
-    r.call(
-        "Return window: 0 days for this session (14 by default)",
-        "PUT",
-        "/v1/program/returns",
-        admin,
-        {"window_days": 0, "policy": "within_balance"},
-    )
+    shop, till, audit = r.set_up_program(admin)
     rules = {
         "currency": "EUR",
         "points_per_unit": 1,

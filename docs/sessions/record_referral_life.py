@@ -51,25 +51,7 @@ def record(base_url: str, admin: str) -> str:
         f"# One referral's life against the served app\n\nRecorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
         "`docs/sessions/record_referral_life.py`; every step is a real request to `loyalty serve`.\n"
     )
-    r.say("## Set-up by the program admin\n")
-    shop = r.call("Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"})
-    checkout = r.call("A key for the shop's till", "POST", "/v1/api-keys", admin, {"name": "till", "scope": "checkout"})
-    finance = r.call("A key for finance", "POST", "/v1/api-keys", admin, {"name": "audit", "scope": "finance"})
-    till, audit = checkout["key"], finance["key"]
-    r.call(
-        "Points expire a year after they are earned",
-        "PUT",
-        "/v1/ledger/expiry-policy",
-        admin,
-        {"policy": "days", "period": 365},
-    )
-    r.call(
-        "Return window: 0 days for this session (14 by default)",
-        "PUT",
-        "/v1/program/returns",
-        admin,
-        {"window_days": 0, "policy": "within_balance"},
-    )
+    shop, till, audit = r.set_up_program(admin)
     rules = {"currency": "EUR", "points_per_unit": 1, "unit_minor": 100}
     r.call("Publish earning rules", "POST", "/v1/earning/rules", admin, rules, **{"Idempotency-Key": "rules-v1"})
     r.call(

@@ -35,6 +35,24 @@ class Recorder:
             raise SystemExit(f"step {self.step} ({title}) answered {response.status_code}: {response.text}")
         return answer
 
+    def set_up_program(self, admin: str) -> tuple[dict[str, Any], str, str]:
+        """The admin's first steps: a shop, a till key and a finance key, a year's expiry, and
+        a return window of 0 days (14 by default) so the session need not wait for it.
+        Returns the shop, the till's key and finance's key."""
+        self.say("## Set-up by the program admin\n")
+        shop = self.call("Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"})
+        till = self.call(
+            "A key for the shop's till", "POST", "/v1/api-keys", admin, {"name": "till", "scope": "checkout"}
+        )
+        audit = self.call("A key for finance", "POST", "/v1/api-keys", admin, {"name": "audit", "scope": "finance"})
+        expiry = {"policy": "days", "period": 365}
+        self.call("Points expire a year after they are earned", "PUT", "/v1/ledger/expiry-policy", admin, expiry)
+        returns = {"window_days": 0, "policy": "within_balance"}
+        self.call(
+            "Return window: 0 days for this session (14 by default)", "PUT", "/v1/program/returns", admin, returns
+        )
+        return shop, till["key"], audit["key"]
+
 
 def _short(value: str) -> str:
     return value[:22] + "…" if len(value) > 24 else value
