@@ -24,22 +24,37 @@ async def emit(
 ) -> str:
     """Append an event to the outbox in the caller's transaction; returns its id.
 
-    A transaction that rolls back (or a savepoint, as a refused idempotent request's does)
-    takes the event with it, so nothing is ever published for what did not happen.
+    A transaction that rolls back (as a refused idempotent request's does) takes the event
+    with it, so nothing is ever published for what did not happen.
     """
-    check_payload(type, payload)
-    event_id = new_id("evt", int(occurred_at.timestamp() * 1000))
+    [event_id] = await emit_all(connection, program_id, [(type, payload)], customer_id, occurred_at=occurred_at)
+    return event_id
+
+
+async def emit_all(
+    connection: asyncpg.Connection,
+    program_id: str,
+    events: list[tuple[EventType, msgspec.Struct]],
+    customer_id: str | None = None,
+    *,
+    occurred_at: datetime,
+) -> list[str]:
+    """`emit` for several events of one customer and instant, in one statement, in order."""
+    for type, payload in events:
+        check_payload(type, payload)
+    event_ids = [new_id("evt", int(occurred_at.timestamp() * 1000)) for _ in events]
     await connection.execute(
         "INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+        " SELECT $1, e.id, e.type, $4, e.payload::jsonb, $5"
+        " FROM unnest($2::text[], $3::text[], $6::text[]) WITH ORDINALITY AS e(id, type, payload, n) ORDER BY e.n",
         program_id,
-        event_id,
-        type.value,
+        event_ids,
+        [type.value for type, _ in events],
         customer_id,
-        msgspec.json.encode(payload).decode(),
         occurred_at,
+        [msgspec.json.encode(payload).decode() for _, payload in events],
     )
-    return event_id
+    return event_ids
 
 
 async def emit_once(

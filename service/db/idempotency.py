@@ -65,22 +65,16 @@ def replay(stored: Stored, key: str, request_fingerprint: bytes, result_type: ty
     return replay_refusal(msgspec.json.decode(body, type=StoredRefusal))
 
 
-_LOCK = (
-    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended($1 || '/' || k, 0) AS h"
-    " FROM unnest($2::text[]) AS k ORDER BY 1) AS ordered"
-)
-
-
 def _stored(rows: list[asyncpg.Record]) -> dict[str, Stored]:
     return {row["key"]: (bytes(row["fingerprint"]), row["status_code"], bytes(row["response"])) for row in rows}
 
 
 async def lock_keys(connection: asyncpg.Connection, program_id: str, keys: list[str]) -> dict[str, Stored]:
-    """Take the keys' transaction locks (in a fixed order) and return those already used."""
-    await connection.execute(_LOCK, program_id, keys)
+    """Take the keys' transaction locks (in a fixed order) and return those already used,
+    in one round trip."""
     rows = await connection.fetch(
-        "SELECT key, fingerprint, status_code, response FROM idempotency_keys"
-        " WHERE program_id = $1 AND key = ANY($2::text[])",
+        "SELECT key, fingerprint, status_code, response FROM lock_idempotency_keys($1, $2::text[])"
+        " WHERE key IS NOT NULL",
         program_id,
         keys,
     )

@@ -11,6 +11,7 @@ import msgspec
 
 from service.domain.earning import Refund
 from service.domain.errors import NotFound
+from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import AccountKind, customer_account
 from service.domain.orders import ReturnPolicy, ReturnSettings
 
@@ -44,6 +45,33 @@ async def save_return_settings(connection: asyncpg.Connection, program_id: str, 
         program_id,
         settings.window_days,
         settings.policy.value,
+    )
+
+
+class OrderContext(msgspec.Struct, frozen=True):
+    """What placing an order at a shop reads of the program, in one statement."""
+
+    shop_name: str
+    time_zone: str
+    expiry: ExpiryRule
+    returns: ReturnSettings
+
+
+async def order_context(connection: asyncpg.Connection, program_id: str, shop_id: str) -> OrderContext:
+    """The shop's name, the program's ledger and return settings; NotFound without the shop."""
+    row = await connection.fetchrow(
+        "SELECT s.name, p.time_zone, p.expiry_policy, p.expiry_period, p.return_window_days, p.return_policy"
+        " FROM programs p JOIN shops s ON s.program_id = p.id AND s.id = $2 WHERE p.id = $1",
+        program_id,
+        shop_id,
+    )
+    if row is None:
+        raise NotFound(f"shop {shop_id} not found", field="shop_id")
+    return OrderContext(
+        shop_name=row["name"],
+        time_zone=row["time_zone"],
+        expiry=ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"]),
+        returns=ReturnSettings(window_days=row["return_window_days"], policy=ReturnPolicy(row["return_policy"])),
     )
 
 

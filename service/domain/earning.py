@@ -23,10 +23,8 @@ more than the award in sum, and refunding everything takes exactly all of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from fractions import Fraction
 from typing import Annotated, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -238,15 +236,19 @@ def calculate_award(
             detail = f"{_times(campaign.multiplier_bp)} on {campaign.describe()}"
             stages.append((f"campaign:{campaign.name}", detail, campaign.multiplier_bp, campaign.applies_to, campaign))
 
-    amounts = [Fraction(line.net * rules.points_per_unit, rules.unit_minor) for line in order.lines]
-    floored = math.floor(sum(amounts, Fraction(0)))
+    # exact arithmetic in integers: each line's points are numerators[i] / denominator
+    numerators = [line.net * rules.points_per_unit for line in order.lines]
+    denominator = rules.unit_minor
+    floored = sum(numerators) // denominator
     base_detail = f"{rules.points_per_unit} per {rules.unit_minor} minor units of {net} {order.currency}"
     components = [AwardComponent("base", floored, base_detail)]
     granted: dict[str, int] = {}
     for rule, detail, bp, applies, source in stages:
-        factor = Fraction(bp, NEUTRAL_BP)
-        amounts = [a * factor if applies(line) else a for a, line in zip(amounts, order.lines, strict=True)]
-        now = math.floor(sum(amounts, Fraction(0)))
+        numerators = [
+            n * (bp if applies(line) else NEUTRAL_BP) for n, line in zip(numerators, order.lines, strict=True)
+        ]
+        denominator *= NEUTRAL_BP
+        now = sum(numerators) // denominator
         part, floored = now - floored, now
         if source is not None:
             part, detail = _capped(source, part, detail, so_far)

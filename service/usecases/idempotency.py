@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,6 +29,13 @@ def fingerprint(operation: str, request: object) -> bytes:
     return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(request)).digest()
 
 
+class _Refused(Exception):
+    """Carries a refusal out of the transaction of the work, so that rolls back."""
+
+    def __init__(self, refusal: DomainError) -> None:
+        self.refusal = refusal
+
+
 async def run_once(
     program_id: str,
     key: str,
@@ -35,25 +43,38 @@ async def run_once(
     result_type: type[T],
     work: Callable[[asyncpg.Connection], Awaitable[T]],
 ) -> T:
-    """Run work once per (program, key); replay its result or refusal for the same request."""
+    """Run work once per (program, key); replay its result or refusal for the same request.
+
+    The work and its record commit together. A refusal rolls the work back and is recorded
+    in a transaction of its own (unless the key was used meanwhile: then that record
+    answers), so success, the common case, needs no savepoint."""
 
     async def attempt() -> T | DomainError:
         async with transaction() as connection:
             stored = (await lock_keys(connection, program_id, [key])).get(key)
             if stored is not None:
                 return replay(stored, key, request_fingerprint, result_type)
-            outcome: T | DomainError
             try:
-                async with connection.transaction():  # a savepoint: a refusal undoes only the work
-                    outcome = await work(connection)
+                outcome = await work(connection)
             except DomainError as refusal:
                 if not refusal.remembered:
                     raise
-                outcome = refusal
+                raise _Refused(refusal) from refusal
             await remember(connection, program_id, [(key, request_fingerprint)], [outcome])
             return outcome
 
-    outcome = await with_retry(attempt)
+    async def record(refusal: DomainError) -> T | DomainError:
+        async with transaction() as connection:
+            stored = (await lock_keys(connection, program_id, [key])).get(key)
+            if stored is not None:
+                return replay(stored, key, request_fingerprint, result_type)
+            await remember(connection, program_id, [(key, request_fingerprint)], [refusal])
+            return refusal
+
+    try:
+        outcome = await with_retry(attempt)
+    except _Refused as refused:
+        outcome = await with_retry(functools.partial(record, refused.refusal))
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome

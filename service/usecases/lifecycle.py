@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 
 from service.config import Settings
-from service.db.events import emit, emit_once
+from service.db.events import emit, emit_all, emit_once
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.domain.events import (
@@ -177,8 +177,7 @@ async def emit_order_events(
         categories=sorted({line["category"] for line in lines}),
     )
     kind = EventType.PURCHASE_FIRST if count == 1 else EventType.PURCHASE_REPEAT
-    now = order["created_at"]
-    await emit(connection, program_id, kind, purchase, customer_id, occurred_at=now)
+    events: list[tuple[EventType, msgspec.Struct]] = [(kind, purchase)]
     if order["award_entry_id"] is not None:
         earned = PointsEarned(
             customer_id=customer_id,
@@ -190,7 +189,8 @@ async def emit_order_events(
             available_from=order["release_at"],
             expires_at=expiry,
         )
-        await emit(connection, program_id, EventType.POINTS_EARNED, earned, customer_id, occurred_at=now)
+        events.append((EventType.POINTS_EARNED, earned))
+    await emit_all(connection, program_id, events, customer_id, occurred_at=order["created_at"])
 
 
 async def emit_points_redeemed(

@@ -40,7 +40,7 @@ from service.domain.orders import (
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_in_force
 from service.usecases.idempotency import derived_key, fingerprint, run_once
-from service.usecases.ledger_settings import ledger_settings
+from service.usecases.ledger_settings import ProgramLedgerSettings
 from service.usecases.lifecycle import emit_order_events
 
 RELEASE_ACTOR = "job:release-orders"
@@ -141,20 +141,22 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         if order.placed_at > now + FUTURE_TOLERANCE:
             raise InvalidInput("placed_at is in the future", field="order.placed_at")
         program_id = principal.program_id
-        shop = await _not_yet(rows.shop_name(connection, program_id, shop_id))
+        context = await _not_yet(rows.order_context(connection, program_id, shop_id))
+        shop, returns = context.shop_name, context.returns
+        settings = ProgramLedgerSettings(context.time_zone, context.expiry)
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
         await _not_yet(
             rows.lock_customer_balances(connection, program_id, placement.customer_id, [AccountKind.PENDING])
         )
-        settings = await ledger_settings(connection, program_id)
-        returns = await rows.return_settings(connection, program_id)
         rules = await rules_in_force(connection, program_id, order.placed_at)
         so_far = None
         if any(campaign.customer_cap is not None for campaign in rules.campaigns):
             so_far = await rows.campaign_bonus_so_far(connection, program_id, placement.customer_id)
-        multiplier = await tiers.multiplier_bp(connection, program_id, placement.customer_id, now)
-        award = calculate_award(order, rules, zone=settings.zone, tier_multiplier_bp=multiplier, bonus_so_far=so_far)
+        tier = await tiers.tier_for_order(connection, program_id, placement.customer_id, settings.zone, now)
+        award = calculate_award(
+            order, rules, zone=settings.zone, tier_multiplier_bp=tiers.multiplier_bp(tier), bonus_so_far=so_far
+        )
         entry_id = None
         if award.total:
             draft = award_draft(
@@ -188,7 +190,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
             connection, program_id, row, expires_at(settings.expiry, order.placed_at, settings.zone)
         )
         cause = f"order {placement.order_id} at shop {shop_id}"
-        await tiers.after_order(connection, program_id, placement.customer_id, settings.zone, now, cause)
+        await tiers.after_order(connection, program_id, tier, settings.zone, now, cause)
         return _order_view(row)
 
     key = derived_key("order", shop_id, placement.order_id)

@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from service.db import credentials
 from service.db.ledger_accounts import open_system_accounts
 from service.db.tables import ApiKey, Program, Shop
-from service.db.transaction import transaction
+from service.db.transaction import autocommit, transaction
 from service.domain import access
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
@@ -128,15 +129,14 @@ async def revoke_api_key(program_id: str, key_id: str, clock: Clock) -> ApiKeyRe
 
 
 async def authenticate(credential: str, clock: Clock) -> Principal:
-    """Turn a presented API key or customer token into a Principal, or raise Unauthorized."""
+    """Turn a presented API key or customer token into a Principal, or raise Unauthorized.
+
+    One statement on a pooled connection for an API key (revocation takes effect on the
+    next request); none for a customer token once its program's secret is known."""
     parsed = access.parse_api_key(credential)
     if parsed is not None:
-        row = (
-            await ApiKey.select(ApiKey.scope, ApiKey.secret_hash, ApiKey.revoked_at)
-            .where((ApiKey.program_id == parsed.program_id) & (ApiKey.id == parsed.key_id))
-            .first()
-            .run()
-        )
+        async with autocommit() as connection:
+            row = await credentials.api_key(connection, parsed.program_id, parsed.key_id)
         if row is None or not access.secret_matches(parsed.secret, row["secret_hash"]):
             raise Unauthorized("unknown API key")
         if row["revoked_at"] is not None:
@@ -157,9 +157,15 @@ async def issue_customer_token(program_id: str, customer_id: str, ttl: timedelta
     return access.sign_customer_token(program_id, customer_id, expires_at, secret), expires_at
 
 
+_token_secrets: dict[str, bytes] = {}  # a program's secret is made with it and never changes
+
+
 async def _token_secret(program_id: str) -> bytes:
-    row = await Program.select(Program.token_secret).where(Program.id == program_id).first().run()
-    if row is None:
-        raise Unauthorized("unknown program")
-    secret: bytes = row["token_secret"]
+    secret = _token_secrets.get(program_id)
+    if secret is None:
+        async with autocommit() as connection:
+            secret = await credentials.token_secret(connection, program_id)
+        if secret is None:
+            raise Unauthorized("unknown program")
+        _token_secrets[program_id] = secret
     return secret

@@ -76,9 +76,24 @@ async def _current(
     lock: bool,
 ) -> CustomerTier:
     """The customer's tier row (locked if asked), or a new one at the level they qualify for."""
+    tier, _ = await _row_or_new(connection, program_id, customer_id, config, zone, now, lock=lock)
+    return tier
+
+
+async def _row_or_new(
+    connection: asyncpg.Connection,
+    program_id: str,
+    customer_id: str,
+    config: TierConfig,
+    zone: ZoneInfo,
+    now: datetime,
+    *,
+    lock: bool,
+) -> tuple[CustomerTier, bool]:
+    """_current, and whether the row is stored."""
     tier = await rows.load_tier(connection, program_id, customer_id, lock=lock)
     if tier is not None:
-        return tier
+        return tier, True
     if lock:  # a customer's first tier row: lock the customer so two first orders take turns
         found = await connection.fetchval(
             "SELECT 1 FROM customers WHERE program_id = $1 AND id = $2 FOR NO KEY UPDATE", program_id, customer_id
@@ -87,9 +102,9 @@ async def _current(
             raise NotFound(f"customer {customer_id} not found", field="customer_id")
         tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
         if tier is not None:
-            return tier
+            return tier, True
     level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
-    return CustomerTier(
+    new = CustomerTier(
         customer_id=customer_id,
         earned_code=level.code,
         effective_code=config.levels[0].code,  # what it was before any row: the base level
@@ -97,6 +112,7 @@ async def _current(
         review_at=_review(config, level.code, now, zone),
         grace_ends_at=None,
     )
+    return new, False
 
 
 async def _settle(
@@ -107,9 +123,15 @@ async def _settle(
     now: datetime,
     kind: str,
     cause: str,
+    *,
+    grants: list[TierGrant] | None = None,
+    dirty: bool = True,
 ) -> None:
-    """Recompute the effective tier (earned, or a grant in force if higher), record a change, save."""
-    grants = await rows.grants_in_force(connection, program_id, tier.customer_id, now)
+    """Recompute the effective tier (earned, or a grant in force if higher), record a change,
+    save (unless nothing changed and the caller says the stored row is current: dirty=False).
+    `grants` are those in force at `now` if the caller has them."""
+    if grants is None:
+        grants = await rows.grants_in_force(connection, program_id, tier.customer_id, now)
     effective = higher(config, [tier.earned_code, *(grant.tier_code for grant in grants)])
     if effective != tier.effective_code:
         if kind in ("upgrade", "downgrade"):  # the ladder decides the word
@@ -124,40 +146,81 @@ async def _settle(
         event = EventType.TIER_UPGRADED if up else EventType.TIER_DOWNGRADED
         await emit(connection, program_id, event, changed, tier.customer_id, occurred_at=now)
         tier.effective_code = effective
-    await rows.save_tier(connection, program_id, tier, now)
+        dirty = True
+    if dirty:
+        await rows.save_tier(connection, program_id, tier, now)
 
 
-async def multiplier_bp(connection: asyncpg.Connection, program_id: str, customer_id: str, now: datetime) -> int:
-    """The earn multiplier of the customer's tier at `now` (1x without tiers)."""
+class OrderTier(msgspec.Struct, kw_only=True):
+    """A customer's tier as their order finds it, read once for the whole order: the ladder,
+    their tier row (locked: their orders take turns) or a new one, the grants in force."""
+
+    config: TierConfig
+    tier: CustomerTier
+    stored: bool
+    grants: list[TierGrant]
+
+    @property
+    def multiplier_bp(self) -> int:
+        """The earn multiplier at the order: of the tier earned before it (the base level
+        without a stored row), or of a grant in force if higher."""
+        earned = self.tier.earned_code if self.stored else self.config.levels[0].code
+        codes = [earned, *(grant.tier_code for grant in self.grants)]
+        return self.config.level(higher(self.config, codes)).earn_multiplier_bp
+
+
+async def tier_for_order(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, zone: ZoneInfo, now: datetime
+) -> OrderTier | None:
+    """The customer's tier for an order at `now`, locked; None if the program has no tiers."""
     config = await rows.load_config(connection, program_id)
     if config is None:
-        return NEUTRAL_BP
-    tier = await rows.load_tier(connection, program_id, customer_id)
+        return None
+    tier, stored = await _row_or_new(connection, program_id, customer_id, config, zone, now, lock=True)
     grants = await rows.grants_in_force(connection, program_id, customer_id, now)
-    earned = tier.earned_code if tier else config.levels[0].code
-    return config.level(higher(config, [earned, *(grant.tier_code for grant in grants)])).earn_multiplier_bp
+    return OrderTier(config=config, tier=tier, stored=stored, grants=grants)
+
+
+def multiplier_bp(state: OrderTier | None) -> int:
+    """The earn multiplier of an order's tier state (1x without tiers)."""
+    return NEUTRAL_BP if state is None else state.multiplier_bp
 
 
 async def after_order(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, zone: ZoneInfo, now: datetime, cause: str
+    connection: asyncpg.Connection,
+    program_id: str,
+    state: OrderTier | None,
+    zone: ZoneInfo,
+    now: datetime,
+    cause: str,
 ) -> None:
-    """Upgrade at once if the order crossed a threshold (inside the order's transaction); an
-    order that makes a customer in their grace period qualify again ends the grace period."""
-    config = await rows.load_config(connection, program_id)
-    if config is None:
+    """Upgrade at once if the order (stored by now) crossed a threshold, inside the order's
+    transaction; an order that makes a customer in their grace period qualify again ends
+    the grace period. The row is written only when something changed."""
+    if state is None:
         return
-    tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
-    level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
+    config, tier = state.config, state.tier
+    level = qualified(config, await _measure(connection, program_id, tier.customer_id, config, zone, now))
+    dirty = not state.stored
     if config.rank(level.code) > config.rank(tier.earned_code):
         tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None
         tier.review_at = _review(config, level.code, now, zone)
+        dirty = True
     elif tier.grace_ends_at is not None and config.rank(level.code) >= config.rank(tier.earned_code):
         tier.grace_ends_at = None
         tier.review_at = _next_review(tier.review_at, zone, now)
         await rows.record_change(
-            connection, program_id, customer_id, tier.effective_code, tier.effective_code, "review_passed", cause, now
+            connection,
+            program_id,
+            tier.customer_id,
+            tier.effective_code,
+            tier.effective_code,
+            "review_passed",
+            cause,
+            now,
         )
-    await _settle(connection, program_id, config, tier, now, "upgrade", cause)
+        dirty = True
+    await _settle(connection, program_id, config, tier, now, "upgrade", cause, grants=state.grants, dirty=dirty)
 
 
 def _next_review(current: datetime | None, zone: ZoneInfo, now: datetime) -> datetime | None:

@@ -458,3 +458,35 @@ def test_refunds_claw_back_exactly_the_award_and_never_more(
         assert step.points >= 0
         assert taken <= result.total
     assert taken == result.total
+
+
+def exact_multiplied_points(the_order: Order, the_rules: EarningRules, tier: int) -> int:
+    """floor of the exact sum over lines of base points times every multiplier that applies."""
+    day = the_order.placed_at.astimezone(AMSTERDAM).date()
+    total = Fraction(0)
+    for line in the_order.lines:
+        points = Fraction(line.net * the_rules.points_per_unit, the_rules.unit_minor)
+        points *= Fraction(the_rules.category_multipliers.get(line.category, NEUTRAL_BP), NEUTRAL_BP)
+        points *= Fraction(tier, NEUTRAL_BP)
+        for campaign in the_rules.campaigns:
+            active = campaign.starts_on <= day <= campaign.ends_on and campaign.multiplier_bp is not None
+            if active and campaign.applies_to(line):
+                points *= Fraction(campaign.multiplier_bp or NEUTRAL_BP, NEUTRAL_BP)
+        total += points
+    return math.floor(total)
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders(), rule_sets(), st.integers(0, 20_000))
+def test_multiplied_points_are_the_floor_of_the_exact_product(
+    the_order: Order, the_rules: EarningRules, tier: int
+) -> None:
+    uncapped = msgspec.structs.replace(
+        the_rules,
+        order_cap=None,
+        minimum_order_minor=0,
+        campaigns=tuple(msgspec.structs.replace(c, customer_cap=None) for c in the_rules.campaigns),
+    )
+    result = calculate_award(the_order, uncapped, zone=AMSTERDAM, tier_multiplier_bp=tier)
+    multiplied = sum(c.points for c in result.breakdown if not c.rule.startswith("campaign-bonus:"))
+    assert multiplied == exact_multiplied_points(the_order, uncapped, tier)
