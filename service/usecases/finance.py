@@ -15,7 +15,7 @@ import msgspec
 from service.db.chain import iter_chain_breaks
 from service.db.ledger import WrittenPosting
 from service.db.piccolo_conf import DB
-from service.db.transaction import transaction
+from service.db.transaction import autocommit, transaction
 from service.domain.chain import ChainBreak
 from service.domain.errors import InvalidInput, NotFound
 
@@ -152,26 +152,27 @@ class CustomerBalance(msgspec.Struct, frozen=True, kw_only=True):
 
 async def customer_balance(program_id: str, customer_id: str, now: datetime, days: int = 30) -> CustomerBalance:
     """A customer's balances, and the points that expire in the next `days` days by local date."""
-    async with _snapshot() as connection:
+    async with autocommit() as connection:  # one statement: one snapshot, one round trip
         rows = await connection.fetch(
-            "SELECT kind, balance FROM accounts WHERE program_id = $1 AND customer_id = $2",
-            program_id,
-            customer_id,
-        )
-        if not rows:
-            raise NotFound(f"customer {customer_id} not found", field="customer_id")
-        expiring = await connection.fetch(
-            "SELECT (l.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date AS last_day,"
-            " sum(l.remaining)::bigint AS points FROM lots l"
+            "SELECT a.kind, a.balance, NULL::date AS last_day FROM accounts a"
+            " WHERE a.program_id = $1 AND a.customer_id = $2"
+            " UNION ALL"
+            " SELECT NULL, sum(l.remaining)::bigint,"
+            " (l.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date FROM lots l"
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
             " JOIN programs p ON p.id = l.program_id"
             " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
-            " AND l.expires_at > $3 AND l.expires_at <= $4 GROUP BY 1 ORDER BY 1",
+            " AND l.expires_at > $3 AND l.expires_at <= $4 GROUP BY 3"
+            " ORDER BY 3 NULLS FIRST",
             program_id,
             customer_id,
             now,
             now + timedelta(days=days),
         )
+    expiring = [row for row in rows if row["kind"] is None]
+    rows = [row for row in rows if row["kind"] is not None]
+    if not rows:
+        raise NotFound(f"customer {customer_id} not found", field="customer_id")
     balances = {row["kind"]: row["balance"] for row in rows}
     return CustomerBalance(
         customer_id=customer_id,
@@ -181,7 +182,7 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
         credit_available=balances["credit_available"],
         credit_held=balances["credit_held"],
         owed=balances["owed"],
-        expiring=[ExpiringPoints(row["last_day"], row["points"]) for row in expiring],
+        expiring=[ExpiringPoints(row["last_day"], row["balance"]) for row in expiring],
     )
 
 
