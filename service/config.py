@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retry_for_s: float = 86_400.0
     webhook_disable_after: int = 50
     webhook_interval_s: float = 1.0
+    webhook_allow_private: bool = False  # loopback and private networks as webhook destinations
+    webhook_https_only: bool = False
     expiring_soon_days: int = 7
     win_back_days: int = 60
     cross_sell_orders: int = 3
@@ -68,6 +70,8 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "LOYALTY_WEBHOOK_RETRY_FOR_S": ("webhook_retry_for_s", float),
     "LOYALTY_WEBHOOK_DISABLE_AFTER": ("webhook_disable_after", int),
     "LOYALTY_WEBHOOK_INTERVAL_S": ("webhook_interval_s", float),
+    "LOYALTY_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", bool),
+    "LOYALTY_WEBHOOK_HTTPS_ONLY": ("webhook_https_only", bool),
     "LOYALTY_EXPIRING_SOON_DAYS": ("expiring_soon_days", int),
     "LOYALTY_WIN_BACK_DAYS": ("win_back_days", int),
     "LOYALTY_CROSS_SELL_ORDERS": ("cross_sell_orders", int),

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
+from service.domain.destinations import DestinationPolicy
 from service.domain.webhooks import verify
+
+# The receivers listen on loopback: the tests that send to them allow private destinations.
+LOOPBACK_ALLOWED = DestinationPolicy(allow_private=True)
 
 
 @dataclass
@@ -62,6 +67,7 @@ def sleeps_first(seconds: float, times: int = 1) -> Behaviour:
 @dataclass
 class Receiver:
     url: str = ""
+    port: int = 0
     behaviour: Behaviour = ok
     requests: list[Received] = field(default_factory=list)
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
@@ -101,12 +107,13 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def receiver(behaviour: Behaviour = ok) -> AsyncIterator[Receiver]:
-    """A receiver listening on 127.0.0.1 at a free port, for the duration of the block."""
+async def receiver(behaviour: Behaviour = ok, tls: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
+    """A receiver listening on 127.0.0.1 at a free port (with TLS if given a server context),
+    for the duration of the block."""
     state = Receiver(behaviour=behaviour)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    state.url = f"http://127.0.0.1:{port}/hooks"
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
+    state.port = server.sockets[0].getsockname()[1]
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{state.port}/hooks"
     try:
         yield state
     finally:

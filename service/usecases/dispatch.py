@@ -8,6 +8,11 @@ delivery is due again: receivers de-duplicate by `webhook-id` (the event id). Se
 dispatchers may run at once; a claimed delivery is invisible to the others until its lease
 ends. A customer's events reach an endpoint in order: a delivery is not claimed while an
 earlier event of the same customer to the same endpoint is still pending.
+
+Each send resolves the endpoint's host, refuses it if any address it resolves to is not
+allowed (`service/domain/destinations.py`), and connects to a checked address itself: the
+request goes to the IP, with the host name in `Host`, in TLS SNI and in the certificate
+check, so a second DNS answer (rebinding) cannot send it elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -26,7 +34,16 @@ from service.config import Settings
 from service.db import events as event_rows
 from service.db.transaction import in_transaction, transaction
 from service.domain.clock import Clock
+from service.domain.destinations import (
+    PUBLIC_ONLY,
+    DestinationPolicy,
+    address_allowed,
+    parse_address,
+    refused_address,
+    url_problem,
+)
 from service.domain.webhooks import RetryPolicy, headers, is_success, next_attempt, should_disable
+from service.usecases.webhooks import destination_policy
 
 log = logging.getLogger("loyalty.webhooks")
 
@@ -44,6 +61,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 16  # requests in flight per dispatcher
     interval_s: float = 1.0  # pause when there is nothing to do
     publish_batch: int = 1000
+    destinations: DestinationPolicy = PUBLIC_ONLY
 
     @property
     def lease(self) -> timedelta:
@@ -61,6 +79,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             ),
             disable_after=settings.webhook_disable_after,
             interval_s=settings.webhook_interval_s,
+            destinations=destination_policy(settings),
         )
 
 
@@ -144,20 +163,87 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> li
     ]
 
 
-async def send(client: httpx.AsyncClient, claimed: Claimed, clock: Clock, timeout_s: float) -> tuple[int | None, str]:
-    """POST one signed message; (status code, error): a code of None means no answer."""
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses of a host name, in the system resolver's order (off the event loop)."""
+    answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(answer[4][0]) for answer in answers))
+
+
+class DestinationRefused(Exception):
+    """The destination is not allowed; nothing was sent."""
+
+
+async def _addresses(url: httpx.URL, policy: DestinationPolicy, resolver: Resolver) -> list[str]:
+    """The addresses to connect to for a URL, every one of them allowed."""
+    literal = parse_address(url.host)
+    if literal is not None:
+        found = [literal]
+    else:
+        host = url.raw_host.decode("ascii")
+        try:
+            answers = await resolver(host, url.port or (443 if url.scheme == "https" else 80))
+        except OSError as error:  # socket.gaierror
+            raise DestinationRefused(f"could not resolve {host}: {error.strerror or error}") from None
+        found = [address for address in map(parse_address, answers) if address is not None]
+        if not found or len(found) != len(answers):
+            raise DestinationRefused(f"could not resolve {host} to IP addresses")
+    for address in found:
+        if not address_allowed(address, policy):
+            raise DestinationRefused(refused_address(address))
+    return [str(address) for address in found]
+
+
+async def _post(
+    client: httpx.AsyncClient, url: httpx.URL, addresses: list[str], body: bytes, request_headers: dict[str, str]
+) -> int:
+    """POST to the URL at the first of its addresses that takes a connection, as if to its
+    host: `Host`, and for https the SNI and the certificate check, keep the host name."""
+    pinned_headers = {**request_headers, "host": url.netloc.decode("ascii")}
+    by_name = url.scheme == "https" and parse_address(url.host) is None
+    extensions: dict[str, Any] = {"sni_hostname": url.raw_host.decode("ascii").rstrip(".")} if by_name else {}
+
+    async def post(address: str) -> int:
+        target = url.copy_with(host=address)
+        async with client.stream(
+            "POST", target, content=body, headers=pinned_headers, extensions=extensions, follow_redirects=False
+        ) as answer:
+            return answer.status_code
+
+    *others, last = addresses
+    for address in others:
+        with contextlib.suppress(httpx.ConnectError):  # nothing was sent: try the next address
+            return await post(address)
+    return await post(last)
+
+
+async def send(
+    client: httpx.AsyncClient, claimed: Claimed, clock: Clock, config: DispatchConfig, resolver: Resolver = resolve
+) -> tuple[int | None, str]:
+    """POST one signed message to a checked address of the endpoint; (status code, error):
+    a code of None means no answer, or a refused destination that was not contacted."""
     timestamp = int(clock.now().timestamp())
     request_headers = {
         **headers(claimed.secret, claimed.event_id, timestamp, claimed.body),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        "connection": "close",  # one request per connection (see new_client)
     }
     try:
-        async with asyncio.timeout(timeout_s):  # a bound on the whole exchange, not per read
-            async with client.stream("POST", claimed.url, content=claimed.body, headers=request_headers) as answer:
-                return answer.status_code, ("" if is_success(answer.status_code) else f"HTTP {answer.status_code}")
+        async with asyncio.timeout(config.timeout_s):  # a bound on the whole exchange, DNS included
+            problem = url_problem(claimed.url, config.destinations)  # the rules may have changed since it was stored
+            if problem is not None:
+                raise DestinationRefused(problem)
+            url = httpx.URL(claimed.url)
+            addresses = await _addresses(url, config.destinations, resolver)
+            status = await _post(client, url, addresses, claimed.body, request_headers)
+            return status, ("" if is_success(status) else f"HTTP {status}")
+    except DestinationRefused as refusal:
+        return None, str(refusal)[:MAX_ERROR_CHARS]
     except TimeoutError:
-        return None, f"no answer within {timeout_s:g} s"
+        return None, f"no answer within {config.timeout_s:g} s"
     except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
         return None, f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
 
@@ -234,7 +320,12 @@ async def record(claimed: Claimed, status: int | None, error: str, clock: Clock,
 
 
 async def dispatch_program(
-    program_id: str, clock: Clock, config: DispatchConfig, client: httpx.AsyncClient, max_rounds: int = 50
+    program_id: str,
+    clock: Clock,
+    config: DispatchConfig,
+    client: httpx.AsyncClient,
+    max_rounds: int = 50,
+    resolver: Resolver = resolve,
 ) -> DispatchReport:
     """Publish a program's outbox and send its due deliveries, round after round while some
     were due (the next event of a customer becomes due when the one before it is delivered)."""
@@ -243,7 +334,7 @@ async def dispatch_program(
 
     async def deliver(claimed: Claimed) -> str:
         async with limit:
-            status, error = await send(client, claimed, clock, config.timeout_s)
+            status, error = await send(client, claimed, clock, config, resolver)
         return await record(claimed, status, error, clock, config)
 
     for _ in range(max_rounds):
@@ -259,8 +350,14 @@ async def dispatch_program(
 
 
 def new_client(config: DispatchConfig) -> httpx.AsyncClient:
-    """The HTTP client of a dispatcher: no redirects, no proxies from the environment."""
-    return httpx.AsyncClient(timeout=config.timeout_s, follow_redirects=False, trust_env=False)
+    """The HTTP client of a dispatcher: no redirects, no proxies from the environment, no
+    idle connections kept (a connection to an address is for the one host name it was made for)."""
+    return httpx.AsyncClient(
+        timeout=config.timeout_s,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
 
 
 async def dispatch_once(

@@ -9,9 +9,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.config import Settings
 from service.db import events as event_rows
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
+from service.domain.destinations import PUBLIC_ONLY, DestinationPolicy, url_problem
 from service.domain.errors import Conflict, InvalidInput, NotFound
 from service.domain.events import AnyEvent, EventType
 from service.domain.ids import new_id
@@ -82,12 +84,16 @@ def _delivery(row: asyncpg.Record) -> Delivery:
     return msgspec.convert(dict(row), Delivery)
 
 
-def check_url(url: str) -> None:
-    """An absolute http(s) URL with a host."""
-    scheme, sep, rest = url.partition("://")
-    host = rest.split("/", 1)[0].split("?", 1)[0]
-    if not sep or scheme.lower() not in {"http", "https"} or not host or any(c.isspace() for c in url):
-        raise InvalidInput("url must be an absolute http:// or https:// URL", field="url")
+def destination_policy(settings: Settings) -> DestinationPolicy:
+    """Where this deployment lets webhooks go (LOYALTY_WEBHOOK_ALLOW_PRIVATE, _HTTPS_ONLY)."""
+    return DestinationPolicy(allow_private=settings.webhook_allow_private, https_only=settings.webhook_https_only)
+
+
+def check_url(url: str, policy: DestinationPolicy) -> None:
+    """An http(s) URL with a host and no user info, whose IP-literal host is allowed."""
+    problem = url_problem(url, policy)
+    if problem is not None:
+        raise InvalidInput(problem, field="url")
 
 
 def _unique_types(types: list[EventType]) -> list[str]:
@@ -95,10 +101,16 @@ def _unique_types(types: list[EventType]) -> list[str]:
 
 
 async def create_endpoint(
-    program_id: str, url: str, event_types: list[EventType], description: str, clock: Clock
+    program_id: str,
+    url: str,
+    event_types: list[EventType],
+    description: str,
+    clock: Clock,
+    policy: DestinationPolicy = PUBLIC_ONLY,
 ) -> NewEndpoint:
-    """Register an endpoint for these event types; it gets events published from now on."""
-    check_url(url)
+    """Register an endpoint for these event types; it gets events published from now on.
+    Its host name is not resolved here (answers change): the dispatcher checks every send."""
+    check_url(url, policy)
     secret = new_secret()
 
     async def work(connection: asyncpg.Connection) -> NewEndpoint:
@@ -140,11 +152,17 @@ async def get_endpoint(program_id: str, endpoint_id: str) -> Endpoint:
     return _endpoint(row, endpoint_id)
 
 
-async def update_endpoint(program_id: str, endpoint_id: str, change: EndpointChange, clock: Clock) -> Endpoint:
+async def update_endpoint(
+    program_id: str,
+    endpoint_id: str,
+    change: EndpointChange,
+    clock: Clock,
+    policy: DestinationPolicy = PUBLIC_ONLY,
+) -> Endpoint:
     """Change the URL, description or event types, or enable/disable; enabling clears the
     failure count and the reason, and the endpoint's pending deliveries resume."""
     if change.url is not msgspec.UNSET:
-        check_url(change.url)
+        check_url(change.url, policy)
     values: dict[str, Any] = {}
     if change.url is not msgspec.UNSET:
         values["url"] = change.url

@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
+from service.app import create_app
+from service.config import Settings
 from service.domain.clock import ManualClock
 from service.domain.events import EventType
 from service.usecases.dispatch import DispatchConfig, dispatch_program, new_client
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
-from tests.webhook_receiver import answers, receiver
+from tests.webhook_receiver import LOOPBACK_ALLOWED, answers, receiver
 
 ENDPOINTS = "/v1/webhooks/endpoints"
-CONFIG = DispatchConfig(timeout_s=0.5)
+CONFIG = DispatchConfig(timeout_s=0.5, destinations=LOOPBACK_ALLOWED)
+
+
+def app_with(settings: Settings, database: str, clock: ManualClock, **webhook_settings: bool) -> Litestar:
+    """The app with these webhook destination settings (whatever the environment says)."""
+    changes = {"webhook_allow_private": False, "webhook_https_only": False} | webhook_settings
+    return create_app(msgspec.structs.replace(settings, **changes), database, clock)
+
+
+@pytest.fixture(scope="module")
+def loopback_app(settings: Settings, database: str, clock: ManualClock) -> Litestar:
+    """LOYALTY_WEBHOOK_ALLOW_PRIVATE on: the test receivers listen on loopback."""
+    return app_with(settings, database, clock, webhook_allow_private=True)
+
+
+@pytest.fixture(scope="module")
+def public_only_app(settings: Settings, database: str, clock: ManualClock) -> Litestar:
+    """LOYALTY_WEBHOOK_ALLOW_PRIVATE off, as in production."""
+    return app_with(settings, database, clock, webhook_allow_private=False)
+
+
+@pytest.fixture
+async def loopback_client(loopback_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=loopback_app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture
+async def public_only_client(public_only_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=public_only_app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
 
 
 async def make_endpoint(client: httpx.AsyncClient, program: ProgramFixture, **body: Any) -> dict[str, Any]:
@@ -85,6 +122,112 @@ async def test_a_bad_endpoint_is_refused_naming_the_field(
     assert (await client.get(ENDPOINTS, headers=program.auth("admin"))).json() == []
 
 
+PRIVATE_OR_WORSE = [
+    "http://127.0.0.1:8080/hooks",
+    "http://127.9.9.9/hooks",
+    "http://10.0.0.5/hooks",
+    "http://172.16.0.1/hooks",
+    "http://192.168.1.10/hooks",
+    "http://100.64.0.1/hooks",  # shared (CGNAT) space
+    "http://169.254.169.254/latest/meta-data/",  # the cloud metadata service
+    "http://0.0.0.0:8000/",
+    "http://[::1]:8080/hooks",
+    "http://[fd00::1]/hooks",
+    "http://[fe80::1]/hooks",
+    "http://[::ffff:127.0.0.1]/hooks",  # IPv4-mapped loopback
+    "http://[::ffff:a9fe:a9fe]/hooks",  # IPv4-mapped metadata service
+    "http://[64:ff9b::a00:5]/hooks",  # NAT64 of 10.0.0.5
+    "http://[2002:a00:5::1]/hooks",  # 6to4 of 10.0.0.5
+    "https://224.0.0.1/hooks",
+    "https://192.0.2.10/hooks",  # documentation
+]
+SPELLED_OTHERWISE = [
+    "http://2130706433/hooks",  # 127.0.0.1 as one number
+    "http://127.1/hooks",
+    "http://0x7f.0.0.1/hooks",
+    "http://0177.0.0.1/hooks",
+    "http://user:secret@crm.example.com/hooks",
+    "https://crm.example.com@127.0.0.1/hooks",
+    "https://crm.example.com\\@127.0.0.1/hooks",
+    "https://crm.example.com:0/hooks",
+]
+
+
+@pytest.mark.parametrize("url", PRIVATE_OR_WORSE + SPELLED_OTHERWISE)
+async def test_an_endpoint_into_private_networks_is_refused_and_nothing_is_stored(
+    public_only_client: httpx.AsyncClient, program: ProgramFixture, url: str
+) -> None:
+    body = {"url": url, "event_types": ["customer.enrolled"]}
+    response = await public_only_client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    problem = assert_problem(response, 422, "invalid-input")
+    assert_names_field(problem, "url")
+    assert (await public_only_client.get(ENDPOINTS, headers=program.auth("admin"))).json() == []
+
+
+async def test_the_refusal_names_the_address(public_only_client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    body = {"url": "http://169.254.169.254/latest/meta-data/", "event_types": ["customer.enrolled"]}
+    response = await public_only_client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    assert response.json()["detail"] == "destination address 169.254.169.254 is not allowed"
+
+
+async def test_changing_the_url_to_a_private_address_is_refused_and_changes_nothing(
+    public_only_client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    admin = program.auth("admin")
+    made = await make_endpoint(public_only_client, program)
+    for url in ("http://10.0.0.5/hooks", "http://[::1]/hooks", "http://u:p@crm.example.com/hooks"):
+        changed = await public_only_client.patch(
+            f"{ENDPOINTS}/{made['id']}", json={"url": url, "enabled": False}, headers=admin
+        )
+        assert_names_field(assert_problem(changed, 422, "invalid-input"), "url")
+    kept = (await public_only_client.get(f"{ENDPOINTS}/{made['id']}", headers=admin)).json()
+    assert (kept["url"], kept["enabled"]) == (made["url"], True)
+
+
+async def test_allowing_private_destinations_still_refuses_link_local_and_metadata(
+    loopback_client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    admin = program.auth("admin")
+    for url in ("http://127.0.0.1:8080/hooks", "http://10.0.0.5/hooks", "http://[::1]/hooks", "http://[fd12::1]/"):
+        await make_endpoint(loopback_client, program, url=url)
+    for url in ("http://169.254.169.254/", "http://[fe80::1]/", "http://0.0.0.0/", "http://100.100.100.200/"):
+        body = {"url": url, "event_types": ["customer.enrolled"]}
+        response = await loopback_client.post(ENDPOINTS, json=body, headers=admin)
+        assert_names_field(assert_problem(response, 422, "invalid-input"), "url")
+    assert len((await loopback_client.get(ENDPOINTS, headers=admin)).json()) == 4
+
+
+async def test_https_only_refuses_http_urls(
+    settings: Settings, database: str, clock: ManualClock, program: ProgramFixture
+) -> None:
+    strict = app_with(settings, database, clock, webhook_https_only=True)
+    transport = httpx.ASGITransport(app=strict)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        body = {"url": "http://crm.example.com/hooks", "event_types": ["customer.enrolled"]}
+        refused = assert_problem(await client.post(ENDPOINTS, json=body, headers=program.auth("admin")), 422)
+        assert refused["field"] == "url" and "https://" in refused["detail"]
+        await make_endpoint(client, program, url="https://crm.example.com/hooks")
+
+
+async def test_a_host_name_of_loopback_is_accepted_but_never_sent_to(
+    public_only_client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    admin = program.auth("admin")
+    public_only = DispatchConfig(timeout_s=0.5)  # LOYALTY_WEBHOOK_ALLOW_PRIVATE off
+    async with receiver() as hooks, new_client(public_only) as http:
+        # host names are not resolved at registration: their answers may change by send time
+        made = await make_endpoint(public_only_client, program, url=f"http://localhost:{hooks.port}/hooks")
+        await enrol(public_only_client, program, "ann")
+        report = await dispatch_program(program.id, clock, public_only, http)
+        assert (report.delivered, report.failed_attempts) == (0, 1)
+        log = await public_only_client.get(f"{ENDPOINTS}/{made['id']}/deliveries", headers=admin)
+    [delivery] = log.json()["items"]
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1  # a failed attempt, retried later
+    assert delivery["last_status_code"] is None
+    assert re.fullmatch(r"destination address (127\.0\.0\.1|::1) is not allowed", delivery["last_error"])
+    assert hooks.requests == []
+
+
 async def test_only_admins_manage_endpoints_and_other_programs_see_nothing(
     client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture
 ) -> None:
@@ -98,8 +241,9 @@ async def test_only_admins_manage_endpoints_and_other_programs_see_nothing(
 
 
 async def test_the_delivery_log_pages_and_a_delivery_can_be_sent_again(
-    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+    loopback_client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
 ) -> None:
+    client = loopback_client
     admin = program.auth("admin")
     async with receiver(answers(500)) as hooks, new_client(CONFIG) as http:
         made = await make_endpoint(client, program, url=hooks.url)

@@ -23,7 +23,7 @@ from service.usecases.dispatch import DispatchConfig, DispatchReport, dispatch_p
 from service.usecases.webhooks import EndpointChange
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import enrol
-from tests.webhook_receiver import Received, answers, receiver, sleeps_first
+from tests.webhook_receiver import LOOPBACK_ALLOWED, Received, answers, receiver, sleeps_first
 
 CONFIG = DispatchConfig(
     timeout_s=2.0,  # receivers answer at once; a busy CI machine may still take a while
@@ -31,6 +31,7 @@ CONFIG = DispatchConfig(
     disable_after=1000,
     batch=50,
     concurrency=8,
+    destinations=LOOPBACK_ALLOWED,
 )
 
 
@@ -42,7 +43,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 async def subscribe(program: ProgramFixture, url: str, clock: ManualClock, *types: EventType) -> tuple[str, str]:
     """An endpoint for these types (all by default); returns (endpoint id, secret)."""
-    made = await webhooks.create_endpoint(program.id, url, list(types or EventType), "tests", clock)
+    made = await webhooks.create_endpoint(program.id, url, list(types or EventType), "tests", clock, LOOPBACK_ALLOWED)
     return made.endpoint.id, made.secret
 
 
@@ -89,7 +90,9 @@ async def test_deliveries_are_signed_by_the_standard_webhooks_scheme(
     assert int(request.headers["webhook-timestamp"]) == now_s(clock)
     # a receiver refuses what was tampered with, signed with another secret, or replayed late
     assert not verify(secret, request.headers, request.body.replace(b"ann", b"bob"), now_s(clock))
-    other = (await webhooks.create_endpoint(program.id, hooks.url, [EventType.POINTS_EXPIRED], "", clock)).secret
+    other = (
+        await webhooks.create_endpoint(program.id, hooks.url, [EventType.POINTS_EXPIRED], "", clock, LOOPBACK_ALLOWED)
+    ).secret
     assert not verify(other, request.headers, request.body, now_s(clock))
     assert not verify(secret, request.headers, request.body, now_s(clock) + 3600)
 
@@ -144,7 +147,11 @@ async def test_a_timeout_is_retried(
 async def test_retries_stop_after_the_retry_period(
     program: ProgramFixture, clock: ManualClock, client: httpx.AsyncClient, owner_connection: asyncpg.Connection
 ) -> None:
-    config = DispatchConfig(timeout_s=2.0, retry=RetryPolicy(base_delay_s=1.0, max_delay_s=2.0, retry_for_s=5.0))
+    config = DispatchConfig(
+        timeout_s=2.0,
+        retry=RetryPolicy(base_delay_s=1.0, max_delay_s=2.0, retry_for_s=5.0),
+        destinations=LOOPBACK_ALLOWED,
+    )
     async with receiver(answers(then=500)) as hooks:
         endpoint_id, _ = await subscribe(program, hooks.url, clock)
         await enrol(program.id, "ann", clock)
@@ -172,7 +179,7 @@ async def test_retries_stop_after_the_retry_period(
 async def test_an_endpoint_that_keeps_failing_is_disabled_and_resumes_when_enabled(
     program: ProgramFixture, clock: ManualClock, client: httpx.AsyncClient, owner_connection: asyncpg.Connection
 ) -> None:
-    config = DispatchConfig(timeout_s=2.0, retry=CONFIG.retry, disable_after=3)
+    config = DispatchConfig(timeout_s=2.0, retry=CONFIG.retry, disable_after=3, destinations=LOOPBACK_ALLOWED)
     async with receiver(answers(then=500)) as hooks:
         endpoint_id, _ = await subscribe(program, hooks.url, clock)
         for name in ("ann", "bob", "cas", "dan"):
@@ -215,7 +222,7 @@ async def test_a_dispatcher_killed_mid_batch_loses_nothing(
         endpoint_id, _ = await subscribe(program, hooks.url, clock)
         customers = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cas")]
         # the receiver keeps the requests waiting; the dispatcher is killed while it sends
-        patient = DispatchConfig(timeout_s=5.0)
+        patient = DispatchConfig(timeout_s=5.0, destinations=LOOPBACK_ALLOWED)
         dispatcher = asyncio.create_task(dispatch(program, clock, client, patient))
         await asyncio.wait_for(arrived.wait(), 5)
         dispatcher.cancel()
@@ -252,7 +259,7 @@ async def test_two_dispatchers_never_both_send_one_delivery(program: ProgramFixt
                     connection, program.id, EventType.POINTS_EXPIRED, payload, f"cus_{number}", occurred_at=clock.now()
                 )
         assert await publish_events(program.id, clock) == 40  # all due at once, for every dispatcher
-        config = DispatchConfig(timeout_s=2.0, batch=5, concurrency=4)
+        config = DispatchConfig(timeout_s=2.0, batch=5, concurrency=4, destinations=LOOPBACK_ALLOWED)
         async with new_client(config) as first, new_client(config) as second:
             reports = await asyncio.gather(
                 dispatch_program(program.id, clock, config, first),

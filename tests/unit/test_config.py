@@ -158,6 +158,8 @@ BAD_VALUES = [
     ("LOYALTY_WEBHOOK_DISABLE_AFTER", "0"),
     ("LOYALTY_WEBHOOK_DISABLE_AFTER", "ten"),
     ("LOYALTY_WEBHOOK_INTERVAL_S", "0"),
+    ("LOYALTY_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+    ("LOYALTY_WEBHOOK_HTTPS_ONLY", "2"),
     ("LOYALTY_EXPIRING_SOON_DAYS", "0"),
     ("LOYALTY_EXPIRING_SOON_DAYS", "366"),
     ("LOYALTY_WIN_BACK_DAYS", "60.5"),
@@ -282,8 +284,12 @@ def test_event_and_webhook_settings() -> None:
         1.0,
     )
     assert (defaults.expiring_soon_days, defaults.win_back_days, defaults.cross_sell_orders) == (7, 60, 3)
+    # public destinations only, http or https, unless the deployment says otherwise
+    assert (defaults.webhook_allow_private, defaults.webhook_https_only) == (False, False)
     loaded = load_settings(
         {
+            "LOYALTY_WEBHOOK_ALLOW_PRIVATE": "true",
+            "LOYALTY_WEBHOOK_HTTPS_ONLY": "on",
             "LOYALTY_WEBHOOK_TIMEOUT_S": "2.5",
             "LOYALTY_WEBHOOK_RETRY_FOR_S": "600",
             "LOYALTY_WEBHOOK_DISABLE_AFTER": "5",
@@ -293,6 +299,7 @@ def test_event_and_webhook_settings() -> None:
         }
     )
     assert (loaded.webhook_timeout_s, loaded.webhook_retry_for_s, loaded.webhook_disable_after) == (2.5, 600.0, 5)
+    assert (loaded.webhook_allow_private, loaded.webhook_https_only) == (True, True)
     assert (loaded.expiring_soon_days, loaded.win_back_days, loaded.cross_sell_orders) == (14, 90, 4)
 
 

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
+from service.config import Settings
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.events import EventType
@@ -69,10 +70,21 @@ class WebhookController(Controller):
 
     @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def create(
-        self, data: JSONBody[EndpointRequest], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
+        self,
+        data: JSONBody[EndpointRequest],
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+        settings: NamedDependency[Settings],
     ) -> EndpointCreatedResponse:
         """Register an endpoint; it receives the events of its types published from now on."""
-        made = await webhooks.create_endpoint(principal.program_id, data.url, data.event_types, data.description, clock)
+        made = await webhooks.create_endpoint(
+            principal.program_id,
+            data.url,
+            data.event_types,
+            data.description,
+            clock,
+            webhooks.destination_policy(settings),
+        )
         endpoint = made.endpoint
         return EndpointCreatedResponse(
             id=endpoint.id,
@@ -101,12 +113,14 @@ class WebhookController(Controller):
         data: JSONBody[EndpointUpdateRequest],
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
+        settings: NamedDependency[Settings],
     ) -> Endpoint:
         """Change the URL, event types or description, or enable/disable the endpoint."""
         change = EndpointChange(
             url=data.url, event_types=data.event_types, description=data.description, enabled=data.enabled
         )
-        return await webhooks.update_endpoint(principal.program_id, endpoint_id, change, clock)
+        policy = webhooks.destination_policy(settings)
+        return await webhooks.update_endpoint(principal.program_id, endpoint_id, change, clock, policy)
 
     @delete("/{endpoint_id:str}", status_code=HTTP_204_NO_CONTENT, responses=PROBLEM_RESPONSES)
     async def delete_endpoint(self, endpoint_id: EndpointId, principal: NamedDependency[Principal]) -> None:
