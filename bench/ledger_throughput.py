@@ -361,9 +361,11 @@ async def _enrol(program_id: str, count: int) -> list[str]:
     ids: list[str] = []
     queue = iter(range(count))
 
+    till = Principal(program_id, Scope.CHECKOUT, key_id="key_bench")
+
     async def worker() -> None:
         for number in queue:
-            customer, _ = await enrol_customer(program_id, Enrolment(external_id=f"bench-{number:06d}"), CLOCK)
+            customer, _ = await enrol_customer(till, Enrolment(external_id=f"bench-{number:06d}"), CLOCK)
             ids.append(customer.id)
 
     await asyncio.gather(*(worker() for _ in range(8)))

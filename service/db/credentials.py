@@ -6,9 +6,9 @@ import asyncpg
 
 
 async def api_key(connection: asyncpg.Connection, program_id: str, key_id: str) -> asyncpg.Record | None:
-    """scope, secret_hash and revoked_at of a key, or None."""
+    """scope, shop_id, secret_hash and revoked_at of a key, or None."""
     row: asyncpg.Record | None = await connection.fetchrow(
-        "SELECT scope, secret_hash, revoked_at FROM api_keys WHERE program_id = $1 AND id = $2",
+        "SELECT scope, shop_id, secret_hash, revoked_at FROM api_keys WHERE program_id = $1 AND id = $2",
         program_id,
         key_id,
     )

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import msgspec
 
-from service.domain.errors import Forbidden, Unauthorized
+from service.domain.errors import Forbidden, InvalidInput, Unauthorized
 from service.domain.ids import new_id
 
 API_KEY_PREFIX = "lk"
@@ -32,12 +32,20 @@ class Scope(StrEnum):
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: always exactly one program, and for the app exactly one customer."""
+    """Who is calling: always exactly one program, for the app exactly one customer, and for
+    a shop-bound checkout key (`shop_id`) exactly one shop."""
 
     program_id: str
     scope: Scope
     key_id: str | None = None
     customer_id: str | None = None
+    shop_id: str | None = None
+
+    def check_shop(self, shop_id: str, *, field: str = "shop_id") -> None:
+        """Forbidden if the credential is bound to a shop other than `shop_id`; a key without
+        a shop acts for every shop of its program."""
+        if self.shop_id is not None and shop_id != self.shop_id:
+            raise Forbidden(f"this key acts for shop {self.shop_id} only", field=field, key_shop_id=self.shop_id)
 
     def own_customer_id(self) -> str:
         """The customer a customer token stands for; Forbidden for any other credential."""
@@ -51,6 +59,12 @@ class Principal(msgspec.Struct, frozen=True):
         if self.customer_id is not None:
             return f"customer:{self.customer_id}"
         return f"key:{self.key_id}"
+
+
+def check_key_shop(scope: Scope, shop_id: str | None) -> None:
+    """Only a checkout key may be bound to a shop (admin and finance keys span the program)."""
+    if shop_id is not None and scope is not Scope.CHECKOUT:
+        raise InvalidInput(f"only checkout keys act for one shop, not {scope.value} keys", field="shop_id")
 
 
 class IssuedApiKey(msgspec.Struct, frozen=True):

@@ -93,11 +93,14 @@ class Unauthorized(DomainError):
 
 
 class Forbidden(DomainError):
-    """The credential is valid but its scope does not allow this operation."""
+    """The credential is valid but its scope (or its shop) does not allow this operation.
+    A refusal of the credential, not of the request: never kept under an idempotency key,
+    so the same request with a credential that may make it still can."""
 
     problem_type = "forbidden"
     title = "Not allowed for this credential"
     status = 403
+    remembered = False
 
 
 # --- Referral refusals: each names the rule that refused (`rule`), and changes nothing ---

@@ -51,9 +51,12 @@ class Shop(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A key without its secret; `shop_id` is the one shop it acts for (None: every shop)."""
+
     id: str
     name: str
     scope: Scope
+    shop_id: str | None
     created_at: datetime
     revoked_at: datetime | None = None
 
@@ -64,5 +67,6 @@ class CreatedApiKey(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
     scope: Scope
+    shop_id: str | None
     created_at: datetime
     key: str

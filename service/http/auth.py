@@ -56,12 +56,15 @@ def exclude_public_paths() -> list[str]:
 
 
 class ScopeGuard:
-    """A guard admitting only principals with one of its scopes, within the credential's
-    rate limit, then only a JSON body.
+    """A guard admitting only principals with one of its scopes and, on a route with a
+    `shop_id` path parameter, that may act for that shop; within the credential's rate
+    limit, then only a JSON body.
 
     Every protected route passes through this guard, so the body check (which must come
     after the scope check: a finance key gets 403, not 415) lives here rather than in
-    each controller.
+    each controller. The shop check here makes a key of another shop a 403 before its
+    body is read, like a wrong scope; the use cases apply the same rule again, also to
+    shops named in a body.
     """
 
     def __init__(self, scopes: frozenset[Scope]) -> None:
@@ -74,6 +77,9 @@ class ScopeGuard:
         if principal.scope not in self.scopes:
             names = ", ".join(sorted(scope.value for scope in self.scopes))
             raise Forbidden(f"this operation needs one of the scopes: {names}", scope=principal.scope.value)
+        shop_id = connection.path_params.get("shop_id")
+        if isinstance(shop_id, str):
+            principal.check_shop(shop_id)
         limiter: RateLimiter | None = connection.app.state.get("rate_limiter")
         if limiter is not None:
             limiter.check(principal.actor, time.monotonic())

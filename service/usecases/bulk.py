@@ -41,7 +41,15 @@ async def award_in_bulk(
     """Every item's outcome, in the request's order. Items of one customer are applied in the
     order given (a deduction after the grant it relies on); different customers' items run
     concurrently. A refusal answers only its item; a failure of the service itself fails
-    the request, which is then safe to send again."""
+    the request, which is then safe to send again.
+
+    An order of a shop the credential may not act for refuses the whole request (Forbidden,
+    naming `items[i].shop_id`) before any item is written: that is a wrong credential or a
+    wrong file, not one bad row, and importing the rest would leave a half-done import to
+    untangle; fixed and sent again, every item is still idempotent by its own key."""
+    for index, item in enumerate(items):
+        if isinstance(item, BulkOrder):
+            principal.check_shop(item.shop_id, field=f"items[{index}].shop_id")
     gate = asyncio.Semaphore(CONCURRENCY)
     outcomes: list[BulkOutcome | None] = [None] * len(items)
     by_customer: dict[str, list[int]] = defaultdict(list)

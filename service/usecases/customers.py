@@ -10,6 +10,7 @@ import msgspec
 from service.db import ledger_accounts
 from service.db.events import emit
 from service.db.transaction import in_transaction
+from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.customers import (
     Customer,
@@ -32,9 +33,13 @@ def _customer(row: asyncpg.Record) -> Customer:
     return msgspec.convert(values, Customer)
 
 
-async def enrol_customer(program_id: str, request: Enrolment, clock: Clock) -> tuple[Customer, bool]:
-    """Enrol once per external id; the same enrolment again returns the same customer."""
+async def enrol_customer(principal: Principal, request: Enrolment, clock: Clock) -> tuple[Customer, bool]:
+    """Enrol once per external id; the same enrolment again returns the same customer. A
+    shop-bound key may record only its own shop as the enrolling one (or none)."""
+    if request.shop_id is not None:
+        principal.check_shop(request.shop_id)
     check_attributes(request.attributes)
+    program_id = principal.program_id
     if request.shop_id is not None and not await shop_exists(program_id, request.shop_id):
         raise InvalidInput(f"shop {request.shop_id} does not exist", field="shop_id")
 

@@ -133,7 +133,9 @@ def _order_metadata(shop_id: str, shop: str, order_id: str) -> dict[str, Any]:
 
 async def place_order(principal: Principal, shop_id: str, placement: OrderPlacement, clock: Clock) -> OrderView:
     """Award an order's points into pending, once per (shop, order id): the same order again
-    gets the same answer, the same id with other content is a 409."""
+    gets the same answer, the same id with other content is a 409. A key bound to another
+    shop is refused first, before the order's key is looked up or anything is written."""
+    principal.check_shop(shop_id)
 
     async def work(connection: asyncpg.Connection) -> OrderView:
         now = clock.now()
@@ -206,8 +208,10 @@ async def _not_yet(lookup: Awaitable[T]) -> T:
         raise NotYetThere(missing.detail, field=missing.field) from None
 
 
-async def get_order(program_id: str, shop_id: str, order_id: str) -> OrderView:
+async def get_order(principal: Principal, shop_id: str, order_id: str) -> OrderView:
     """The order as it stands now, with its refunds."""
+    principal.check_shop(shop_id)
+    program_id = principal.program_id
 
     async def work(connection: asyncpg.Connection) -> OrderView:
         row = await rows.load_order(connection, program_id, shop_id, order_id)
@@ -219,7 +223,9 @@ async def get_order(program_id: str, shop_id: str, order_id: str) -> OrderView:
 async def refund_order(
     principal: Principal, shop_id: str, order_id: str, refund_id: str, refund: Refund, clock: Clock
 ) -> RefundView:
-    """Claw back an order's points in proportion to the refunded value, once per refund id."""
+    """Claw back an order's points in proportion to the refunded value, once per refund id
+    (a key bound to another shop is refused first)."""
+    principal.check_shop(shop_id)
 
     async def work(connection: asyncpg.Connection) -> RefundView:
         now = clock.now()

@@ -14,7 +14,7 @@ from service.db.transaction import autocommit, transaction
 from service.domain import access
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.errors import NotFound, Unauthorized
+from service.domain.errors import InvalidInput, NotFound, Unauthorized
 from service.domain.ids import new_id
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, ProgramSettings
 from service.domain.programs import Program as ProgramRecord
@@ -28,7 +28,7 @@ _PROGRAM_COLUMNS = (
     Program.point_value_minor,
     Program.created_at,
 )
-_KEY_COLUMNS = (ApiKey.id, ApiKey.name, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at)
+_KEY_COLUMNS = (ApiKey.id, ApiKey.name, ApiKey.scope, ApiKey.shop_id, ApiKey.created_at, ApiKey.revoked_at)
 
 
 async def create_program(settings: ProgramSettings, program_id: str | None = None) -> ProgramRecord:
@@ -83,10 +83,14 @@ async def shop_exists(program_id: str, shop_id: str) -> bool:
     return bool(await Shop.exists().where((Shop.program_id == program_id) & (Shop.id == shop_id)).run())
 
 
-async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApiKey:
-    """Make a key; its plain text is returned here and never again."""
+async def create_api_key(program_id: str, name: str, scope: Scope, shop_id: str | None = None) -> CreatedApiKey:
+    """Make a key, for every shop or (a checkout key) for one; its plain text is returned here
+    and never again."""
     if scope is Scope.CUSTOMER:
         raise ValueError("customer access uses customer tokens, not API keys")
+    access.check_key_shop(scope, shop_id)
+    if shop_id is not None and not await shop_exists(program_id, shop_id):
+        raise InvalidInput(f"shop {shop_id} does not exist", field="shop_id")
     issued = access.issue_api_key(program_id)
     rows = (
         await ApiKey.insert(
@@ -95,6 +99,7 @@ async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApi
                 id=issued.key_id,
                 name=name,
                 scope=scope.value,
+                shop_id=shop_id,
                 secret_hash=issued.secret_hash,
             )
         )
@@ -105,6 +110,7 @@ async def create_api_key(program_id: str, name: str, scope: Scope) -> CreatedApi
         id=issued.key_id,
         name=name,
         scope=scope,
+        shop_id=shop_id,
         created_at=rows[0]["created_at"],
         key=issued.plain_text,
     )
@@ -141,7 +147,9 @@ async def authenticate(credential: str, clock: Clock) -> Principal:
             raise Unauthorized("unknown API key")
         if row["revoked_at"] is not None:
             raise Unauthorized("API key revoked")
-        return Principal(program_id=parsed.program_id, scope=Scope(row["scope"]), key_id=parsed.key_id)
+        return Principal(
+            program_id=parsed.program_id, scope=Scope(row["scope"]), key_id=parsed.key_id, shop_id=row["shop_id"]
+        )
     program_id = access.token_program(credential)
     if program_id is None:
         raise Unauthorized("credential is neither an API key nor a customer token")

@@ -1,5 +1,6 @@
 """Every route of the app, checked for who may call it: no credential, a forged, expired or
-revoked one is 401; a credential of a scope the route does not admit is 403."""
+revoked one is 401; a credential of a scope the route does not admit is 403, and so is a
+key bound to another shop on a route of a shop."""
 
 from __future__ import annotations
 
@@ -74,6 +75,28 @@ async def test_every_route_admits_only_its_scopes(
             response = await client.request(method, path, json=body, headers={"Authorization": f"Bearer {credential}"})
             assert response.status_code == 403, (method, path, scope, response.text)
             assert_problem(response, 403, "forbidden")
+
+
+async def test_every_route_of_a_shop_refuses_a_key_of_another_shop(
+    app: Litestar, client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    made = await client.post(
+        "/v1/api-keys",
+        json={"name": "till", "scope": "checkout", "shop_id": program.shop_id},
+        headers=program.auth("admin"),
+    )
+    till = {"Authorization": f"Bearer {made.json()['key']}"}
+    shop_routes = [
+        (method, path, scopes)
+        for method, path, scopes in protected_routes(app)
+        if path.startswith("/v1/shops/1") and Scope.CHECKOUT in scopes  # /v1/shops/{shop_id}...
+    ]
+    assert len(shop_routes) >= 3  # place, read and refund an order
+    for method, path, _ in shop_routes:
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        response = await client.request(method, path, json=body, headers=till)
+        assert response.status_code == 403, (method, path, response.text)
+        assert assert_problem(response, 403, "forbidden")["field"] == "shop_id"
 
 
 @pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))

@@ -15,7 +15,7 @@ def admin(program_id: str) -> Principal:
 
 
 async def enrol(program_id: str, external_id: str, clock: Clock) -> str:
-    customer, _ = await enrol_customer(program_id, Enrolment(external_id=external_id), clock)
+    customer, _ = await enrol_customer(admin(program_id), Enrolment(external_id=external_id), clock)
     return customer.id
 
 

@@ -96,7 +96,7 @@ async def test_the_whole_life_of_an_order(
     assert await orders.release_due_orders(program.id, clock) == 0
     clock.set(placed.available_from)
     assert await orders.release_due_orders(program.id, clock) == 1
-    released = await orders.get_order(program.id, program.shop_id, "A-1001")
+    released = await orders.get_order(checkout(program.id), program.shop_id, "A-1001")
     assert released.status == "released" and released.release_entry_id is not None
     assert await entry_postings(owner_connection, program.id, released.release_entry_id) == [
         (f"customer:{ann}:pending", -250, 0),
@@ -172,7 +172,7 @@ async def test_refund_before_release_takes_pending_first(
 
     clock.advance(timedelta(days=20))
     assert await orders.release_due_orders(program.id, clock) == 1
-    view = await orders.get_order(program.id, program.shop_id, "B-1")
+    view = await orders.get_order(checkout(program.id), program.shop_id, "B-1")
     assert (view.status, view.release_entry_id, view.clawed_back, view.refunded_net) == ("released", None, 250, 2500)
     assert [r.refund_id for r in view.refunds] == ["R-1", "R-2"]
     await ledger_invariants(owner_connection, program.id)
@@ -209,7 +209,7 @@ async def test_spent_points_are_forgiven_or_owed_by_the_return_policy(
     await orders.place_order(till, program.shop_id, placement, clock)
     clock.advance(timedelta(days=20))
     assert await orders.release_due_orders(program.id, clock) == 1
-    view = await orders.get_order(program.id, program.shop_id, "C-3")
+    view = await orders.get_order(checkout(program.id), program.shop_id, "C-3")
     assert view.release_entry_id is not None
     assert await entry_postings(owner_connection, program.id, view.release_entry_id) == [
         (f"customer:{ann}:pending", -250, 0),

@@ -84,7 +84,7 @@ async def configure(program: ProgramFixture, clock: ManualClock, **settings: Any
 
 
 async def enrol(program: ProgramFixture, clock: ManualClock, name: str, email: str | None = None) -> str:
-    customer, _ = await enrol_customer(program.id, Enrolment(external_id=name, email=email), clock)
+    customer, _ = await enrol_customer(admin(program.id), Enrolment(external_id=name, email=email), clock)
     return customer.id
 
 

@@ -24,8 +24,11 @@ class ShopRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A key's name and scope; a checkout key may name the one shop it acts for."""
+
     name: Name
     scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)$")]
+    shop_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00]*$")] | None = None
 
 
 class ProgramController(Controller):
@@ -62,7 +65,7 @@ class ApiKeyController(Controller):
     @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
     async def create_key(self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]) -> CreatedApiKey:
         """Make a key; the response is the only time its plain text is shown."""
-        return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope))
+        return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope), data.shop_id)
 
     @get(responses=PROBLEM_RESPONSES)
     async def list_keys(self, principal: NamedDependency[Principal]) -> list[ApiKeyRecord]:

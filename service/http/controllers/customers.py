@@ -64,7 +64,7 @@ class CustomerController(Controller):
         clock: NamedDependency[Clock],
     ) -> Response[CustomerResponse]:
         """Enrol a customer by the shop's external id; the same enrolment again returns 200."""
-        customer, created = await customers.enrol_customer(principal.program_id, data, clock)
+        customer, created = await customers.enrol_customer(principal, data, clock)
         return Response(_response(customer), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @get(guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES)

@@ -72,7 +72,7 @@ class OrderController(Controller):
     @get("/{order_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES)
     async def get_order(self, shop_id: ShopId, order_id: OrderId, principal: NamedDependency[Principal]) -> OrderView:
         """The order now: its award, whether its points are released, and its refunds."""
-        return await orders.get_order(principal.program_id, shop_id, order_id)
+        return await orders.get_order(principal, shop_id, order_id)
 
     @post(
         "/{order_id:str}/refunds",
