@@ -12,6 +12,7 @@ from service.db.engine import resolve_dsn
 from service.db.migrate import migrate
 from service.db.piccolo_conf import DB
 from service.domain.access import Scope
+from service.domain.errors import DomainError
 from service.domain.programs import ProgramSettings
 
 
@@ -130,8 +131,9 @@ async def _create_api_key(settings: Settings, args: argparse.Namespace) -> None:
 
     await prepare_database(settings)
     await get_program(args.program_id)
-    key = await create_api_key(args.program_id, args.name, Scope(args.scope))
-    print(f"{key.scope.value} key {key.id} (shown once): {key.key}")
+    key = await create_api_key(args.program_id, args.name, Scope(args.scope), args.shop_id)
+    bound = f" for shop {args.shop_id}" if args.shop_id else ""
+    print(f"{key.scope.value} key {key.id}{bound} (shown once): {key.key}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("program_id")
     key.add_argument("--scope", choices=["checkout", "admin", "finance"], required=True)
     key.add_argument("--name", default="cli")
+    key.add_argument("--shop-id", default=None, help="bind a checkout key to one shop of the program")
     jobs = sub.add_parser("jobs", help="run scheduled jobs on demand")
     jobs.add_argument("action", choices=["run"], help="run every job for every program once")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL of this checkout")
@@ -172,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "create-program":
         asyncio.run(_create_program(settings, args))
     elif args.command == "create-api-key":
-        asyncio.run(_create_api_key(settings, args))
+        try:
+            asyncio.run(_create_api_key(settings, args))
+        except DomainError as refusal:
+            print(f"loyalty: {refusal.detail}", file=sys.stderr)
+            return 1
     elif args.command == "jobs":
         asyncio.run(_run_jobs(settings))
     elif args.command == "stop-db":
