@@ -366,6 +366,14 @@ class Scenario:
         """A superuser connection to the app's database."""
         return await asyncpg.connect(self.postgres.dsn("loyalty"))
 
+    async def value(self, query: str, *args: Any) -> Any:
+        """One value from the app's database, on a superuser connection of its own."""
+        connection = await self.owner()
+        try:
+            return await connection.fetchval(query, *args)
+        finally:
+            await connection.close()
+
 
 @contextlib.asynccontextmanager
 async def scenario(name: str, customers: int, overrides: dict[str, str], keep: bool) -> AsyncIterator[Scenario]:
@@ -659,16 +667,12 @@ async def kill_app(args: argparse.Namespace) -> Report:
 
 async def committed_before(sc: Scenario, order_ids: set[str], instant: datetime) -> int:
     """How many of these orders were stored before an instant."""
-    connection = await sc.owner()
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM orders WHERE program_id = $1 AND id = ANY($2::text[]) AND created_at < $3",
-            sc.program.program_id,
-            list(order_ids),
-            instant,
-        )
-    finally:
-        await connection.close()
+    count: int = await sc.value(
+        "SELECT count(*) FROM orders WHERE program_id = $1 AND id = ANY($2::text[]) AND created_at < $3",
+        sc.program.program_id,
+        list(order_ids),
+        instant,
+    )
     return count
 
 

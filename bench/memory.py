@@ -1,36 +1,37 @@
-"""The served app's resident memory: over a long run of awards, and during a journal export.
+"""The served app's resident memory: over a long run of awards, and while it streams a journal
+export of 100,000 and of 1,000,000 entries.
 
-    .venv/bin/python -m bench.memory [--seconds 60] [--clients 32] [--entries 1000000] [--keep]
+    .venv/bin/python -m bench.memory --entries 1000000 --award-seconds 60
 
 Starts `loyalty serve` as `bench.faults` does (a subprocess on a free loopback port, its own
-embedded PostgreSQL in a fresh directory under /tmp, rate limits off, background jobs on)
-and sets up the same program (earning rules with a campaign, 200 customers). The server's
-resident memory is `VmRSS` of the serve process in /proc/<pid>/status (the Python process
-that runs uvicorn and the app; the embedded PostgreSQL runs in processes of its own and is
-not counted), sampled every `--sample` seconds.
+embedded PostgreSQL in a fresh directory under /tmp, rate limits off, background jobs on, so
+the chain sealer runs as in production) and sets up a program with `--customers` customers.
+The server's resident memory is `VmRSS` of the serve process (`/proc/<pid>/status`: the
+Python process that runs uvicorn and the app; the embedded PostgreSQL's processes are not
+counted), sampled every `--sample` seconds.
 
-1. Awards: `--clients` concurrent clients post orders (2 to 5 lines,
-   `POST /v1/shops/{shop}/orders`) for `--seconds`. RSS before, at the end, its peak, and
-   after 5 s idle.
-2. Journal export: `--entries` grants (`adjustment.grant`, system:issued -> a customer's
-   `available`, 1 to 50 points, round robin over the customers) are written straight
-   with SQL, in transactions of `--chunk` entries: entry ids from `entry_id_seq`, COPY into
-   `entries`, `postings` (two each, with the customer's running `balance_after` and
-   `account_version`), `lots` and `seal_queue`, the customer accounts' balances and
-   versions updated by what the chunk credits; the migrations' checks run as for any
-   write (the per-statement postings trigger, the per-entry balance check at COMMIT). In
-   each transaction, holding the program's sealer lock, the bench seals the chunk with the
-   app's own `seal_batch` (so the app's sealer has nothing to do meanwhile). Then
-   `GET /v1/finance/journal?from&to&format=ndjson` over exactly those entries (2 postings,
-   so 2 lines, per entry) is read incrementally (`httpx` streaming, lines counted, nothing
-   kept) while RSS is sampled. Constant memory means the peak stays close to the RSS
-   before the export: the script fails if it grows by more than `--max-growth-mib`.
+1. Awards: `--clients` keep-alive clients post new orders (2 to 5 lines,
+   `POST /v1/shops/{shop}/orders`, the client and step of `bench.load_http`) for `--warmup`
+   seconds, then for `--award-seconds` more while RSS is sampled (each run also bounded by
+   `--max-requests`): RSS before, at the end, its peak, and `--settle` seconds later.
+2. Grants through the ledger's batch path: `--writers` writers in this process call
+   `write_entries` (the batch operation of `bench.ledger_throughput`) with `--batch` grants a
+   transaction, first `--first-export` entries, then the rest up to `--entries`. Meanwhile
+   the bench holds the program's sealer lock, so the app's sealer seals none of them.
+3. Journal exports: `GET /v1/finance/journal?from&to&format=` over the period of the grants
+   written so far, as NDJSON and as CSV, read incrementally (lines and entries counted,
+   nothing kept) while RSS is sampled: after the first part with its whole backlog unsealed,
+   and after the rest just as the sealer is let go, so it works through the backlog (1M
+   entries) while the big exports stream. Constant memory means the peak of the 1M export is
+   no higher than that of the 100k one (`--max-growth-mib`).
 
-Afterwards: postings sum to zero per unit, customer balances equal their postings, the
-trial balance through the API, and nothing left in the seal queue; `--verify-chain` also
-asks `GET /v1/finance/chain` (the server hashes the whole chain again: slow at 1M).
-Every wait is bounded; the app, the embedded PostgreSQL and the directory are removed at
-the end (`--keep` keeps the directory).
+Afterwards: each export has one line per posting of the period and one entry per grant
+written; the seal queue empties (its length polled every 5 s, at most `--seal-wait` s) and
+every entry is sealed; postings sum to zero per unit, customer balances equal their
+postings, the trial balance through the API; `--verify-chain` also recomputes the whole
+chain (slow at 1M).
+Every wait is bounded; the app, the embedded PostgreSQL and the directory are removed at the
+end (`--keep` keeps the directory).
 """
 
 from __future__ import annotations
@@ -38,23 +39,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-import httpx
+import msgspec
 
-from bench.faults import Program, Report, Scenario, check_books, check_chain, order_body, run_reported, scenario
-from service.db.chain import seal_batch
+from bench.faults import Program, Report, Scenario, check_books, run_reported, scenario
+from bench.ledger_throughput import Operation
+from bench.ledger_throughput import Workload as Grants
+from bench.load_http import Workload as Awards
+from bench.load_http import drive
+from service.config import load_settings
+from service.db.engine import close_pool, start_pool
+from service.domain.access import Principal, Scope
+from service.usecases.finance import verify_chain
 
 MIB = 1024 * 1024
+FORMATS = ("ndjson", "csv")
 
 
 def rss_bytes(pid: int) -> int:
@@ -63,6 +68,10 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def mib(value: int) -> str:
+    return f"{value / MIB:.1f} MiB"
 
 
 @dataclass
@@ -95,232 +104,310 @@ class Sampler:
     def peak(self) -> int:
         return max(rss for _, rss in self.samples)
 
-
-def mib(value: int) -> str:
-    return f"{value / MIB:.1f} MiB"
+    def spread(self, report: Report, count: int) -> None:
+        """About `count` samples, evenly spaced, as facts."""
+        for second, rss in self.samples[:: max(1, len(self.samples) // count)]:
+            report.fact(f"   t={second:5.1f} s  RSS {mib(rss)}")
 
 
 # --- 1. A long run of awards ------------------------------------------------------------
 
 
-async def award_run(sc: Scenario, seconds: float, clients: int) -> tuple[Counter[int], float]:
-    """Concurrent clients post new orders until the time is up; statuses and time taken."""
-    url = f"{sc.app.base_url}/v1/shops/{sc.program.shop_id}/orders"
-    headers = Program.auth(sc.program.checkout)
-    statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + seconds
+async def award_run(sc: Scenario, sampler: Sampler, args: argparse.Namespace, report: Report) -> None:
+    """Warm up, then awards for `--award-seconds` with RSS sampled; before, end, peak, after."""
+    awards = Awards(sc.program, buyers=list(sc.program.customers), redeemers=[], tokens=[])
+    port, pid = sc.app.port, sc.app.pid
+    await drive(port, args.clients, awards.award, args.warmup, args.max_requests)
+    before = rss_bytes(pid)
+    sampler.start()
+    kinds, took = await drive(port, args.clients, awards.award, args.award_seconds, args.max_requests)
+    await sampler.stop()
+    end, peak = rss_bytes(pid), sampler.peak
+    await asyncio.sleep(args.settle)
+    after = rss_bytes(pid)
+    statuses = kinds["award"].statuses
+    served = statuses[201]
+    report.fact(
+        f"awards: {served:,} orders in {took:.1f} s at {args.clients} clients ({served / took:.0f}/s)"
+        f" after a {args.warmup:g} s warm-up; answers {dict(statuses)}"
+    )
+    report.fact(
+        f"RSS of serve (pid {pid}) over the awards: before {mib(before)}, end {mib(end)}, peak {mib(peak)},"
+        f" {args.settle:g} s later {mib(after)} (growth {mib(after - before)})"
+    )
+    sampler.spread(report, 6)
+    report.check("every award answered 201", set(statuses) == {201}, str(dict(statuses)))
+    report.check(
+        f"RSS growth over the awards <= {args.max_growth_mib:g} MiB",
+        after - before <= args.max_growth_mib * MIB,
+        mib(after - before),
+    )
 
-    async def client(number: int) -> None:
-        rng = random.Random(number)
-        sequence = 0
-        while time.monotonic() < deadline:
-            sequence += 1
-            body = order_body(f"M{number:02d}-{sequence:07d}", rng.choice(sc.program.customers), rng)
-            try:
-                response = await sc.client.post(url, json=body, headers=headers, timeout=30)
-                statuses[response.status_code] += 1
-            except httpx.TransportError:
-                statuses[0] += 1
 
-    began = time.monotonic()
-    await asyncio.gather(*(client(n) for n in range(clients)))
-    return statuses, time.monotonic() - began
+# --- 2. Grants through the ledger's batch path ------------------------------------------
 
 
-# --- 2. A million entries, straight in SQL ----------------------------------------------
-
-
-async def write_grants(sc: Scenario, total: int, chunk: int) -> tuple[datetime, datetime, float]:
-    """`total` grants in transactions of `chunk`; the [from, to) of their posted_at, and seconds."""
-    program_id = sc.program.program_id
-    connection = await sc.owner()
-    began = time.monotonic()
+@contextlib.asynccontextmanager
+async def ledger_pool(sc: Scenario, writers: int) -> AsyncIterator[None]:
+    """The app's pool, in this process, on the served app's database."""
+    settings = msgspec.structs.replace(load_settings(), pool_min_size=writers, pool_max_size=writers)
+    await start_pool(sc.postgres.dsn("loyalty"), settings)
     try:
-        policy = await connection.fetchval("SELECT expiry_policy FROM programs WHERE id = $1", program_id)
-        if policy != "never":
-            raise RuntimeError(f"the bench writes lots without expiry; the program's policy is {policy}")
-        issued = await connection.fetchval(
-            "SELECT id FROM accounts WHERE program_id = $1 AND code = 'system:issued'", program_id
-        )
-        start: datetime = await connection.fetchval(
-            "SELECT date_trunc('second', clock_timestamp()) + interval '1 second'"
-        )
-        written = 0
-        while written < total:
-            count = min(chunk, total - written)
-            async with connection.transaction():
-                await _write_chunk(connection, program_id, issued, start, written, count)
-            written += count
-        end = start + timedelta(microseconds=total)
+        yield
     finally:
-        await connection.close()
-    return start, end, time.monotonic() - began
+        await close_pool()
 
 
-async def _write_chunk(
-    connection: asyncpg.Connection, program_id: str, issued: int, start: datetime, offset: int, count: int
+async def write_grants(operation: Operation, count: int, batch: int, writers: int) -> float:
+    """`count` grants, `batch` a transaction, from `writers` concurrent writers; seconds taken."""
+    batches = iter(range(count // batch))
+
+    async def writer(index: int) -> None:
+        for _ in batches:
+            if (written := await operation(index)) != batch:
+                raise RuntimeError(f"a batch wrote {written} of {batch} grants")
+
+    began = time.monotonic()
+    await asyncio.gather(*(writer(index) for index in range(writers)))
+    return time.monotonic() - began
+
+
+async def write_part(
+    operation: Operation, count: int, sampler: Sampler, args: argparse.Namespace, report: Report
 ) -> None:
-    """One transaction: entries, postings, lots, seal queue, balances; then sealed."""
-    await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('seal:' || $1, 0))", program_id)
-    accounts = await connection.fetch(
-        "SELECT id, balance, version FROM accounts WHERE program_id = $1 AND customer_id IS NOT NULL"
-        " AND kind = 'available' ORDER BY id FOR NO KEY UPDATE",
-        program_id,
+    """Write `count` grants with the server's RSS sampled."""
+    sampler.start()
+    took = await write_grants(operation, count, args.batch, args.writers)
+    await sampler.stop()
+    report.fact(
+        f"wrote {count:,} grants ({args.batch} a transaction, {args.writers} writers) in {took:.1f} s"
+        f" ({count / took:,.0f}/s); serve's RSS meanwhile peak {mib(sampler.peak)}"
     )
-    ids = sorted(
-        await connection.fetchval("SELECT array_agg(nextval('entry_id_seq')) FROM generate_series(1, $1)", count)
-    )
-    balance = {row["id"]: row["balance"] for row in accounts}
-    version = {row["id"]: row["version"] for row in accounts}
-    earned_at = await connection.fetchval("SELECT clock_timestamp()")
-    entries, postings, lots = [], [], []
-    metadata = json.dumps({"reason": "bench.memory"})
-    for number, entry_id in enumerate(ids):
-        serial = offset + number
-        posted_at = start + timedelta(microseconds=serial)
-        account = accounts[serial % len(accounts)]["id"]
-        amount = 1 + serial % 50
-        balance[account] += amount
-        version[account] += 1
-        entries.append((program_id, entry_id, "adjustment.grant", posted_at, "bench:memory", metadata))
-        postings.append((program_id, entry_id, 1, issued, "POINTS", -amount, None, None, posted_at))
-        postings.append(
-            (program_id, entry_id, 2, account, "POINTS", amount, balance[account], version[account], posted_at)
-        )
-        lots.append((program_id, entry_id, account, amount, amount, earned_at, None))
-    await connection.copy_records_to_table(
-        "entries", records=entries, columns=["program_id", "id", "kind", "posted_at", "actor", "metadata"]
-    )
-    await connection.copy_records_to_table(
-        "postings",
-        records=postings,
-        columns=[
-            "program_id",
-            "entry_id",
-            "line",
-            "account_id",
-            "unit",
-            "amount",
-            "balance_after",
-            "account_version",
-            "posted_at",
-        ],
-    )
-    await connection.copy_records_to_table(
-        "lots",
-        records=lots,
-        columns=["program_id", "entry_id", "account_id", "amount", "remaining", "earned_at", "expires_at"],
-    )
-    await connection.copy_records_to_table(
-        "seal_queue", records=[(program_id, entry_id) for entry_id in ids], columns=["program_id", "entry_id"]
-    )
-    changed = [row["id"] for row in accounts if version[row["id"]] != row["version"]]
-    last_posted = start + timedelta(microseconds=offset + count - 1)
-    await connection.execute(
-        "UPDATE accounts a SET balance = c.balance, version = c.version,"
-        " last_posted_at = greatest(a.last_posted_at, $5)"
-        " FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS c (id, balance, version)"
-        " WHERE a.program_id = $1 AND a.id = c.id",
-        program_id,
-        changed,
-        [balance[i] for i in changed],
-        [version[i] for i in changed],
-        last_posted,
-    )
-    # in one call: each call's DELETE scans past the queue rows this transaction deleted
-    limit = count + 10_000
-    while await seal_batch(connection, program_id, limit) == limit:
-        pass
 
 
-async def export(sc: Scenario, start: datetime, end: datetime, sampler: Sampler) -> tuple[int, int, float, float]:
-    """Stream the journal of [start, end) as NDJSON; lines, bytes, first-byte and total seconds."""
+@contextlib.asynccontextmanager
+async def sealer_held(sc: Scenario) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Keep the app's sealer off the program (its per-program lock, held by this process)
+    until the returned release is awaited, or the block ends."""
+    connection = await sc.owner()
+    await connection.execute("SELECT pg_advisory_lock(hashtextextended('seal:' || $1, 0))", sc.program.program_id)
+
+    async def release() -> None:
+        if not connection.is_closed():
+            await connection.close()  # a session's advisory locks end with it
+
+    try:
+        yield release
+    finally:
+        await release()
+
+
+async def queue_length(sc: Scenario) -> int:
+    """Entries of the program waiting in the seal queue."""
+    count: int = await sc.value("SELECT count(*) FROM seal_queue WHERE program_id = $1", sc.program.program_id)
+    return count
+
+
+# --- 3. Journal exports -----------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Lines and entries of a streamed journal (a posting a line, an entry's lines together);
+    an entry's lines share their first field, its id."""
+
+    header: bool
+    lines: int = 0
+    entries: int = 0
+    size: int = 0
+    _rest: bytes = b""
+    _last: bytes = b""
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            if self.header:
+                self.header = False
+                continue
+            self.lines += 1
+            key = line[: line.find(b",")]
+            if key != self._last:
+                self.entries += 1
+                self._last = key
+
+
+@dataclass
+class Export:
+    """One streamed export: what came, how long, the server's RSS meanwhile."""
+
+    label: str
+    format: str
+    tally: Tally
+    seconds: float
+    first_byte: float
+    rss_before: int
+    rss_peak: int
+    queued: int
+
+
+async def export(sc: Scenario, period: tuple[datetime, datetime], fmt: str, sampler: Sampler, label: str) -> Export:
+    """Stream the journal of a period in one format, counting, while RSS is sampled."""
     url = f"{sc.app.base_url}/v1/finance/journal"
-    params = {"from": start.isoformat(), "to": end.isoformat(), "format": "ndjson"}
-    lines = size = 0
+    params = {"from": period[0].isoformat(), "to": period[1].isoformat(), "format": fmt}
+    tally = Tally(header=fmt == "csv")
+    queued, rss_before = await queue_length(sc), rss_bytes(sampler.pid)
     began = time.monotonic()
     first = 0.0
     sampler.start()
     try:
-        async with sc.client.stream(
-            "GET", url, params=params, headers=Program.auth(sc.program.finance), timeout=60
-        ) as response:
+        headers = Program.auth(sc.program.finance)
+        async with sc.client.stream("GET", url, params=params, headers=headers, timeout=60) as response:
             if response.status_code != 200:
                 raise RuntimeError(f"journal: {response.status_code} {(await response.aread())[:300]!r}")
             first = time.monotonic() - began
             async for data in response.aiter_raw(1 << 16):
-                lines += data.count(b"\n")
-                size += len(data)
+                tally.feed(data)
     finally:
         await sampler.stop()
-    return lines, size, first, time.monotonic() - began
+    return Export(label, fmt, tally, time.monotonic() - began, first, rss_before, sampler.peak, queued)
+
+
+def export_facts(done: Export, written: int, report: Report) -> None:
+    """What one export sent, how fast, the RSS; its line and entry counts checked."""
+    t = done.tally
+    report.fact(
+        f"{done.label} {done.format}: {t.lines:,} lines, {t.entries:,} entries ({t.size / MIB:,.0f} MiB)"
+        f" in {done.seconds:.1f} s ({t.lines / done.seconds:,.0f} lines/s, first byte {done.first_byte:.2f} s);"
+        f" seal queue at its start {done.queued:,}; RSS before {mib(done.rss_before)},"
+        f" peak {mib(done.rss_peak)} (+{mib(done.rss_peak - done.rss_before)})"
+    )
+    report.check(
+        f"{done.label} {done.format}: {written:,} entries, 2 lines each",
+        (t.entries, t.lines) == (written, 2 * written),
+        f"{t.entries:,} entries, {t.lines:,} lines",
+    )
+
+
+async def exports(
+    sc: Scenario, period: tuple[datetime, datetime], written: int, sampler: Sampler, report: Report
+) -> list[Export]:
+    """The period's journal in each format, one after the other."""
+    label = f"export of {written:,}"
+    done = [await export(sc, period, fmt, sampler, label) for fmt in FORMATS]
+    for one in done:
+        export_facts(one, written, report)
+    return done
+
+
+def constant_memory(small: list[Export], large: list[Export], limit_mib: float, report: Report) -> None:
+    """The large export's peak RSS is no higher than the small one's (plus the allowance)."""
+    for before, after in zip(small, large, strict=True):
+        growth = after.rss_peak - before.rss_peak
+        report.check(
+            f"{after.format}: peak RSS of the {after.tally.entries:,} export <= that of the"
+            f" {before.tally.entries:,} one + {limit_mib:g} MiB",
+            growth <= limit_mib * MIB,
+            f"{mib(before.rss_peak)} -> {mib(after.rss_peak)}",
+        )
+
+
+# --- 4. The sealer catches up, the books -------------------------------------------------
+
+
+async def watch_queue(sc: Scenario, within: float, every: float = 5.0) -> list[tuple[float, int]]:
+    """The seal queue's length every `every` seconds until it is empty or `within` passes."""
+    began = time.monotonic()
+    samples = [(0.0, await queue_length(sc))]
+    while samples[-1][1] and samples[-1][0] < within:
+        await asyncio.sleep(every)
+        samples.append((time.monotonic() - began, await queue_length(sc)))
+    return samples
+
+
+def drain_facts(samples: list[tuple[float, int]], report: Report) -> None:
+    """How the sealer worked through the backlog."""
+    (_, backlog), (took, left) = samples[0], samples[-1]
+    report.fact(
+        f"sealer: {backlog:,} queued when released, {left:,} left {took:.0f} s later"
+        f" ({(backlog - left) / took:,.0f} entries/s, the exports streaming meanwhile)"
+    )
+    for second, queued in samples[:: max(1, len(samples) // 6)]:
+        report.fact(f"   t={second:5.0f} s  queued {queued:,}")
+
+
+async def check_entries(sc: Scenario, period: tuple[datetime, datetime], written: int, report: Report) -> None:
+    """The period holds exactly the grants written, and every entry of the program is sealed."""
+    program_id = sc.program.program_id
+    in_period = await sc.value(
+        "SELECT count(*) FROM entries WHERE program_id = $1 AND posted_at >= $2 AND posted_at < $3", program_id, *period
+    )
+    entries = await sc.value("SELECT count(*) FROM entries WHERE program_id = $1", program_id)
+    sealed = await sc.value("SELECT count(*) FROM entry_seals WHERE program_id = $1", program_id)
+    report.check(f"entries in the exported period = {written:,} grants", in_period == written, f"{in_period:,}")
+    report.check("every entry sealed", sealed == entries, f"{sealed:,} of {entries:,}")
+
+
+async def verify(report: Report, program_id: str) -> None:
+    """The whole chain recomputed (with the app's use case, through this process's pool)."""
+    began = time.monotonic()
+    chain = await verify_chain(program_id)
+    report.check(
+        f"hash chain valid ({time.monotonic() - began:.0f} s to verify)",
+        chain.valid and chain.unsealed == 0,
+        f"sealed {chain.sealed:,}, unsealed {chain.unsealed:,}, first break {chain.first_break}",
+    )
 
 
 # --- Main -------------------------------------------------------------------------------
 
 
+async def load_and_export(
+    sc: Scenario,
+    operation: Operation,
+    start: datetime,
+    count: int,
+    sampler: Sampler,
+    args: argparse.Namespace,
+    report: Report,
+) -> list[Export]:
+    """Write `count` grants, then export them (the program's first since `start`)."""
+    await write_part(operation, count, sampler, args, report)
+    return await exports(sc, (start, datetime.now(UTC)), count, sampler, report)
+
+
+async def grants_and_exports(sc: Scenario, sampler: Sampler, args: argparse.Namespace, report: Report) -> None:
+    """With the sealer held off, load and export the first part, then load the rest; release
+    the sealer and export everything while it works through the backlog."""
+    grants = Grants(Principal(sc.program.program_id, Scope.ADMIN, key_id="key_bench"), sc.program.customers)
+    operation = grants.batch(args.batch, args.writers, partitioned=True)
+    start = datetime.now(UTC)
+    async with ledger_pool(sc, args.writers), sealer_held(sc) as release:
+        small = await load_and_export(sc, operation, start, args.first_export, sampler, args, report)
+        await write_part(operation, args.entries - args.first_export, sampler, args, report)
+        period = (start, datetime.now(UTC))
+        await release()
+        drain = asyncio.create_task(watch_queue(sc, args.seal_wait))
+        large = await exports(sc, period, args.entries, sampler, report)
+        await asyncio.sleep(args.settle)
+        report.fact(f"RSS {args.settle:g} s after the exports: {mib(rss_bytes(sc.app.pid))}")
+        constant_memory(small, large, args.max_growth_mib, report)
+        drain_facts(await drain, report)
+        await check_entries(sc, period, args.entries, report)
+        if args.verify_chain:
+            await verify(report, sc.program.program_id)
+
+
 async def run(args: argparse.Namespace) -> Report:
     report = Report("memory")
     async with scenario("memory", args.customers, {}, args.keep) as sc:
-        pid = sc.app.pid
-        sampler = Sampler(pid, args.sample)
-        await asyncio.sleep(2.0)
-        before = rss_bytes(pid)
-        sampler.start()
-        statuses, took = await award_run(sc, args.seconds, args.clients)
-        await sampler.stop()
-        end_of_run, peak = rss_bytes(pid), sampler.peak
-        await asyncio.sleep(5.0)
-        idle = rss_bytes(pid)
-        served = statuses.get(201, 0)
-        report.fact(
-            f"awards: {served:,} orders in {took:.0f} s at {args.clients} clients ({served / took:.0f}/s),"
-            f" answers {dict(statuses)}"
-        )
-        report.fact(
-            f"RSS of serve (pid {pid}): before {mib(before)}, end of run {mib(end_of_run)}, peak {mib(peak)},"
-            f" 5 s later {mib(idle)} (growth {mib(idle - before)})"
-        )
-        report.check("every award answered 201", set(statuses) == {201}, str(dict(statuses)))
-        for second, rss in sampler.samples[:: max(1, len(sampler.samples) // 6)]:
-            report.fact(f"   t={second:5.1f} s  RSS {mib(rss)}")
-
-        start, end, wrote = await write_grants(sc, args.entries, args.chunk)
-        report.fact(
-            f"wrote and sealed {args.entries:,} grant entries ({2 * args.entries:,} postings) with SQL"
-            f" in {wrote:.1f} s ({args.entries / wrote:,.0f}/s)"
-        )
-        await asyncio.sleep(2.0)
-        rss_before_export = rss_bytes(pid)
-        lines, size, first, seconds = await export(sc, start, end, sampler)
-        growth = sampler.peak - rss_before_export
-        report.fact(
-            f"journal export: {lines:,} NDJSON lines ({size / MIB:,.0f} MiB) in {seconds:.1f} s"
-            f" ({lines / seconds:,.0f} lines/s, first byte after {first:.2f} s)"
-        )
-        report.fact(
-            f"RSS during the export: before {mib(rss_before_export)}, peak {mib(sampler.peak)},"
-            f" growth {mib(growth)} over {len(sampler.samples)} samples"
-        )
-        for second, rss in sampler.samples[:: max(1, len(sampler.samples) // 8)]:
-            report.fact(f"   t={second:5.1f} s  RSS {mib(rss)}")
-        report.check(f"exported lines = 2 x {args.entries:,}", lines == 2 * args.entries, f"{lines:,}")
-        report.check(
-            f"RSS growth during the export <= {args.max_growth_mib} MiB",
-            growth <= args.max_growth_mib * MIB,
-            mib(growth),
-        )
+        sampler = Sampler(sc.app.pid, args.sample)
+        await asyncio.sleep(args.settle)
+        report.fact(f"RSS of serve (pid {sc.app.pid}) idle after set-up: {mib(rss_bytes(sc.app.pid))}")
+        await award_run(sc, sampler, args, report)
+        await grants_and_exports(sc, sampler, args, report)
         await check_books(sc, report)
-        connection = await sc.owner()
-        try:
-            queued = await connection.fetchval(
-                "SELECT count(*) FROM seal_queue WHERE program_id = $1", sc.program.program_id
-            )
-        finally:
-            await connection.close()
-        report.check("seal queue empty (every entry sealed)", queued == 0, f"{queued} queued")
-        if args.verify_chain:
-            await check_chain(sc, report, within=600.0)
     return report
 
 
@@ -328,16 +415,28 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the award run (default 60)")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent award clients (default 32)")
-    parser.add_argument("--customers", type=int, default=200, help="customers enrolled (default 200)")
-    parser.add_argument("--entries", type=int, default=1_000_000, help="journal entries to export (default 1M)")
-    parser.add_argument("--chunk", type=int, default=50_000, help="entries per SQL transaction (default 50,000)")
-    parser.add_argument("--sample", type=float, default=0.2, help="RSS sampling interval, s (default 0.2)")
-    parser.add_argument("--max-growth-mib", type=float, default=32.0, help="allowed RSS growth in the export")
-    parser.add_argument("--verify-chain", action="store_true", help="also verify the chain through the API")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
-    return parser.parse_args(argv)
+    add = parser.add_argument
+    add("--award-seconds", type=float, default=60.0, help="the measured run of awards, s (default 60)")
+    add("--warmup", type=float, default=10.0, help="awards before it, s (default 10)")
+    add("--clients", type=int, default=32, help="concurrent award clients (default 32)")
+    add("--max-requests", type=int, default=100_000, help="bound on the awards of each run (default 100,000)")
+    add("--customers", type=int, default=500, help="customers enrolled (default 500)")
+    add("--entries", type=int, default=1_000_000, help="grants written and exported in all (default 1M)")
+    add("--first-export", type=int, default=100_000, help="grants of the first, smaller export (default 100k)")
+    add("--batch", type=int, default=250, help="grants per transaction (default 250)")
+    add("--writers", type=int, default=2, help="concurrent writers of grants (default 2)")
+    add("--sample", type=float, default=0.2, help="RSS sampling interval, s (default 0.2)")
+    add("--settle", type=float, default=5.0, help="idle pause before an RSS reading, s (default 5)")
+    add("--max-growth-mib", type=float, default=16.0, help="allowed RSS growth (default 16 MiB)")
+    add("--seal-wait", type=float, default=900.0, help="bound on the wait for the sealer, s (default 900)")
+    add("--verify-chain", action="store_true", help="also recompute the whole chain at the end")
+    add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args(argv)
+    if not 0 < args.first_export < args.entries or args.entries % args.batch or args.first_export % args.batch:
+        parser.error("need 0 < --first-export < --entries, both multiples of --batch")
+    if args.batch * args.writers > args.customers:
+        parser.error("--batch x --writers must not exceed --customers (a batch grants to distinct customers)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,22 +43,20 @@ def _sealed_entry(row: asyncpg.Record) -> SealedEntry:
     )
 
 
-async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int) -> int:
-    """Seal up to `limit` committed entries in entry order; one sealer per program at a time."""
+async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int, after: int = 0) -> list[int]:
+    """Seal up to `limit` committed entries queued with an id above `after`, in entry order;
+    one sealer per program at a time. Returns the ids sealed, in chain order."""
     got_lock = await connection.fetchval(
         "SELECT pg_try_advisory_xact_lock(hashtextextended('seal:' || $1, 0))", program_id
     )
     if not got_lock:
-        return 0
+        return []
+    # by key in the primary key's order, whatever the statistics say (migration 0014)
     queued = await connection.fetch(
-        "DELETE FROM seal_queue WHERE program_id = $1 AND entry_id IN"
-        " (SELECT entry_id FROM seal_queue WHERE program_id = $1 ORDER BY entry_id LIMIT $2)"
-        " RETURNING entry_id",
-        program_id,
-        limit,
+        "SELECT q.entry_id FROM take_seal_batch($1, $2, $3) AS q (entry_id)", program_id, after, limit
     )
     if not queued:
-        return 0
+        return []
     ids = sorted(row["entry_id"] for row in queued)
     last = await connection.fetchrow(
         "SELECT seq, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -84,7 +82,7 @@ async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int
         entry_hashes,
         chain_hashes,
     )
-    return len(ids)
+    return ids
 
 
 async def iter_chain_breaks(

@@ -7,6 +7,7 @@ their own row locks, and the sealer takes a per-program advisory lock.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import asyncpg
 
@@ -98,10 +99,15 @@ async def expire_points(program_id: str, clock: Clock) -> int:
 
 
 async def seal_chain(program_id: str, batch: int = 1000) -> int:
-    """Append queued entries to the program's hash chain; returns how many were sealed."""
-    total = 0
+    """Append queued entries to the program's hash chain; returns how many were sealed.
+
+    Each batch starts above the previous one's last id, so it does not walk again over the
+    queue rows just deleted (dead until vacuumed, and kept while any older snapshot lives);
+    an entry with a lower id that commits meanwhile is sealed by the next run."""
+    total = after = 0
     while True:
-        sealed = await in_transaction(lambda connection: seal_batch(connection, program_id, batch))
-        total += sealed
-        if sealed < batch:
+        sealed = await in_transaction(partial(seal_batch, program_id=program_id, limit=batch, after=after))
+        total += len(sealed)
+        if len(sealed) < batch:
             return total
+        after = sealed[-1]
