@@ -38,7 +38,7 @@ from service.http.controllers import (
 )
 from service.http.dependencies import DEPENDENCIES
 from service.http.observability import observability_middleware
-from service.http.openapi import COMPONENTS, SECURITY
+from service.http.openapi import COMPONENTS, SECURITY, StructSchemaPlugin
 from service.http.problems import EXCEPTION_HANDLERS
 from service.usecases.group_commit import close_batchers
 from service.usecases.jobs import run_scheduled
@@ -107,6 +107,7 @@ def create_app(settings: Settings, dsn: str, clock: Clock | None = None) -> Lite
             metrics.SignalController,
         ],
         dependencies=DEPENDENCIES,
+        plugins=[StructSchemaPlugin()],
         middleware=[
             observability_middleware,
             DefineMiddleware(CredentialMiddleware, exclude=exclude_public_paths()),

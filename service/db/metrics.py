@@ -272,7 +272,7 @@ WITH o AS (
            row_number() OVER (PARTITION BY customer_id ORDER BY placed_at, shop_id, id) AS k
       FROM orders WHERE program_id = $1 AND (refunded_net < net OR net = 0)
 ), items AS (
-    SELECT o.customer_id, o.k, l->>'category' AS category, (l->>'level')::int AS level
+    SELECT o.customer_id, o.k, l->>'category' AS category, (l->>'level')::numeric AS level
       FROM o CROSS JOIN LATERAL jsonb_array_elements(o.lines) AS l
 ), prior AS (
     SELECT customer_id, category, k, level,

@@ -45,6 +45,7 @@ AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 MAX_UNIT_PRICE = 10**12  # minor units
 MAX_QUANTITY = 10**6
 MAX_ORDER_NET = 10**15  # minor units: sums of many orders still fit 64-bit columns
+MAX_LEVEL = 10**6  # a product's level within its category (upsell: a later purchase at a higher one)
 
 
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,7 +54,7 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     unit_price: Annotated[int, msgspec.Meta(ge=0, le=MAX_UNIT_PRICE)]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
     discount: Minor = 0  # for the whole line, at most unit_price * quantity
-    level: int | None = None
+    level: Annotated[int, msgspec.Meta(ge=0, le=MAX_LEVEL)] | None = None
 
     @property
     def net(self) -> int:

@@ -20,6 +20,7 @@ from service.domain.errors import InvalidInput
 DEFAULT_WINDOW_DAYS = 90
 DEFAULT_TARGET_PCT = 85.0
 MAX_PERIODS = 120
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2999, 12, 31)  # the days a metric's range may name
 DEFINITIONS = "../shared/METRICS.md"
 
 WindowDays = Annotated[int, msgspec.Meta(ge=1, le=3660)]
@@ -73,10 +74,18 @@ def _add_months(day: date, months: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def periods_between(start: date, end: date, granularity: Granularity) -> list[Period]:
-    """The calendar months or quarters overlapping [start, end] (whole ones), or the range itself."""
+def check_range(start: date, end: date) -> None:
+    """Refuse a range that runs backwards or names a day outside FIRST_DAY..LAST_DAY."""
+    for field, day in (("from", start), ("to", end)):
+        if not FIRST_DAY <= day <= LAST_DAY:
+            raise InvalidInput(f"`{field}` must be from {FIRST_DAY} to {LAST_DAY}", field=field)
     if end < start:
         raise InvalidInput("`to` must not be before `from`", field="to")
+
+
+def periods_between(start: date, end: date, granularity: Granularity) -> list[Period]:
+    """The calendar months or quarters overlapping [start, end] (whole ones), or the range itself."""
+    check_range(start, end)
     if granularity is Granularity.CUSTOM:
         return [Period(start=start, end=end)]
     step = 1 if granularity is Granularity.MONTH else 3

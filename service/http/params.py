@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, PathParameter
+
+MAX_ROW_ID = 2**63 - 1  # ids of entries and accounts are bigint
+ZERO_MINIMUM = {"minimum": 0}  # for optional parameters: Litestar leaves a bound of 0 out of their schema
 
 IdempotencyKey = Annotated[
     str,
@@ -15,3 +18,5 @@ IdempotencyKey = Annotated[
         description="Unique per program; a retry with the same key and request replays the first answer.",
     ),
 ]
+EntryId = Annotated[int, PathParameter(title="Entry id", ge=1, le=MAX_ROW_ID)]
+AccountId = Annotated[int, PathParameter(title="Account id", ge=1, le=MAX_ROW_ID)]

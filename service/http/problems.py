@@ -33,9 +33,11 @@ HTTP_PROBLEM_TYPES: dict[int, tuple[str, str, str]] = {
 _HTTP_TYPES = {status: (slug, title) for status, (slug, title, _) in HTTP_PROBLEM_TYPES.items()}
 _FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([^`]*)`")
 # msgspec names the field inside the message when the error is about the enclosing object.
-_FIELD_NAMED_IN_MESSAGE = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
+_FIELD_NAMED_IN_MESSAGE = re.compile(r"(?:missing required|contains unknown) field `([^`]*)`")
 # Litestar reports errors about the request body as a whole under the key of its parameter.
 _BODY_KEYS = {None, "", "data", "body"}
+# Litestar names a missing parameter only in its message.
+_MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']+)'")
 
 
 def problem_body(
@@ -106,13 +108,22 @@ def _field_errors(extra: Any) -> list[dict[str, Any]]:
     return errors
 
 
+def _missing_parameter(detail: str) -> list[dict[str, Any]]:
+    """The field error of a required query parameter or header that was not sent."""
+    matched = _MISSING_PARAMETER.match(detail)
+    if not matched:
+        return []
+    source, name = matched.groups()
+    return [{"field": name, "message": f"missing required {source} parameter", "source": source}]
+
+
 def validation_handler(request: Request[Any, Any, Any], error: ValidationException) -> Response[dict[str, Any]]:
     """Input that does not fit the request's schema: 422 naming each field.
 
     An error about the body as a whole (not an object, say) names no field: that is a 400.
     """
-    errors = _field_errors(error.extra)
-    if errors and all(e["field"] for e in errors):
+    errors = _field_errors(error.extra) or _missing_parameter(error.detail)
+    if errors and all(e["field"] is not None for e in errors):  # "" is a field name too
         first = errors[0]
         return problem(
             422,
@@ -149,16 +160,26 @@ def database_unavailable_handler(request: Request[Any, Any, Any], error: Excepti
     )
 
 
+def _parameter_with_nul(request: Request[Any, Any, Any]) -> tuple[str, str] | None:
+    """(name, source) of the first path or query parameter holding a NUL character."""
+    for source, values in (("path", list(request.path_params.items())), ("query", request.query_params.multi_items())):
+        for name, value in values:
+            if "\x00" in str(value):
+                return name, source
+    return None
+
+
 def unstorable_text_handler(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
-    """Text PostgreSQL cannot store (a NUL character) that reached a query: bad input, not a 500."""
+    """Text PostgreSQL cannot store (a NUL character) that reached a query: bad input, not a 500,
+    naming the parameter that holds it."""
     log.info("refused unstorable text on %s %s: %s", request.method, request.url.path, error)
-    return problem(
-        422,
-        "invalid-input",
-        "Invalid input",
-        "the request contains a character that cannot be stored (NUL, U+0000)",
-        request,
-    )
+    detail = "the request contains a character that cannot be stored (NUL, U+0000)"
+    found = _parameter_with_nul(request)
+    if found is None:
+        return problem(422, "invalid-input", "Invalid input", detail, request)
+    name, source = found
+    errors = [{"field": name, "message": detail, "source": source}]
+    return problem(422, "invalid-input", "Invalid input", f"{name}: {detail}", request, field=name, errors=errors)
 
 
 def _lost_database(error: BaseException) -> bool:

@@ -16,6 +16,7 @@ from litestar import Response
 from service.usecases import clv, metrics, signals
 
 Format = Literal["json", "csv"]
+SVG = "image/svg+xml"
 Table = tuple[list[str], list[list[Any]]]
 
 
@@ -92,7 +93,7 @@ def render(result: msgspec.Struct, name: str, format: Format | None, accept: str
     if wants_csv(format, accept):
         return Response(
             _csv(_table(result)),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds "; charset=utf-8" to text types
             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
         )
     return Response(msgspec.json.encode(result), media_type="application/json")
@@ -109,7 +110,7 @@ def _svg(width: int, height: int, title: str, body: list[str]) -> Response[Any]:
         f"<title>{escape(title)}</title><rect width='100%' height='100%' fill='white'/>"
         f"<text x='10' y='18' font-family='sans-serif' font-size='14'>{escape(title)}</text>{''.join(body)}</svg>"
     )
-    return Response(text, media_type="image/svg+xml")
+    return Response(text, media_type=SVG)
 
 
 def _polyline(points: Sequence[tuple[float, float | None]], colour: str, dash: str = "") -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -28,7 +28,20 @@ async def _snapshot() -> AsyncIterator[asyncpg.Connection]:
         yield connection
 
 
+FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def _check_instant(instant: datetime, field: str) -> None:
+    """Refuse an instant without a UTC offset, or outside [FIRST_INSTANT, LAST_INSTANT)."""
+    if instant.utcoffset() is None:
+        raise InvalidInput(f"`{field}` needs a UTC offset (RFC 3339)", field=field)
+    if not FIRST_INSTANT <= instant < LAST_INSTANT:
+        raise InvalidInput(f"`{field}` must be in the years 1900 to 2999", field=field)
+
+
 def _check_period(start: datetime, end: datetime) -> None:
+    _check_instant(start, "from")
+    _check_instant(end, "to")
     if end <= start:
         raise InvalidInput("`to` must be after `from`", field="to")
 
@@ -95,6 +108,8 @@ _BALANCE_AS_OF = (
 
 async def account_balance(program_id: str, account_id: int, as_of: datetime | None) -> AccountBalance:
     """An account's balance now or at any instant (a lookup of the posting's balance after)."""
+    if as_of is not None:
+        _check_instant(as_of, "as_of")
     async with _snapshot() as connection:
         return await _balance_as_of(connection, program_id, account_id, as_of)
 
@@ -295,6 +310,7 @@ class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
 
 async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
     """Debit and credit totals per account kind as of an instant; per unit they must agree."""
+    _check_instant(as_of, "as_of")
     async with _snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.kind, a.unit, a.normal_side, count(DISTINCT a.id) AS accounts,"
@@ -345,6 +361,7 @@ class Liability(msgspec.Struct, frozen=True, kw_only=True):
 async def liability(program_id: str, as_of: datetime) -> Liability:
     """Points customers hold (available, pending, held) at an instant, valued at the point value;
     per shop by the customer's enrolling shop."""
+    _check_instant(as_of, "as_of")
     async with _snapshot() as connection:
         program = await connection.fetchrow(
             "SELECT currency, point_value_minor FROM programs WHERE id = $1", program_id

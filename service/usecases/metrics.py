@@ -25,6 +25,7 @@ from service.domain.metrics import (
     RepeatFigures,
     Retention,
     SegmentRule,
+    check_range,
     cohort_rows,
     periods_between,
     refund_effect,
@@ -164,8 +165,7 @@ class CohortTable(msgspec.Struct, frozen=True, kw_only=True):
 
 async def cohort_table(program_id: str, start: date, end: date) -> CohortTable:
     """Cohorts by month of first purchase from start's month to end's month, followed to end's month."""
-    if end < start:
-        raise InvalidInput("`to` must not be before `from`", field="to")
+    check_range(start, end)
     first, last = start.replace(day=1), end.replace(day=1)
     if (last.year - first.year) * 12 + last.month - first.month >= 120:
         raise InvalidInput("at most 120 cohort months per request", field="from")

@@ -309,15 +309,47 @@ async def test_bad_path_and_query_parameters(
     ):
         problem = assert_client_error(await client.get(url, headers=headers))
         assert_names_field(problem, name)
-    for url in ("/v1/customers/%00", "/v1/customers?cursor=%00"):
-        assert_client_error(await client.get(url, headers=headers))
+    for url, name in (("/v1/customers/%00", "customer_id"), ("/v1/customers?cursor=%00", "cursor")):
+        assert_names_field(assert_client_error(await client.get(url, headers=headers)), name)
     ttl = await client.post(
         f"/v1/customers/{customer['id']}/tokens",
         params={"ttl_seconds": "5"},
         headers=program.auth("checkout"),
     )
     assert_names_field(assert_client_error(ttl), "ttl_seconds")
-    assert_client_error(await client.delete("/v1/api-keys/%00", headers=headers))
+    assert_names_field(assert_client_error(await client.delete("/v1/api-keys/%00", headers=headers)), "key_id")
+
+
+async def test_missing_parameters_are_named(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    period = await client.get(
+        "/v1/finance/activity", params={"from": "2026-01-01T00:00:00Z"}, headers=program.auth("finance")
+    )
+    assert_names_field(assert_problem(period, 422, "invalid-input"), "to")
+    grant = {"customer_id": "cus_x", "amount": 1, "reason": "goodwill"}
+    unkeyed = await client.post("/v1/ledger/adjustments", json=grant, headers=program.auth("admin"))
+    assert_names_field(assert_problem(unkeyed, 422, "invalid-input"), "Idempotency-Key")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/v1/finance/activity", {"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00"}, "to"),
+        ("/v1/finance/journal", {"from": "2026-01-01T00:00:00", "to": "2026-01-02T00:00:00"}, "from"),
+        ("/v1/finance/trial-balance", {"as_of": "2026-01-01T00:00:00"}, "as_of"),
+        ("/v1/finance/accounts/1/statement", {"from": "0001-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ("/v1/finance/liability", {"as_of": "9999-12-31T23:59:59Z"}, "as_of"),
+    ],
+)
+async def test_instants_need_an_offset_and_a_sane_year(
+    client: httpx.AsyncClient, program: ProgramFixture, path: str, params: dict[str, str], field: str
+) -> None:
+    response = await client.get(path, params=params, headers=program.auth("finance"))
+    assert_names_field(assert_problem(response, 422, "invalid-input"), field)
+
+
+async def test_an_unknown_field_named_by_the_empty_string_is_named(send: Send) -> None:
+    problem = assert_problem(await send(SHOPS, b'{"name": "Second shop", "": 1}'), 422, "invalid-input")
+    assert_names_field(problem, "")
 
 
 @pytest.mark.parametrize("authorised", [True, False])

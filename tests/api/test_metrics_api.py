@@ -83,7 +83,7 @@ async def test_retention_series_json_csv_and_chart(
     as_csv = await client.get(
         "/v1/metrics/retention", params=params, headers={**program.auth("admin"), "Accept": "text/csv"}
     )
-    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-type"] == "text/csv; charset=utf-8"
     table = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert [row["b"] for row in table] == ["2", "1", "1", "0"] and table[3]["rate_pct"] == ""
     quarter = await client.get(
@@ -243,6 +243,13 @@ async def test_bad_requests_name_the_field(client: httpx.AsyncClient, program: P
         "/v1/metrics/retention", params={"from": "2026-01-01", "to": "2026-02-01", "window_days": 0}, headers=admin
     )
     assert assert_problem(window, 422, "invalid-input")["field"] == "window_days"
+    for path in ("/v1/metrics/retention", "/v1/metrics/cohorts", "/v1/metrics/repeat"):
+        for field, params in (
+            ("from", {"from": "0001-01-01", "to": "2026-01-01"}),
+            ("to", {"from": "2026-01-01", "to": "9999-12-31"}),
+        ):
+            beyond = await client.get(path, params=params, headers=admin)
+            assert assert_problem(beyond, 422, "invalid-input")["field"] == field, path
     empty = (
         await client.get("/v1/metrics/retention", params={"from": "2026-01-01", "to": "2026-01-31"}, headers=admin)
     ).json()

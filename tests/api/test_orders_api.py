@@ -194,6 +194,8 @@ async def test_an_order_for_a_customer_enrolled_later_succeeds_when_sent_again(
         ({"unit_price": 10**12 + 1}, "lines[0].unit_price"),
         ({"quantity": 10**6 + 1}, "lines[0].quantity"),
         ({"unit_price": 10**12, "quantity": 10**6}, "lines"),  # 10^18: more than an order may be worth
+        ({"level": 10**6 + 1}, "lines[0].level"),  # stored, it once broke the program's sell-rate metric
+        ({"level": -1}, "lines[0].level"),
     ],
 )
 async def test_amounts_beyond_the_bounds_are_refused_by_name(

@@ -15,7 +15,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.usecases import programs
 
 
@@ -46,7 +46,7 @@ class ShopController(Controller):
     tags = ["program"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def create_shop(self, data: JSONBody[ShopRequest], principal: NamedDependency[Principal]) -> Shop:
         """Add a sales channel."""
         return await programs.create_shop(principal.program_id, data.name)
@@ -62,7 +62,7 @@ class ApiKeyController(Controller):
     tags = ["program"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def create_key(self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]) -> CreatedApiKey:
         """Make a key; the response is the only time its plain text is shown."""
         return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope), data.shop_id)

@@ -18,7 +18,7 @@ from service.domain.ledger import Unit
 from service.http.auth import requires
 from service.http.controllers.ledger import Reason
 from service.http.controllers.orders import CustomerRef, OrderRequest
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES
 from service.http.problems import domain_problem
 from service.usecases import bulk, ledger
 from service.usecases.orders import OrderView
@@ -86,7 +86,7 @@ class BulkController(Controller):
     path = "/v1/bulk"
     tags = ["orders"]
 
-    @post("/awards", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @post("/awards", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def awards(
         self, data: JSONBody[BulkAwardsRequest], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> BulkAwardsResponse:

@@ -16,7 +16,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment, ProfileChange
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
 from service.usecases import customers
 from service.usecases.programs import issue_customer_token
 
@@ -56,7 +56,11 @@ class CustomerController(Controller):
     path = "/v1/customers"
     tags = ["customers"]
 
-    @post(guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(
+        guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
+        status_code=HTTP_201_CREATED,
+        responses=create_or_repeat(CustomerResponse, "Enrolled before: the customer as it is"),
+    )
     async def enrol(
         self,
         data: JSONBody[Enrolment],
@@ -85,7 +89,7 @@ class CustomerController(Controller):
         """One customer."""
         return _response(await customers.get_customer(principal.program_id, customer_id))
 
-    @patch("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], responses=PROBLEM_RESPONSES)
+    @patch("/{customer_id:str}", guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], responses=BODY_PROBLEM_RESPONSES)
     async def update_customer(
         self,
         customer_id: CustomerId,

@@ -25,7 +25,7 @@ from service.domain.earning import (
     Text,
 )
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.http.params import IdempotencyKey
 from service.usecases import earning_rules
 
@@ -52,7 +52,7 @@ class EarningController(Controller):
     path = "/v1/earning"
     tags = ["earning rules"]
 
-    @post("/rules", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post("/rules", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def publish(
         self,
         data: JSONBody[EarningRulesRequest],
@@ -73,7 +73,7 @@ class EarningController(Controller):
         "/quote",
         guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
         status_code=HTTP_200_OK,
-        responses=PROBLEM_RESPONSES,
+        responses=BODY_PROBLEM_RESPONSES,
     )
     async def quote(self, data: JSONBody[QuoteRequest], principal: NamedDependency[Principal]) -> Award:
         """What an order earns under the rules in force when it was placed, with the points per rule."""

@@ -12,19 +12,19 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import PROBLEM_RESPONSES, JournalOperation
+from service.http.params import MAX_ROW_ID, ZERO_MINIMUM, AccountId, EntryId
 from service.usecases import finance
 
 AsOf = Annotated[datetime | None, QueryParameter(description="RFC 3339 instant; default now")]
 From = Annotated[datetime, QueryParameter(name="from", description="inclusive RFC 3339 instant")]
 To = Annotated[datetime, QueryParameter(name="to", description="exclusive RFC 3339 instant")]
-AccountId = Annotated[int, PathParameter(ge=1)]
 
 
 class AccountPageResponse(msgspec.Struct, kw_only=True):
@@ -65,7 +65,7 @@ class FinanceController(Controller):
     tags = ["finance"]
     guards = [requires(Scope.FINANCE, Scope.ADMIN)]
 
-    @get("/journal", responses=PROBLEM_RESPONSES)
+    @get("/journal", responses=PROBLEM_RESPONSES, operation_class=JournalOperation)
     async def journal(
         self,
         principal: NamedDependency[Principal],
@@ -98,7 +98,7 @@ class FinanceController(Controller):
         principal: NamedDependency[Principal],
         customer_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        cursor: Annotated[int | None, QueryParameter(ge=0)] = None,
+        cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_ROW_ID, schema_extra=ZERO_MINIMUM)] = None,
     ) -> AccountPageResponse:
         """Accounts with their current balances, a page at a time."""
         items, next_cursor = await finance.list_accounts(principal.program_id, customer_id, limit, cursor)
@@ -150,9 +150,7 @@ class FinanceController(Controller):
         return await finance.activity(principal.program_id, start, end)
 
     @get("/entries/{entry_id:int}", responses=PROBLEM_RESPONSES)
-    async def entry(
-        self, entry_id: Annotated[int, PathParameter(ge=1)], principal: NamedDependency[Principal]
-    ) -> finance.EntryDetail:
+    async def entry(self, entry_id: EntryId, principal: NamedDependency[Principal]) -> finance.EntryDetail:
         """One entry: postings, the lots it spent (traced to where they were earned), its seal."""
         return await finance.entry_detail(principal.program_id, entry_id)
 

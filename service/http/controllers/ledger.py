@@ -17,8 +17,8 @@ from service.domain.customers import NO_NUL
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
-from service.http.params import IdempotencyKey
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
+from service.http.params import EntryId, IdempotencyKey
 from service.usecases import finance, ledger
 
 Points = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000_000)]
@@ -62,7 +62,9 @@ class LedgerController(Controller):
     path = "/v1/ledger"
     tags = ["ledger"]
 
-    @post("/adjustments", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(
+        "/adjustments", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES
+    )
     async def adjust(
         self,
         data: JSONBody[AdjustmentRequest],
@@ -80,10 +82,11 @@ class LedgerController(Controller):
         "/entries/{entry_id:int}/reversal",
         guards=[requires(Scope.ADMIN)],
         status_code=HTTP_201_CREATED,
+        responses=BODY_PROBLEM_RESPONSES,
     )
     async def reverse(
         self,
-        entry_id: Annotated[int, PathParameter(ge=1)],
+        entry_id: EntryId,
         data: JSONBody[ReversalRequest],
         idempotency_key: IdempotencyKey,
         principal: NamedDependency[Principal],
@@ -92,7 +95,7 @@ class LedgerController(Controller):
         """Undo an entry with a linked reversing entry (at most once)."""
         return await ledger.reverse(principal, entry_id, data.reason, idempotency_key, clock)
 
-    @put("/expiry-policy", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put("/expiry-policy", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def set_expiry(self, data: JSONBody[ExpiryRequest], principal: NamedDependency[Principal]) -> ExpiryRule:
         """How points earned from now on expire, in the program's time zone."""
         return await ledger.set_expiry_rule(principal.program_id, ExpiryRule(data.policy, data.period))
@@ -105,7 +108,7 @@ class HoldController(Controller):
     tags = ["holds"]
     guards = [requires(Scope.CHECKOUT, Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def authorize(
         self,
         data: JSONBody[HoldCreateRequest],
@@ -128,7 +131,7 @@ class HoldController(Controller):
         """A hold and its state."""
         return await ledger.get_hold(principal.program_id, hold_id)
 
-    @post("/{hold_id:str}/capture", status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @post("/{hold_id:str}/capture", status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def capture(
         self,
         hold_id: HoldId,
@@ -160,6 +163,7 @@ class BalanceController(Controller):
     @get(
         "/v1/customers/{customer_id:str}/balance",
         guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)],
+        responses=PROBLEM_RESPONSES,
     )
     async def customer_balance(
         self,

@@ -6,7 +6,7 @@ Every table answers as JSON, or as CSV with `?format=csv` or `Accept: text/csv`.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import Controller, Response, get, post, put
 from litestar.di import NamedDependency
@@ -17,14 +17,18 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.metrics import DEFAULT_WINDOW_DAYS, Colour, Granularity, MetricSettings, PurchaseCount
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
-from service.http.renderers import Format, cohort_chart, render, retention_chart
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, TableOperation, create_or_repeat
+from service.http.params import ZERO_MINIMUM
+from service.http.renderers import SVG, Format, cohort_chart, render, retention_chart
 from service.usecases import clv, metrics, signals
 
 From = Annotated[date, QueryParameter(name="from", description="first local day, included")]
 To = Annotated[date, QueryParameter(name="to", description="last local day, included")]
 Window = Annotated[int, QueryParameter(name="window_days", ge=1, le=3660, description="activity window W in days")]
-Target = Annotated[float | None, QueryParameter(name="target_pct", ge=0, le=100, description="default: program's")]
+Target = Annotated[
+    float | None,
+    QueryParameter(name="target_pct", ge=0, le=100, description="default: program's", schema_extra=ZERO_MINIMUM),
+]
 Period = Annotated[Granularity, QueryParameter(name="granularity", description="month, quarter or custom")]
 FormatQuery = Annotated[Format | None, QueryParameter(name="format", description="json (default) or csv")]
 Accept = Annotated[str | None, HeaderParameter(name="Accept", required=False)]
@@ -39,7 +43,7 @@ class MetricsController(Controller):
     tags = ["metrics"]
     guards = [requires(Scope.ADMIN, Scope.FINANCE)]
 
-    @get("/retention", responses=PROBLEM_RESPONSES)
+    @get("/retention", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def retention(
         self,
         principal: NamedDependency[Principal],
@@ -50,13 +54,13 @@ class MetricsController(Controller):
         target_pct: Target = None,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[metrics.RetentionSeries]:
         """Retention per month, quarter or custom range: B, E, N, retained, lost, reactivated,
         the seed rate, the strict rate, churn and the target check."""
         series = await metrics.retention_series(principal.program_id, start, end, granularity, window_days, target_pct)
         return render(series, "retention", format, accept)
 
-    @get("/retention/chart.svg", responses=PROBLEM_RESPONSES)
+    @get("/retention/chart.svg", responses=PROBLEM_RESPONSES, media_type=SVG)
     async def retention_chart(
         self,
         principal: NamedDependency[Principal],
@@ -65,12 +69,12 @@ class MetricsController(Controller):
         granularity: Period = Granularity.MONTH,
         window_days: Window = DEFAULT_WINDOW_DAYS,
         target_pct: Target = None,
-    ) -> Response[Any]:
+    ) -> Response[str]:
         """The retention series as an SVG line chart."""
         series = await metrics.retention_series(principal.program_id, start, end, granularity, window_days, target_pct)
         return retention_chart(series)
 
-    @get("/repeat", responses=PROBLEM_RESPONSES)
+    @get("/repeat", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def repeat(
         self,
         principal: NamedDependency[Principal],
@@ -79,19 +83,19 @@ class MetricsController(Controller):
         count: Annotated[PurchaseCount, QueryParameter(name="count")] = PurchaseCount.PURCHASES,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[metrics.RepeatReport]:
         """Repeat customer rate, purchase frequency and average order value over a range."""
         report = await metrics.repeat_report(principal.program_id, start, end, count)
         return render(report, "repeat", format, accept)
 
-    @get("/lifetime-value", responses=PROBLEM_RESPONSES)
+    @get("/lifetime-value", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def lifetime_value(
         self, principal: NamedDependency[Principal], format: FormatQuery = None, accept: Accept = None
-    ) -> Response[Any]:
+    ) -> Response[metrics.LifetimeValue]:
         """Historical lifetime value: net revenue per customer to date, total, mean, median."""
         return render(await metrics.historical_ltv(principal.program_id), "lifetime-value", format, accept)
 
-    @get("/cohorts", responses=PROBLEM_RESPONSES)
+    @get("/cohorts", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def cohorts(
         self,
         principal: NamedDependency[Principal],
@@ -99,27 +103,27 @@ class MetricsController(Controller):
         end: To,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[metrics.CohortTable]:
         """Cohort retention by month of first purchase, followed month by month to `to`."""
         return render(await metrics.cohort_table(principal.program_id, start, end), "cohorts", format, accept)
 
-    @get("/cohorts/chart.svg", responses=PROBLEM_RESPONSES)
-    async def cohorts_chart(self, principal: NamedDependency[Principal], start: From, end: To) -> Response[Any]:
+    @get("/cohorts/chart.svg", responses=PROBLEM_RESPONSES, media_type=SVG)
+    async def cohorts_chart(self, principal: NamedDependency[Principal], start: From, end: To) -> Response[str]:
         """The cohort table as an SVG heat map."""
         return cohort_chart(await metrics.cohort_table(principal.program_id, start, end))
 
-    @get("/rfm/segments", responses=PROBLEM_RESPONSES)
+    @get("/rfm/segments", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def segments(
         self,
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[metrics.SegmentSizes]:
         """The named RFM segments, their rules and sizes."""
         return render(await metrics.segment_sizes(principal.program_id, clock.now()), "segments", format, accept)
 
-    @get("/rfm/customers", responses=PROBLEM_RESPONSES)
+    @get("/rfm/customers", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def rfm_customers(
         self,
         principal: NamedDependency[Principal],
@@ -129,30 +133,30 @@ class MetricsController(Controller):
         limit: Limit = 100,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[metrics.RfmPage]:
         """Customers with their R, F, M scores and segment, of one segment or all (cursor pages)."""
         page = await metrics.rfm_customers(principal.program_id, clock.now(), segment, cursor, limit)
         return render(page, "rfm", format, accept)
 
-    @get("/sell-rates", responses=PROBLEM_RESPONSES)
+    @get("/sell-rates", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def sell_rates(
         self, principal: NamedDependency[Principal], format: FormatQuery = None, accept: Accept = None
-    ) -> Response[Any]:
+    ) -> Response[metrics.SellRates]:
         """Upsell and cross-sell rates from the order lines' category and level."""
         return render(await metrics.sell_rates(principal.program_id), "sell-rates", format, accept)
 
-    @get("/risk", responses=PROBLEM_RESPONSES)
+    @get("/risk", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def risk(
         self,
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[signals.RiskCounts]:
         """Customers per churn-risk colour today, and per rule that set it."""
         return render(await signals.risk_counts(principal.program_id, clock.now()), "risk", format, accept)
 
-    @get("/risk/customers", responses=PROBLEM_RESPONSES)
+    @get("/risk/customers", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def risk_customers(
         self,
         principal: NamedDependency[Principal],
@@ -162,12 +166,12 @@ class MetricsController(Controller):
         limit: Limit = 100,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[signals.RiskPage]:
         """Each customer's churn-risk colour and the rule that set it (cursor pages)."""
         page = await signals.risk_customers(principal.program_id, clock.now(), colour, cursor, limit)
         return render(page, "risk-customers", format, accept)
 
-    @get("/predicted-ltv", responses=PROBLEM_RESPONSES)
+    @get("/predicted-ltv", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def predicted_ltv(
         self,
         principal: NamedDependency[Principal],
@@ -178,7 +182,7 @@ class MetricsController(Controller):
         limit: Limit = 100,
         format: FormatQuery = None,
         accept: Accept = None,
-    ) -> Response[Any]:
+    ) -> Response[clv.PredictionPage]:
         """BG/NBD + Gamma-Gamma predictions from the cached fit: per customer and program totals."""
         page = await clv.predictions(principal.program_id, clock.now(), horizon_months, monthly_discount, cursor, limit)
         return render(page, "predicted-ltv", format, accept)
@@ -193,7 +197,7 @@ class MetricSettingsController(Controller):
         """The retention target and the churn-risk rules in force."""
         return await metrics.get_settings(principal.program_id)
 
-    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def replace(
         self, data: JSONBody[MetricSettings], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> MetricSettings:
@@ -215,7 +219,11 @@ class SignalController(Controller):
     path = "/v1/signals"
     tags = ["metrics"]
 
-    @post(guards=[requires(Scope.CHECKOUT)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(
+        guards=[requires(Scope.CHECKOUT)],
+        status_code=HTTP_201_CREATED,
+        responses=create_or_repeat(signals.SignalView, "Sent before: the signal as recorded"),
+    )
     async def record(
         self, data: JSONBody[signals.Signal], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> Response[signals.SignalView]:

@@ -15,7 +15,7 @@ from service.domain.clock import Clock
 from service.domain.earning import MAX_ORDER_NET, AwareDatetime, Currency, Order, OrderLine, Refund, RefundLine
 from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.usecases import orders
 from service.usecases.orders import OrderPlacement, OrderView, RefundView
 
@@ -58,7 +58,9 @@ class OrderController(Controller):
     path = "/v1/shops/{shop_id:str}/orders"
     tags = ["orders"]
 
-    @post(guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(
+        guards=[requires(Scope.CHECKOUT, Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES
+    )
     async def place(
         self,
         shop_id: ShopId,
@@ -78,7 +80,7 @@ class OrderController(Controller):
         "/{order_id:str}/refunds",
         guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
         status_code=HTTP_201_CREATED,
-        responses=PROBLEM_RESPONSES,
+        responses=BODY_PROBLEM_RESPONSES,
     )
     async def refund(
         self,
@@ -102,7 +104,7 @@ class ReturnSettingsController(Controller):
         """How long goods may come back, and what a refund of spent points does."""
         return await orders.get_return_settings(principal.program_id)
 
-    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def set_settings(
         self, data: JSONBody[ReturnSettingsRequest], principal: NamedDependency[Principal]
     ) -> ReturnSettings:

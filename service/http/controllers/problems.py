@@ -10,6 +10,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import PathParameter
 
 from service.domain.errors import DomainError
+from service.http.openapi import PUBLIC, PUBLIC_PROBLEM_RESPONSES
 from service.http.problems import HTTP_PROBLEM_TYPES, TYPE_BASE
 
 
@@ -39,13 +40,13 @@ def _catalogue() -> dict[str, ProblemType]:
 CATALOGUE = _catalogue()
 
 
-@get("/problems", tags=["problems"], security=[{}])
+@get("/problems", tags=["problems"], security=PUBLIC)
 async def list_problem_types() -> list[ProblemType]:
     """Every problem type the API uses."""
     return list(CATALOGUE.values())
 
 
-@get("/problems/{slug:str}", tags=["problems"], security=[{}])
+@get("/problems/{slug:str}", tags=["problems"], security=PUBLIC, responses=PUBLIC_PROBLEM_RESPONSES)
 async def problem_type(slug: Annotated[str, PathParameter(max_length=64)]) -> ProblemType:
     """What one problem type means."""
     if slug not in CATALOGUE:

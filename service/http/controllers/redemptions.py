@@ -14,7 +14,7 @@ from service.domain.access import Principal, Scope
 from service.domain.customers import NO_NUL
 from service.domain.redemption import RedemptionQuote
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES
 from service.usecases import redemption
 
 CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
@@ -39,7 +39,7 @@ class RedemptionController(Controller):
         "/quote",
         guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
         status_code=HTTP_200_OK,
-        responses=PROBLEM_RESPONSES,
+        responses=BODY_PROBLEM_RESPONSES,
     )
     async def quote(self, data: JSONBody[QuoteRequest], principal: NamedDependency[Principal]) -> RedemptionQuote:
         """The points a discount costs and the most the customer can redeem; changes nothing."""

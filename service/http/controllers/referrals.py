@@ -16,7 +16,7 @@ from service.domain.clock import Clock
 from service.domain.referrals import CodeText, Hash, ReferralSettings
 from service.domain.tiers import Text
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
 from service.http.params import IdempotencyKey
 from service.usecases import referrals
 from service.usecases.referrals import (
@@ -66,6 +66,9 @@ class FingerprintsRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     payment_hashes: Annotated[tuple[Hash, ...], msgspec.Meta(max_length=20)] = ()
 
 
+REDEEMED_BEFORE = create_or_repeat(ReferralView, "Redeemed before: the same referral")
+
+
 def _redeemed(result: tuple[ReferralView, bool]) -> Response[ReferralView]:
     view, created = result
     return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
@@ -77,7 +80,7 @@ class ReferralProgramController(Controller):
     path = "/v1/referrals"
     tags = ["referrals"]
 
-    @put("/settings", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put("/settings", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def configure(
         self,
         data: JSONBody[ReferralSettings],
@@ -110,7 +113,7 @@ class ReferralCodeController(Controller):
         """A code (case-insensitive), its owner and whether it is disabled."""
         return await referrals.get_code(principal.program_id, code)
 
-    @post("/disable", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @post("/disable", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def disable(
         self,
         code: CodePath,
@@ -147,7 +150,7 @@ class CustomerReferralController(Controller):
         """The customer's code and share link (made on the first request)."""
         return await referrals.referral_code(principal.program_id, customer_id, principal.actor, clock)
 
-    @put("/referral-code", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put("/referral-code", guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def vanity(
         self,
         customer_id: CustomerId,
@@ -159,7 +162,7 @@ class CustomerReferralController(Controller):
         """Give the customer a code of the admin's choosing (4 to 20 letters and digits); 409 if taken."""
         return await referrals.set_vanity_code(principal, customer_id, data.code, idempotency_key, clock)
 
-    @post("/referral", guards=[requires(Scope.CHECKOUT)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post("/referral", guards=[requires(Scope.CHECKOUT)], status_code=HTTP_201_CREATED, responses=REDEEMED_BEFORE)
     async def redeem(
         self,
         customer_id: CustomerId,
@@ -190,7 +193,7 @@ class CustomerReferralController(Controller):
         "/fingerprints",
         guards=[requires(Scope.CHECKOUT, Scope.ADMIN)],
         status_code=HTTP_200_OK,
-        responses=PROBLEM_RESPONSES,
+        responses=BODY_PROBLEM_RESPONSES,
     )
     async def fingerprints(
         self,
@@ -217,7 +220,7 @@ class MyReferralController(Controller):
         customer_id = principal.own_customer_id()
         return await referrals.referral_code(principal.program_id, customer_id, principal.actor, clock)
 
-    @post("/referral", guards=[requires(Scope.CUSTOMER)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post("/referral", guards=[requires(Scope.CUSTOMER)], status_code=HTTP_201_CREATED, responses=REDEEMED_BEFORE)
     async def my_redeem(
         self, data: JSONBody[RedeemRequest], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> Response[ReferralView]:

@@ -15,7 +15,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.tiers import Code, Text, TierConfig, TierProgress
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.http.params import IdempotencyKey
 from service.usecases import tiers
 from service.usecases.tiers import GrantRequest, TierSettings
@@ -35,7 +35,7 @@ class TierConfigController(Controller):
     path = "/v1/tiers"
     tags = ["tiers"]
 
-    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=PROBLEM_RESPONSES)
+    @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def configure(
         self,
         data: JSONBody[TierConfig],
@@ -68,7 +68,7 @@ class CustomerTierController(Controller):
         """Every change of the customer's tier with its cause, newest first."""
         return await tiers.tier_history(principal.program_id, customer_id)
 
-    @post("/grants", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post("/grants", guards=[requires(Scope.ADMIN)], status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def grant(
         self,
         customer_id: CustomerId,

@@ -16,7 +16,7 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.events import EventType
 from service.http.auth import requires
-from service.http.openapi import PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.usecases import webhooks
 from service.usecases.webhooks import Delivery, Endpoint, EndpointChange
 
@@ -68,7 +68,7 @@ class WebhookController(Controller):
     tags = ["webhooks"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=PROBLEM_RESPONSES)
+    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
     async def create(
         self,
         data: JSONBody[EndpointRequest],
@@ -106,7 +106,7 @@ class WebhookController(Controller):
         """One endpoint, with whether it is enabled and why not."""
         return await webhooks.get_endpoint(principal.program_id, endpoint_id)
 
-    @patch("/{endpoint_id:str}", responses=PROBLEM_RESPONSES)
+    @patch("/{endpoint_id:str}", responses=BODY_PROBLEM_RESPONSES)
     async def update_endpoint(
         self,
         endpoint_id: EndpointId,
