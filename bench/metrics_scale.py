@@ -4,7 +4,7 @@
 
 What it does, on the embedded PostgreSQL server (or DATABASE_URL's):
 
-1. drops and recreates the database `loyalty_metrics_bench`, migrates it, creates one
+1. drops and recreates the database `loyalty_metrics_bench` (`--database`), migrates it, creates one
    program (Europe/Amsterdam) and a shop;
 2. loads `--customers` customers and about `--orders` orders (exactly that many) with
    COPY, in chunks of `--chunk` customers so memory stays bounded. Orders span `--years`
@@ -13,17 +13,22 @@ What it does, on the embedded PostgreSQL server (or DATABASE_URL's):
    mean (lognormal, about 35 days), so they lapse after their last order; first orders
    lean towards the later years (a growing program). Net values are lognormal (median
    35.00), 0.5 % of orders are 0, 3 % fully and 2 % partly refunded;
-3. fills the rollups with `rebuild_metric_rollups(program)` (migration 0013) and runs
-   VACUUM ANALYZE, timing each load step;
+3. fills the rollups with `rebuild_metric_rollups(program)` (migrations 0013 and 0015:
+   daily, monthly and summary rows, then spells and counts) and runs VACUUM ANALYZE,
+   timing each load step;
 4. times, best of `--repeats` after one warm-up, the use cases the API calls
    (`service.usecases.metrics`: a 12-month retention series, the cohort table of every
    month of the data, the RFM segment sizes) through the app's pool, and a plain SQL
    query over `orders` for each of the same figures; the plain answers must equal the
    use cases' (the run fails otherwise);
 5. prints a table with the ratios and writes JSON to bench/results/, then drops the
-   database (unless `--keep`).
+   database (unless `--keep` or `--reuse`).
 
-Target (issue 7): each use case under 1 s and at least 10x faster than its plain query.
+`--reuse` keeps the database and, on the next run with the same sizes and seed, skips
+steps 1-3: it only migrates (a new migration rebuilds what it adds) and measures. The
+load's parameters are kept as the database's comment.
+
+Target: each use case under 1 s and at least 10x faster than its plain query.
 """
 
 from __future__ import annotations
@@ -373,22 +378,42 @@ async def _load(
         timings["rebuild_rollups_s"] = round(time.perf_counter() - began, 1)
         print(f"  rollups rebuilt ({rebuilt:,} customers) in {timings['rebuild_rollups_s']} s", flush=True)
 
-        began = time.perf_counter()
-        for table in ("customers", "orders", "customer_days", "customer_months", "customer_summaries"):
-            await connection.execute(f"VACUUM (ANALYZE) {table}")
-        timings["vacuum_analyze_s"] = round(time.perf_counter() - began, 1)
-        print(f"  VACUUM ANALYZE in {timings['vacuum_analyze_s']} s", flush=True)
-        sizes = await connection.fetch(
-            "SELECT relname, reltuples::bigint AS rows, pg_total_relation_size(oid) AS bytes FROM pg_class"
-            " WHERE relname = ANY($1::text[])",
-            ["orders", "customers", "customer_days", "customer_months", "customer_summaries"],
-        )
-        for row in sorted(sizes, key=lambda r: r["relname"]):
-            print(f"  {row['relname']}: {row['rows']:,} rows, {row['bytes'] / 2**20:,.0f} MiB", flush=True)
-            timings[f"rows_{row['relname']}"] = row["rows"]
-            timings[f"mib_{row['relname']}"] = round(row["bytes"] / 2**20)
+        timings |= await _vacuum(connection)
     finally:
         await connection.close()
+    return timings
+
+
+TABLES = (
+    "customers",
+    "orders",
+    "customer_days",
+    "customer_months",
+    "customer_summaries",
+    "customer_spells",
+    "metric_day_counts",
+    "metric_cohort_counts",
+    "metric_value_counts",
+)
+
+
+async def _vacuum(connection: asyncpg.Connection) -> dict[str, float]:
+    """VACUUM ANALYZE the tables; their rows and sizes."""
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    for table in TABLES:
+        await connection.execute(f"VACUUM (ANALYZE) {table}")
+    timings["vacuum_analyze_s"] = round(time.perf_counter() - began, 1)
+    print(f"  VACUUM ANALYZE in {timings['vacuum_analyze_s']} s", flush=True)
+    sizes = await connection.fetch(
+        "SELECT relname, reltuples::bigint AS rows, pg_total_relation_size(oid) AS bytes FROM pg_class"
+        " WHERE relname = ANY($1::text[]) AND relkind = 'r'",
+        list(TABLES),
+    )
+    for row in sorted(sizes, key=lambda r: r["relname"]):
+        print(f"  {row['relname']}: {row['rows']:,} rows, {row['bytes'] / 2**20:,.0f} MiB", flush=True)
+        timings[f"rows_{row['relname']}"] = row["rows"]
+        timings[f"mib_{row['relname']}"] = round(row["bytes"] / 2**20)
     return timings
 
 
@@ -504,10 +529,87 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
+    parser.add_argument("--database", default=BENCH_DATABASE, help=f"the bench database (default {BENCH_DATABASE})")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the database, and reuse one loaded with the same sizes and seed"
+    )
     args = parser.parse_args(argv)
     if args.customers < 1 or args.orders < args.customers or args.repeats < 1 or args.chunk < 1:
         parser.error("need customers >= 1, orders >= customers, repeats >= 1, chunk >= 1")
     return args
+
+
+class Loaded(msgspec.Struct, frozen=True, kw_only=True):
+    """What a loaded bench database holds (its comment, for --reuse)."""
+
+    customers: int
+    orders: int
+    years: int
+    seed: int
+    program_id: str
+    first_day: date
+    last_day: date
+    loaded_at: datetime
+
+
+async def _loaded(server_dsn: str, args: argparse.Namespace) -> Loaded | None:
+    """The bench database's load, when it exists and matches the arguments."""
+    connection = await asyncpg.connect(server_dsn)
+    try:
+        comment = await connection.fetchval(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", args.database
+        )
+    finally:
+        await connection.close()
+    if not comment:
+        return None
+    try:
+        loaded = msgspec.json.decode(comment, type=Loaded)
+    except msgspec.ValidationError:
+        return None
+    same = (loaded.customers, loaded.orders, loaded.years, loaded.seed) == (
+        args.customers,
+        args.orders,
+        args.years,
+        args.seed,
+    )
+    return loaded if same else None
+
+
+async def _fresh_load(dsn: str, args: argparse.Namespace, now: datetime) -> tuple[Loaded, dict[str, float]]:
+    """Create the program and load the synthetic orders; returns what was loaded."""
+    program = await create_program(ProgramSettings(name="Metrics bench", time_zone=ZONE))
+    shop = await create_shop(program.id, "Bench shop")
+    today = now.astimezone(ZoneInfo(ZONE)).date()
+    last_day = today - timedelta(days=1)
+    first_day = date(last_day.year - args.years, last_day.month, 1)
+    layout = Layout(
+        customers=args.customers,
+        orders=args.orders,
+        first_day=first_day,
+        last_day=last_day,
+        counts=_order_counts(np.random.default_rng(args.seed), args.customers, args.orders),
+    )
+    print(
+        f"loading {args.customers:,} customers, {args.orders:,} orders, {first_day} .. {last_day}"
+        f" ({int((layout.counts == 1).sum()):,} with one order, at most {int(layout.counts.max())}):",
+        flush=True,
+    )
+    began = time.perf_counter()
+    load = await _load(dsn, program.id, shop.id, layout, args.chunk, args.seed, now)
+    load["total_s"] = round(time.perf_counter() - began, 1)
+    print(f"load total {load['total_s']} s", flush=True)
+    loaded = Loaded(
+        customers=args.customers,
+        orders=args.orders,
+        years=args.years,
+        seed=args.seed,
+        program_id=program.id,
+        first_day=first_day,
+        last_day=last_day,
+        loaded_at=now,
+    )
+    return loaded, load
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -515,46 +617,47 @@ async def run(args: argparse.Namespace) -> int:
     settings = msgspec.structs.replace(settings, pool_min_size=2, pool_max_size=4)
     server_dsn = await _server_dsn(settings)
     started = datetime.now(UTC)
-    now = started
     where = "DATABASE_URL" if settings.database_url else f"embedded ({settings.pgdata})"
     print(f"server: {where}", flush=True)
 
-    await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-    await _admin(server_dsn, f'CREATE DATABASE "{BENCH_DATABASE}"')
-    dsn = with_database(server_dsn, BENCH_DATABASE)
+    loaded = await _loaded(server_dsn, args) if args.reuse else None
+    if loaded is None:
+        await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+        await _admin(server_dsn, f'CREATE DATABASE "{args.database}"')
+    dsn = with_database(server_dsn, args.database)
     try:
         DB.configure({"dsn": dsn})
+        began = time.perf_counter()
         await migrate()
+        migrated_s = round(time.perf_counter() - began, 1)
         await start_pool(dsn, settings)
         try:
-            program = await create_program(ProgramSettings(name="Metrics bench", time_zone=ZONE))
-            shop = await create_shop(program.id, "Bench shop")
-            today = now.astimezone(ZoneInfo(ZONE)).date()
-            last_day = today - timedelta(days=1)
-            first_day = date(last_day.year - args.years, last_day.month, 1)
+            if loaded is None:
+                loaded, load = await _fresh_load(dsn, args, started)
+                comment = msgspec.json.encode(loaded).decode().replace("'", "''")
+                await _admin(server_dsn, f"COMMENT ON DATABASE \"{args.database}\" IS '{comment}'")
+            else:
+                print(f"reusing the load of {loaded.loaded_at:%Y-%m-%d %H:%M} UTC; migrated in {migrated_s} s")
+                connection = await asyncpg.connect(dsn)
+                try:
+                    load = {"reused": 1.0, "migrate_s": migrated_s} | await _vacuum(connection)
+                finally:
+                    await connection.close()
             layout = Layout(
-                customers=args.customers,
-                orders=args.orders,
-                first_day=first_day,
-                last_day=last_day,
-                counts=_order_counts(np.random.default_rng(args.seed), args.customers, args.orders),
+                customers=loaded.customers,
+                orders=loaded.orders,
+                first_day=loaded.first_day,
+                last_day=loaded.last_day,
+                counts=np.zeros(0, dtype=np.int64),
             )
-            print(
-                f"loading {args.customers:,} customers, {args.orders:,} orders, {first_day} .. {last_day}"
-                f" ({int((layout.counts == 1).sum()):,} with one order, at most {int(layout.counts.max())}):",
-                flush=True,
-            )
-            began = time.perf_counter()
-            load = await _load(dsn, program.id, shop.id, layout, args.chunk, args.seed, now)
-            load["total_s"] = round(time.perf_counter() - began, 1)
-            print(f"load total {load['total_s']} s", flush=True)
-            results = await _measure(dsn, program.id, layout, now, args.repeats)
+            # "now" as at the load, so figures of a reused database are those of the first run
+            results = await _measure(dsn, loaded.program_id, layout, loaded.loaded_at, args.repeats)
         finally:
             await close_pool()
     finally:
-        if not args.keep:
-            await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-            print(f"dropped {BENCH_DATABASE}", flush=True)
+        if not (args.keep or args.reuse):
+            await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+            print(f"dropped {args.database}", flush=True)
 
     table = _table(results)
     print("\n" + table)

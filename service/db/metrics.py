@@ -1,149 +1,15 @@
-"""SQL of the metrics: the rollups kept with each order and refund, and the queries that
-read them (never the journal). Definitions: ../shared/METRICS.md."""
+"""SQL of the metrics: the queries that read the rollups (never the journal); the rollups
+are kept by service/db/metric_rollups.py. Definitions: ../shared/METRICS.md."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from service.domain.metrics import SEGMENTS, MetricSettings, Period, RefundEffect, RetentionCounts
-
-# --- Rollups, maintained in the order's and the refund's transaction -------------------
-
-_ADD_ORDER = """
-WITH d AS (
-    INSERT INTO customer_days AS cd (program_id, customer_id, day, purchases, net)
-    SELECT $1, $2, ($3::timestamptz AT TIME ZONE p.time_zone)::date, 1, $4 FROM programs p WHERE p.id = $1
-    ON CONFLICT (program_id, customer_id, day)
-        DO UPDATE SET purchases = cd.purchases + 1, net = cd.net + EXCLUDED.net
-    RETURNING day, purchases
-), m AS (
-    INSERT INTO customer_months AS cm (program_id, customer_id, month, purchases, net)
-    SELECT $1, $2, date_trunc('month', day)::date, 1, $4 FROM d
-    ON CONFLICT (program_id, customer_id, month)
-        DO UPDATE SET purchases = cm.purchases + 1, net = cm.net + EXCLUDED.net
-)
-INSERT INTO customer_summaries AS s (program_id, customer_id, first_day, last_day, purchases, purchase_days, net)
-SELECT $1, $2, day, day, 1, (purchases = 1)::int, $4 FROM d
-ON CONFLICT (program_id, customer_id) DO UPDATE SET
-    first_day = least(s.first_day, EXCLUDED.first_day),
-    last_day = greatest(s.last_day, EXCLUDED.last_day),
-    purchases = s.purchases + 1,
-    purchase_days = s.purchase_days + EXCLUDED.purchase_days,
-    net = s.net + EXCLUDED.net
-"""
-
-
-async def add_order(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, placed_at: datetime, net: int
-) -> None:
-    """Count a new order as a purchase on its local day, month and in the customer's summary."""
-    await connection.execute(_ADD_ORDER, program_id, customer_id, placed_at, net)
-
-
-_REFUND_DAY = """
-WITH d AS (
-    UPDATE customer_days SET purchases = purchases - $4::int, net = net - $5
-     WHERE program_id = $1 AND customer_id = $2
-       AND day = ($3::timestamptz AT TIME ZONE (SELECT time_zone FROM programs WHERE id = $1))::date
-    RETURNING day, purchases
-), m AS (
-    UPDATE customer_months SET purchases = purchases - $4::int, net = net - $5
-     WHERE program_id = $1 AND customer_id = $2 AND month = (SELECT date_trunc('month', day)::date FROM d)
-)
-UPDATE customer_summaries s SET purchases = s.purchases - $4::int, net = s.net - $5,
-       purchase_days = s.purchase_days - (SELECT ($4::int = 1 AND purchases = 0)::int FROM d),
-       first_day = x.first_day, last_day = x.last_day
-  FROM (SELECT min(c.day) AS first_day, max(c.day) AS last_day FROM customer_days c CROSS JOIN d
-         WHERE c.program_id = $1 AND c.customer_id = $2
-           AND CASE WHEN c.day = d.day THEN d.purchases ELSE c.purchases END > 0) x
- WHERE s.program_id = $1 AND s.customer_id = $2
-"""
-
-
-async def apply_refund(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, placed_at: datetime, effect: RefundEffect
-) -> None:
-    """Lower the order's day by the refunded net; drop its purchase when it became fully refunded."""
-    if not effect.net_delta and not effect.purchase_lost:
-        return
-    await connection.execute(
-        _REFUND_DAY, program_id, customer_id, placed_at, int(effect.purchase_lost), effect.net_delta
-    )
-
-
-async def rebuild(connection: asyncpg.Connection, program_id: str) -> int:
-    """Rebuild a program's rollups from its orders (the backfill); returns the customers."""
-    rebuilt: int = await connection.fetchval("SELECT rebuild_metric_rollups($1)", program_id)
-    return rebuilt
-
-
-# --- Retention -------------------------------------------------------------------------
-
-_RETENTION = """
-WITH bounds AS (
-    SELECT t, i FROM unnest($2::date[]) WITH ORDINALITY AS b(t, i)
-), masks AS (
-    SELECT cd.customer_id, bit_or(1::bigint << (b.i - 1)::int) AS m
-      FROM customer_days cd JOIN bounds b ON cd.day >= b.t - $3::int AND cd.day < b.t
-     WHERE cd.program_id = $1 AND cd.purchases > 0 AND cd.day >= $4 AND cd.day < $5
-     GROUP BY cd.customer_id
-), periods AS (
-    SELECT n, s, e, si, ei
-      FROM unnest($6::date[], $7::date[], $8::int[], $9::int[]) WITH ORDINALITY AS p(s, e, si, ei, n)
-), flags AS (
-    SELECT p.n, (k.m >> p.si) & 1 = 1 AS at_start, (k.m >> p.ei) & 1 = 1 AS at_end, s.first_day < p.s AS older
-      FROM periods p CROSS JOIN masks k
-      JOIN customer_summaries s ON s.program_id = $1 AND s.customer_id = k.customer_id
-)
-SELECT p.n,
-       count(f.n) FILTER (WHERE f.at_start) AS b,
-       count(f.n) FILTER (WHERE f.at_end) AS e,
-       count(f.n) FILTER (WHERE f.at_start AND f.at_end) AS retained,
-       count(f.n) FILTER (WHERE f.at_end AND NOT f.at_start AND f.older) AS reactivated,
-       (SELECT count(*) FROM customer_summaries s
-         WHERE s.program_id = $1 AND s.first_day BETWEEN p.s AND p.e) AS new
-  FROM periods p LEFT JOIN flags f ON f.n = p.n
- GROUP BY p.n, p.s, p.e ORDER BY p.n
-"""
-
-_CHUNK = 30  # periods per query: at most 62 boundaries fit the bigint mask
-
-
-async def retention_counts(
-    connection: asyncpg.Connection, program_id: str, periods: Sequence[Period], window_days: int
-) -> list[RetentionCounts]:
-    """B, E, N, retained and reactivated of each period from the daily rollup, in one scan
-    per 30 periods: each customer's activity at every boundary is one bit of a mask."""
-    found: list[RetentionCounts] = []
-    for first in range(0, len(periods), _CHUNK):
-        chunk = periods[first : first + _CHUNK]
-        boundaries = sorted({p.start for p in chunk} | {p.end + timedelta(days=1) for p in chunk})
-        index = {day: i for i, day in enumerate(boundaries)}
-        rows = await connection.fetch(
-            _RETENTION,
-            program_id,
-            boundaries,
-            window_days,
-            boundaries[0] - timedelta(days=window_days),
-            boundaries[-1],
-            [p.start for p in chunk],
-            [p.end for p in chunk],
-            [index[p.start] for p in chunk],
-            [index[p.end + timedelta(days=1)] for p in chunk],
-        )
-        found.extend(
-            RetentionCounts(
-                b=row["b"], e=row["e"], n=row["new"], retained=row["retained"], reactivated=row["reactivated"]
-            )
-            for row in rows
-        )
-    return found
-
+from service.domain.metrics import MetricSettings, Period
 
 # --- Repeat purchases and value --------------------------------------------------------
 
@@ -186,82 +52,18 @@ async def cohorts(
     connection: asyncpg.Connection, program_id: str, first: date, last: date
 ) -> tuple[dict[date, int], dict[tuple[date, date], int]]:
     """Cohort sizes by month of first purchase in [first, last] (months), and the customers
-    of each cohort with a purchase in each month up to `last`."""
+    of each cohort with a purchase in each month up to `last`, from the cohort counts."""
     after = date(last.year + last.month // 12, last.month % 12 + 1, 1)
-    sizes = await connection.fetch(
-        "SELECT date_trunc('month', first_day)::date AS cohort, count(*) AS size FROM customer_summaries"
-        " WHERE program_id = $1 AND first_day >= $2 AND first_day < $3 GROUP BY 1",
-        program_id,
-        first,
-        after,
-    )
-    active = await connection.fetch(
-        "SELECT date_trunc('month', s.first_day)::date AS cohort, m.month, count(*) AS active"
-        " FROM customer_summaries s JOIN customer_months m"
-        "   ON m.program_id = s.program_id AND m.customer_id = s.customer_id"
-        " WHERE s.program_id = $1 AND s.first_day >= $2 AND s.first_day < $3"
-        "   AND m.month < $3 AND m.purchases > 0 GROUP BY 1, 2",
-        program_id,
-        first,
-        after,
-    )
-    return (
-        {row["cohort"]: row["size"] for row in sizes},
-        {(row["cohort"], row["month"]): row["active"] for row in active},
-    )
-
-
-# --- RFM -------------------------------------------------------------------------------
-
-
-def _segment_case() -> str:
-    """The SQL form of service.domain.metrics.SEGMENTS (first matching rule)."""
-    arms = []
-    for rule in SEGMENTS:
-        condition = f"r BETWEEN {rule.r_min} AND {rule.r_max} AND f BETWEEN {rule.f_min} AND {rule.f_max}"
-        condition += f" AND m >= {rule.m_min}"
-        if rule.max_purchases is not None:
-            condition += f" AND frequency <= {rule.max_purchases}"
-        arms.append(f"WHEN {condition} THEN '{rule.name}'")
-    return "CASE " + " ".join(arms) + " END"
-
-
-_SCORED = f"""
-WITH base AS (
-    SELECT customer_id, ($2::date - last_day) AS recency, purchases AS frequency, net AS monetary
-      FROM customer_summaries WHERE program_id = $1 AND purchases > 0
-), total AS (SELECT count(*) AS n FROM base), ranked AS (
-    SELECT b.*,
-           least(5, 1 + 5 * (rank() OVER (ORDER BY recency DESC) - 1) / t.n) AS r,
-           least(5, 1 + 5 * (rank() OVER (ORDER BY frequency) - 1) / t.n) AS f,
-           least(5, 1 + 5 * (rank() OVER (ORDER BY monetary) - 1) / t.n) AS m
-      FROM base b CROSS JOIN total t
-), scored AS (SELECT ranked.*, {_segment_case()} AS segment FROM ranked)
-"""
-
-
-async def segment_sizes(connection: asyncpg.Connection, program_id: str, today: date) -> dict[str, int]:
     rows = await connection.fetch(
-        _SCORED + "SELECT segment, count(*) AS size FROM scored GROUP BY segment", program_id, today
-    )
-    return {row["segment"]: row["size"] for row in rows}
-
-
-async def rfm_page(
-    connection: asyncpg.Connection, program_id: str, today: date, segment: str | None, after: str | None, limit: int
-) -> list[asyncpg.Record]:
-    """Scored customers by id after the cursor, of one segment or all."""
-    rows: list[asyncpg.Record] = await connection.fetch(
-        _SCORED + "SELECT customer_id, recency, frequency, monetary, r, f, m, segment FROM scored"
-        " WHERE ($3::text IS NULL OR segment = $3) AND ($4::text IS NULL OR customer_id > $4)"
-        " ORDER BY customer_id LIMIT $5",
+        "SELECT cohort, month, sum(customers) AS active FROM metric_cohort_counts"
+        " WHERE program_id = $1 AND cohort >= $2 AND cohort < $3 AND month < $3"
+        " GROUP BY cohort, month HAVING sum(customers) > 0",
         program_id,
-        today,
-        segment,
+        first,
         after,
-        limit,
     )
-    return rows
+    active = {(row["cohort"], row["month"]): row["active"] for row in rows}
+    return {cohort: count for (cohort, month), count in active.items() if cohort == month}, active
 
 
 # --- Upsell and cross-sell -------------------------------------------------------------

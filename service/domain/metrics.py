@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -22,6 +22,7 @@ DEFAULT_TARGET_PCT = 85.0
 MAX_PERIODS = 120
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2999, 12, 31)  # the days a metric's range may name
 DEFINITIONS = "../shared/METRICS.md"
+K = TypeVar("K", date, int)  # a quintile cut: a day (recency) or an integer
 
 WindowDays = Annotated[int, msgspec.Meta(ge=1, le=3660)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
@@ -273,6 +274,45 @@ def quintile_scores(values: Sequence[float]) -> list[int]:
     return [min(5, 1 + (5 * (first_rank[value] - 1)) // n) for value in values]
 
 
+def quintile_positions(n: int) -> list[int]:
+    """The 0-based positions, in ascending order of n values, of the cuts of scores 2..5:
+    a value scores at least k when it is greater than the value at position
+    ceil((k - 1) n / 5) - 1 (the same scores as quintile_scores, from four values)."""
+    return [-(-(k - 1) * n // 5) - 1 for k in range(2, 6)]
+
+
+def locate(histogram: Sequence[tuple[K, int]], position: int) -> tuple[K, int]:
+    """The key of the ascending histogram's bucket that holds the 0-based position, and the
+    position within that bucket."""
+    before = 0
+    for key, count in histogram:
+        if position < before + count:
+            return key, position - before
+        before += count
+    raise ValueError("position beyond the histogram")
+
+
+def quintile_cuts(histogram: Sequence[tuple[K, int]]) -> list[K]:
+    """The four cut values of an ascending histogram of exact values (see quintile_positions)."""
+    n = sum(count for _, count in histogram)
+    return [locate(histogram, position)[0] for position in quintile_positions(n)]
+
+
+def cut_score(value: K, cuts: Sequence[K]) -> int:
+    """1 + the number of cuts the value is greater than."""
+    return 1 + sum(value > cut for cut in cuts)
+
+
+class RfmCuts(msgspec.Struct, frozen=True, kw_only=True):
+    """The program's four cuts of each score (see quintile_positions), over the customers
+    with a purchase: last purchase day (recency), purchases (frequency), net spend (monetary)."""
+
+    customers: int
+    recency: list[date]
+    frequency: list[int]
+    monetary: list[int]
+
+
 class SegmentRule(msgspec.Struct, frozen=True, kw_only=True):
     """A named segment: the first rule whose bounds hold names the customer."""
 
@@ -308,6 +348,17 @@ def segment_of(r: int, f: int, m: int, purchases: int) -> str:
         ):
             return rule.name
     raise AssertionError("the last segment takes everyone left")  # pragma: no cover
+
+
+PURCHASES_CAP = max(rule.max_purchases or 0 for rule in SEGMENTS) + 1  # more purchases than any rule asks about
+
+
+def segment_sizes(cells: Iterable[tuple[int, int, int, int, int]]) -> dict[str, int]:
+    """Customers per segment from counts of (r, f, m, purchases up to PURCHASES_CAP, customers)."""
+    sizes = dict.fromkeys(segment_names(), 0)
+    for r, f, m, purchases, customers in cells:
+        sizes[segment_of(r, f, m, purchases)] += customers
+    return sizes
 
 
 def segment_names() -> list[str]:

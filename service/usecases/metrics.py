@@ -10,9 +10,13 @@ from datetime import date, datetime
 import asyncpg
 import msgspec
 
+from service.db import metric_rollups as rollups
 from service.db import metrics as rows
+from service.db import retention as retention_rows
+from service.db import rfm
 from service.db.transaction import in_transaction, transaction
 from service.domain.errors import InvalidInput
+from service.domain.metric_rollups import Activity, rollup_change
 from service.domain.metrics import (
     DEFINITIONS,
     SEGMENTS,
@@ -33,6 +37,7 @@ from service.domain.metrics import (
     retention,
     segment_names,
 )
+from service.domain.metrics import segment_sizes as sizes_of_segments
 from service.usecases.ledger_settings import ledger_settings
 
 # --- Hooks: one call each in place_order and refund_order ------------------------------
@@ -40,7 +45,12 @@ from service.usecases.ledger_settings import ledger_settings
 
 async def after_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record) -> None:
     """Count a stored order in the rollups, in the order's transaction."""
-    await rows.add_order(connection, program_id, order["customer_id"], order["placed_at"], order["net"])
+    customer_id, net = order["customer_id"], order["net"]
+    row = await rollups.add_order(connection, program_id, customer_id, order["placed_at"], net)
+    days = tuple(row["days"])
+    before = Activity(days=days, purchases=row["purchases"] - 1, net=row["net"] - net)
+    after = Activity(days=tuple(sorted({*days, row["day"]})), purchases=row["purchases"], net=row["net"])
+    await rollups.apply_change(connection, program_id, customer_id, rollup_change(before, after))
 
 
 async def after_refund(
@@ -49,12 +59,23 @@ async def after_refund(
     """Lower the rollups by a refund, in the refund's transaction; `order` is the row as it
     was before the refund (its refunded_net is what was refunded before)."""
     effect = refund_effect(order["net"], order["refunded_net"], refunded_after)
-    await rows.apply_refund(connection, program_id, order["customer_id"], order["placed_at"], effect)
+    if not effect.net_delta and not effect.purchase_lost:
+        return
+    customer_id = order["customer_id"]
+    row = await rollups.apply_refund(
+        connection, program_id, customer_id, order["placed_at"], effect.net_delta, effect.purchase_lost
+    )
+    days = tuple(row["days"])
+    lost = int(effect.purchase_lost)
+    before = Activity(days=days, purchases=row["purchases"] + lost, net=row["net"] + effect.net_delta)
+    kept = tuple(day for day in days if day != row["day"] or row["day_purchases"] > 0)
+    after = Activity(days=kept, purchases=row["purchases"], net=row["net"])
+    await rollups.apply_change(connection, program_id, customer_id, rollup_change(before, after))
 
 
 async def backfill(program_id: str) -> int:
     """Rebuild a program's rollups from its orders; returns the customers with an order."""
-    return await in_transaction(lambda connection: rows.rebuild(connection, program_id))
+    return await in_transaction(lambda connection: rollups.rebuild(connection, program_id))
 
 
 # --- Reading ---------------------------------------------------------------------------
@@ -94,7 +115,7 @@ async def retention_series(
     periods = periods_between(start, end, granularity)
     async with _snapshot() as connection:
         settings = await rows.load_settings(connection, program_id)
-        counts = await rows.retention_counts(connection, program_id, periods, window_days)
+        counts = await retention_rows.retention_counts(connection, program_id, periods, window_days)
     target = settings.retention_target_pct if target_pct is None else target_pct
     return RetentionSeries(
         definition=Definition.RETENTION.value,
@@ -198,13 +219,15 @@ async def segment_sizes(program_id: str, now: datetime) -> SegmentSizes:
     """How many customers each named RFM segment holds today."""
     async with _snapshot() as connection:
         today = await _today(connection, program_id, now)
-        sizes = await rows.segment_sizes(connection, program_id, today)
+        cuts = await rfm.load_cuts(connection, program_id)
+        cells = [] if cuts is None else await rfm.score_cells(connection, program_id, cuts)
+    sizes = sizes_of_segments(cells)
     return SegmentSizes(
         definition=Definition.RFM.value,
         reference=DEFINITIONS,
         as_of=today,
         customers=sum(sizes.values()),
-        segments=[Segment(name=rule.name, size=sizes.get(rule.name, 0), rule=rule) for rule in SEGMENTS],
+        segments=[Segment(name=rule.name, size=sizes[rule.name], rule=rule) for rule in SEGMENTS],
     )
 
 
@@ -234,7 +257,10 @@ async def rfm_customers(program_id: str, now: datetime, segment: str | None, cur
         raise InvalidInput(f"unknown segment; one of: {', '.join(segment_names())}", field="segment")
     async with _snapshot() as connection:
         today = await _today(connection, program_id, now)
-        found = await rows.rfm_page(connection, program_id, today, segment, cursor, limit + 1)
+        cuts = await rfm.load_cuts(connection, program_id)
+        found = (
+            [] if cuts is None else await rfm.rfm_page(connection, program_id, cuts, today, segment, cursor, limit + 1)
+        )
     items = [
         CustomerRfm(
             customer_id=row["customer_id"],

@@ -186,13 +186,15 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "created_at": now,
             },
         )
-        await metrics.after_order(connection, program_id, row)
         await referrals.qualify_on_order(connection, program_id, row)
         await emit_order_events(
             connection, program_id, row, expires_at(settings.expiry, order.placed_at, settings.zone)
         )
         cause = f"order {placement.order_id} at shop {shop_id}"
         await tiers.after_order(connection, program_id, tier, settings.zone, now, cause)
+        # last: the metric counts are shared by the customers of a shard, so they are held
+        # for the shortest time before the commit
+        await metrics.after_order(connection, program_id, row)
         return _order_view(row)
 
     key = derived_key("order", shop_id, placement.order_id)
@@ -270,8 +272,8 @@ async def refund_order(
         )
         refunded = clawback.refunded_net
         await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points)
-        await metrics.after_refund(connection, program_id, order, refunded)
         await referrals.cancel_on_refund(connection, program_id, order, refunded, principal.actor, now)
+        await metrics.after_refund(connection, program_id, order, refunded)  # last, as in place_order
         return _refund_view(row)
 
     key = derived_key("refund", shop_id, order_id, refund_id)
