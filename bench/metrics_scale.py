@@ -56,6 +56,7 @@ from service.db.embedded import start_embedded, stop_embedded, with_database
 from service.db.engine import close_pool, start_pool
 from service.db.migrate import migrate
 from service.db.piccolo_conf import DB
+from service.db.rfm import segment_case
 from service.domain.metrics import SEGMENTS, CohortRow, Granularity, Period, cohort_rows, periods_between
 from service.domain.programs import ProgramSettings
 from service.usecases import metrics
@@ -247,17 +248,6 @@ SELECT f.cohort, date_trunc('month', u.day)::date AS month, count(DISTINCT u.cus
 """
 
 
-def _plain_segment_case() -> str:
-    arms = []
-    for rule in SEGMENTS:
-        condition = f"r BETWEEN {rule.r_min} AND {rule.r_max} AND f BETWEEN {rule.f_min} AND {rule.f_max}"
-        condition += f" AND m >= {rule.m_min}"
-        if rule.max_purchases is not None:
-            condition += f" AND frequency <= {rule.max_purchases}"
-        arms.append(f"WHEN {condition} THEN '{rule.name}'")
-    return "CASE " + " ".join(arms) + " END"
-
-
 PLAIN_RFM = f"""
 WITH per_customer AS (
     SELECT customer_id,
@@ -275,7 +265,7 @@ scored AS (
            least(5, 1 + 5 * (rank() OVER (ORDER BY monetary) - 1) / n.n) AS m
       FROM base b CROSS JOIN n
 )
-SELECT {_plain_segment_case()} AS segment, count(*) AS size FROM scored GROUP BY 1
+SELECT {segment_case()} AS segment, count(*) AS size FROM scored GROUP BY 1
 """
 
 

@@ -76,7 +76,7 @@ async def score_cells(
     return [(row["r"], row["f"], row["m"], row["purchases"], row["customers"]) for row in rows]
 
 
-def _segment_case() -> str:
+def segment_case() -> str:
     """The SQL form of service.domain.metrics.SEGMENTS (first matching rule)."""
     arms = []
     for rule in SEGMENTS:
@@ -90,7 +90,7 @@ def _segment_case() -> str:
 
 _PAGE = f"""
 SELECT customer_id, recency, frequency, monetary, r, f, m, segment
-  FROM (SELECT x.*, {_segment_case()} AS segment
+  FROM (SELECT x.*, {segment_case()} AS segment
           FROM (SELECT customer_id, $5::date - last_day AS recency, purchases AS frequency, net AS monetary, {_SCORES}
                   FROM customer_summaries
                  WHERE program_id = $1 AND purchases > 0 AND ($7::text IS NULL OR customer_id > $7)) x) y
