@@ -97,12 +97,10 @@ async def publish_batch(connection: asyncpg.Connection, program_id: str, now: da
     )
     if not locked:
         return 0
-    # Statements after the lock see every publisher that committed before it.
+    # Statements after the lock see every publisher that committed before it; the batch is
+    # taken by key (migration 0016), whatever the statistics say.
     published = await connection.fetch(
-        "WITH taken AS ("
-        "  DELETE FROM event_outbox WHERE program_id = $1 AND id IN ("
-        "    SELECT id FROM event_outbox WHERE program_id = $1 ORDER BY position LIMIT $2)"
-        "  RETURNING *),"
+        "WITH taken AS (SELECT * FROM take_outbox_batch($1, $2)),"
         " last AS (SELECT coalesce(max(seq), 0) AS seq FROM events WHERE program_id = $1)"
         " INSERT INTO events (program_id, seq, id, type, customer_id, payload, occurred_at, published_at)"
         " SELECT $1, last.seq + row_number() OVER (ORDER BY t.position), t.id, t.type, t.customer_id,"
