@@ -510,7 +510,8 @@ async def _pay(connection: asyncpg.Connection, program_id: str, referral: Referr
             },
         )
     await rows.mark_rewarded(connection, program_id, referral.id, now)
-    await _emit(connection, program_id, EventType.REFERRAL_REWARDED, referral, now)
+    if planned:  # settled with nothing configured to pay: no event says it was rewarded
+        await _emit(connection, program_id, EventType.REFERRAL_REWARDED, referral, now)
 
 
 async def _grant(

@@ -477,3 +477,20 @@ async def test_codes_vanity_and_settings_refusals(program: ProgramFixture, clock
     with pytest.raises(InvalidInput) as no_amount:
         await configure(program, clock, referrer_reward={"kind": "points"})
     assert no_amount.value.field == "referrer_reward.amount"
+
+
+async def test_a_referral_settled_with_nothing_to_pay_emits_no_reward_event(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    await setup(program, clock, referrer_reward=None, referee_reward=None, milestones=[])
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    referral = await redeem(program, clock, bob, await code_of(program, clock, ann))
+    qualifying = await buy(program, clock, bob, 2500)
+    clock.set(qualifying.available_from)
+    assert await run_jobs(program, clock) == 1
+    [settled] = (await referrals.list_referrals(program.id, ann, 50, None)).items
+    assert (settled.status, settled.rewards) == ("rewarded", [])
+    assert await referral_events(owner_connection, program.id, referral.id) == [
+        "referral.redeemed",
+        "referral.qualified",
+    ]
