@@ -1,9 +1,11 @@
 -- The publisher takes a batch from the event outbox by key, as the sealer takes its batch
--- from the seal queue (0014): the batch's ids in position order, then the DELETE of exactly
--- those rows, with sorts and sequential scans off so the statistics of the moment cannot
--- turn each batch into a read of the program's whole outbox. (Unlike the sealer, each batch
--- starts from the lowest visible position: an event that commits late must be published
--- before any later event of its customer, which commits after it.)
+-- from the seal queue (0014): the batch's rows in position order through the position
+-- index, then the DELETE of exactly those rows by their row address (ctid: outbox rows are
+-- never updated, and one publisher per program runs at a time), with sorts and sequential
+-- scans off, so the statistics of the moment cannot turn a batch into a read of the
+-- program's whole outbox (an index on another column, filtered, would be one). Unlike the
+-- sealer's, each batch starts from the lowest visible position: an event that commits late
+-- must be published before any later event of its customer, which commits after it.
 CREATE FUNCTION take_outbox_batch(p_program_id text, p_limit integer)
 RETURNS SETOF event_outbox
 LANGUAGE sql VOLATILE
@@ -11,10 +13,9 @@ SET enable_sort = off
 SET enable_seqscan = off
 AS $$
     DELETE FROM event_outbox
-     WHERE program_id = p_program_id
-       AND id = ANY (ARRAY(SELECT id FROM event_outbox
-                            WHERE program_id = p_program_id
-                            ORDER BY position LIMIT p_limit))
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM event_outbox
+                              WHERE program_id = p_program_id
+                              ORDER BY position LIMIT p_limit))
     RETURNING *;
 $$;
 

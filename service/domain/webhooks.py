@@ -2,8 +2,8 @@
 
 A message is signed with HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, keyed
 by the bytes of the endpoint's secret (`whsec_` + base64); the `webhook-signature` header
-is `v1,` + base64 of the digest (several space-separated signatures are allowed when a
-secret is rotated).
+is `v1,` + base64 of the digest. After a rotation the previous secret stays valid for a grace
+period, and messages carry one signature per secret in force (space-separated, newest first).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import random
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -23,6 +23,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 SECRET_BYTES = 24
 SIGNATURE_VERSION = "v1"
 TIMESTAMP_TOLERANCE_S = 300  # receivers refuse messages older or newer than this
+PREVIOUS_SECRET_VALID_S = 86_400  # how long a rotated-out secret still signs, by default
+MAX_PREVIOUS_SECRET_VALID_S = 604_800
 
 
 def new_secret() -> str:
@@ -46,13 +48,46 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers of a message."""
+def headers(signing_secrets: str | Sequence[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers of a message, signed with each secret in turn."""
+    keys = [signing_secrets] if isinstance(signing_secrets, str) else list(signing_secrets)
+    if not keys:
+        raise ValueError("a message is signed with at least one secret")
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(sign(key, message_id, timestamp, body) for key in keys),
     }
+
+
+class Rotation(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint's secrets after a rotation: the new one, and the one it replaces while it
+    stays valid (None when retired at once)."""
+
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: datetime | None
+
+
+def rotate(current: str, previous_valid_for_s: int, now: datetime) -> Rotation:
+    """A new secret; the current one stays valid for `previous_valid_for_s` seconds (0: not at
+    all). Any older previous secret is dropped: only one is kept."""
+    if not 0 <= previous_valid_for_s <= MAX_PREVIOUS_SECRET_VALID_S:
+        raise ValueError(f"previous_valid_for_s is 0 to {MAX_PREVIOUS_SECRET_VALID_S}")
+    if previous_valid_for_s == 0:
+        return Rotation(secret=new_secret(), previous_secret=None, previous_secret_until=None)
+    until = now + timedelta(seconds=previous_valid_for_s)
+    return Rotation(secret=new_secret(), previous_secret=current, previous_secret_until=until)
+
+
+def secrets_in_force(
+    secret: str, previous_secret: str | None, previous_secret_until: datetime | None, now: datetime
+) -> list[str]:
+    """The secrets a message sent at `now` is signed with: the current one, then the previous
+    one while its grace period lasts."""
+    if previous_secret is not None and previous_secret_until is not None and now < previous_secret_until:
+        return [secret, previous_secret]
+    return [secret]
 
 
 def verify(

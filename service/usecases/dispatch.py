@@ -23,7 +23,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -42,7 +42,7 @@ from service.domain.destinations import (
     refused_address,
     url_problem,
 )
-from service.domain.webhooks import RetryPolicy, headers, is_success, next_attempt, should_disable
+from service.domain.webhooks import RetryPolicy, headers, is_success, next_attempt, secrets_in_force, should_disable
 from service.usecases.webhooks import destination_policy
 
 log = logging.getLogger("loyalty.webhooks")
@@ -97,6 +97,8 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     claim: str
     url: str
     secret: str
+    previous_secret: str | None = None  # also signs until previous_secret_until (a rotation)
+    previous_secret_until: datetime | None = None
     event_id: str
     body: bytes
 
@@ -133,7 +135,8 @@ UPDATE webhook_deliveries d SET claimed_until = $4, claim = $5, updated_at = $2
  WHERE d.program_id = $1 AND d.id = due.id
    AND e.program_id = d.program_id AND e.seq = d.event_seq
    AND w.program_id = d.program_id AND w.id = d.endpoint_id
-RETURNING d.id AS delivery_id, w.url, w.secret, e.seq, e.id, e.type, e.customer_id, e.payload, e.occurred_at
+RETURNING d.id AS delivery_id, w.url, w.secret, w.previous_secret, w.previous_secret_until,
+          e.seq, e.id, e.type, e.customer_id, e.payload, e.occurred_at
 """
 
 
@@ -156,6 +159,8 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> li
             claim=claim,
             url=row["url"],
             secret=row["secret"],
+            previous_secret=row["previous_secret"],
+            previous_secret_until=row["previous_secret_until"],
             event_id=row["id"],
             body=msgspec.json.encode(event_rows.event_from_row(row)),
         )
@@ -224,9 +229,11 @@ async def send(
 ) -> tuple[int | None, str]:
     """POST one signed message to a checked address of the endpoint; (status code, error):
     a code of None means no answer, or a refused destination that was not contacted."""
-    timestamp = int(clock.now().timestamp())
+    now = clock.now()
+    timestamp = int(now.timestamp())
+    signing = secrets_in_force(claimed.secret, claimed.previous_secret, claimed.previous_secret_until, now)
     request_headers = {
-        **headers(claimed.secret, claimed.event_id, timestamp, claimed.body),
+        **headers(signing, claimed.event_id, timestamp, claimed.body),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
         "connection": "close",  # one request per connection (see new_client)

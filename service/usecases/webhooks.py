@@ -1,5 +1,5 @@
-"""Webhook endpoints of a program (create, list, read, change, delete), their delivery log,
-manual re-delivery, and the pull feed of events."""
+"""Webhook endpoints of a program (create, list, read, change, delete, rotate the secret),
+their delivery log, manual re-delivery, and the pull feed of events."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from service.domain.destinations import PUBLIC_ONLY, DestinationPolicy, url_prob
 from service.domain.errors import Conflict, InvalidInput, NotFound
 from service.domain.events import AnyEvent, EventType
 from service.domain.ids import new_id
-from service.domain.webhooks import new_secret
+from service.domain.webhooks import new_secret, rotate
+from service.usecases.idempotency import fingerprint, run_once
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +38,16 @@ class NewEndpoint(msgspec.Struct, frozen=True, kw_only=True):
 
     endpoint: Endpoint
     secret: str
+
+
+class RotatedSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint's new signing secret (shown only here), and until when the one it
+    replaced still signs deliveries (None: retired at once)."""
+
+    endpoint_id: str
+    secret: str
+    previous_secret_expires_at: datetime | None
+    rotated_at: datetime
 
 
 class EndpointChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,6 +213,43 @@ async def delete_endpoint(program_id: str, endpoint_id: str) -> None:
             raise NotFound(f"webhook endpoint {endpoint_id} not found", field="endpoint_id")
 
     await in_transaction(work)
+
+
+async def rotate_secret(
+    program_id: str, endpoint_id: str, previous_valid_for_s: int, key: str, clock: Clock
+) -> RotatedSecret:
+    """Give the endpoint a new secret, keeping the current one valid for `previous_valid_for_s`
+    seconds (it replaces any previous one still in its grace period); once per idempotency key."""
+    request = fingerprint("rotate-webhook-secret", [endpoint_id, previous_valid_for_s])
+
+    async def work(connection: asyncpg.Connection) -> RotatedSecret:
+        now = clock.now()
+        current = await connection.fetchval(
+            "SELECT secret FROM webhook_endpoints WHERE program_id = $1 AND id = $2 FOR UPDATE",
+            program_id,
+            endpoint_id,
+        )
+        if current is None:
+            raise NotFound(f"webhook endpoint {endpoint_id} not found", field="endpoint_id")
+        rotation = rotate(current, previous_valid_for_s, now)
+        await connection.execute(
+            "UPDATE webhook_endpoints SET secret = $3, previous_secret = $4, previous_secret_until = $5,"
+            " updated_at = $6 WHERE program_id = $1 AND id = $2",
+            program_id,
+            endpoint_id,
+            rotation.secret,
+            rotation.previous_secret,
+            rotation.previous_secret_until,
+            now,
+        )
+        return RotatedSecret(
+            endpoint_id=endpoint_id,
+            secret=rotation.secret,
+            previous_secret_expires_at=rotation.previous_secret_until,
+            rotated_at=now,
+        )
+
+    return await run_once(program_id, key, request, RotatedSecret, work)
 
 
 def _parse_seq_cursor(cursor: str | None, field: str) -> int | None:

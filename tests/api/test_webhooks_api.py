@@ -1,12 +1,14 @@
-"""Webhook endpoints, their delivery log and re-delivery, the events feed and the catalogue over HTTP."""
+"""Webhook endpoints, secret rotation, their delivery log and re-delivery, the events feed and
+the catalogue over HTTP."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -16,6 +18,7 @@ from service.app import create_app
 from service.config import Settings
 from service.domain.clock import ManualClock
 from service.domain.events import EventType
+from service.domain.webhooks import verify
 from service.usecases.dispatch import DispatchConfig, dispatch_program, new_client
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
@@ -277,6 +280,156 @@ async def test_the_delivery_log_pages_and_a_delivery_can_be_sent_again(
     assert assert_problem(missing, 404, "not-found")["field"] == "delivery_id"
     bad_cursor = await client.get(log, params={"cursor": "abc"}, headers=admin)
     assert_names_field(assert_problem(bad_cursor, 422, "invalid-input"), "cursor")
+
+
+async def rotate(
+    client: httpx.AsyncClient, program: ProgramFixture, endpoint_id: str, key: str, **body: Any
+) -> httpx.Response:
+    headers = program.auth("admin") | {"Idempotency-Key": key}
+    return await client.post(f"{ENDPOINTS}/{endpoint_id}/rotate-secret", json=body, headers=headers)
+
+
+async def secrets_of(connection: asyncpg.Connection, endpoint_id: str) -> tuple[str, str | None, Any]:
+    row = await connection.fetchrow(
+        "SELECT secret, previous_secret, previous_secret_until FROM webhook_endpoints WHERE id = $1", endpoint_id
+    )
+    assert row is not None
+    return row["secret"], row["previous_secret"], row["previous_secret_until"]
+
+
+async def deliver_one(client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock, external_id: str) -> None:
+    """Enrol a customer and dispatch: one message to the program's endpoint."""
+    await enrol(client, program, external_id)
+    async with new_client(CONFIG) as http:
+        report = await dispatch_program(program.id, clock, CONFIG, http)
+    assert report.delivered == 1, report
+
+
+async def test_a_rotated_secret_is_shown_once_and_both_secrets_sign_during_the_grace_period(
+    loopback_client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    client, admin = loopback_client, program.auth("admin")
+    async with receiver() as hooks:
+        made = await make_endpoint(client, program, url=hooks.url)
+        old = made["secret"]
+        rotated = await rotate(client, program, made["id"], "rotate-1", previous_valid_for_s=3600)
+        assert rotated.status_code == 200, rotated.text
+        answer = rotated.json()
+        new = answer["secret"]
+        assert new.startswith("whsec_") and new != old
+        assert answer["id"] == made["id"]
+        assert answer["previous_secret_expires_at"] is not None
+        assert clock.now() + timedelta(hours=1) == datetime.fromisoformat(answer["previous_secret_expires_at"])
+        for shown in (
+            (await client.get(f"{ENDPOINTS}/{made['id']}", headers=admin)).json(),
+            *(await client.get(ENDPOINTS, headers=admin)).json(),
+        ):
+            assert "secret" not in shown and "previous_secret" not in shown
+            assert old not in str(shown) and new not in str(shown)
+
+        await deliver_one(client, program, clock, "ann")
+        [during] = hooks.requests
+        now = int(clock.now().timestamp())
+        assert len(during.headers["webhook-signature"].split()) == 2
+        assert verify(new, during.headers, during.body, now) and verify(old, during.headers, during.body, now)
+        assert during.headers["webhook-signature"].split()[0].startswith("v1,")
+
+        clock.advance(timedelta(hours=1))  # the grace period is over
+        await deliver_one(client, program, clock, "bob")
+        after = hooks.requests[1]
+        now = int(clock.now().timestamp())
+        assert len(after.headers["webhook-signature"].split()) == 1
+        assert verify(new, after.headers, after.body, now) and not verify(old, after.headers, after.body, now)
+
+
+async def test_a_rotation_with_no_grace_period_signs_with_the_new_secret_only(
+    loopback_client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    client = loopback_client
+    async with receiver() as hooks:
+        made = await make_endpoint(client, program, url=hooks.url)
+        rotated = await rotate(client, program, made["id"], "rotate-now", previous_valid_for_s=0)
+        assert rotated.status_code == 200, rotated.text
+        assert rotated.json()["previous_secret_expires_at"] is None
+        await deliver_one(client, program, clock, "ann")
+    [request] = hooks.requests
+    now = int(clock.now().timestamp())
+    assert verify(rotated.json()["secret"], request.headers, request.body, now)
+    assert not verify(made["secret"], request.headers, request.body, now)
+
+
+async def test_rotating_again_in_the_grace_period_keeps_only_the_secret_it_replaces(
+    loopback_client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    client = loopback_client
+    async with receiver() as hooks:
+        made = await make_endpoint(client, program, url=hooks.url)
+        first = (await rotate(client, program, made["id"], "rotate-a")).json()
+        assert datetime.fromisoformat(first["previous_secret_expires_at"]) == clock.now() + timedelta(hours=24)
+        second = (await rotate(client, program, made["id"], "rotate-b")).json()
+        await deliver_one(client, program, clock, "ann")
+    [request] = hooks.requests
+    now = int(clock.now().timestamp())
+    assert verify(second["secret"], request.headers, request.body, now)
+    assert verify(first["secret"], request.headers, request.body, now)
+    assert not verify(made["secret"], request.headers, request.body, now)
+    assert len(request.headers["webhook-signature"].split()) == 2
+
+
+async def test_a_retried_rotation_answers_the_same_and_rotates_once(
+    client: httpx.AsyncClient, program: ProgramFixture, owner_connection: asyncpg.Connection
+) -> None:
+    made = await make_endpoint(client, program)
+    first = await rotate(client, program, made["id"], "rotate-once", previous_valid_for_s=600)
+    again = await rotate(client, program, made["id"], "rotate-once", previous_valid_for_s=600)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    before = await secrets_of(owner_connection, made["id"])
+    assert before[:2] == (first.json()["secret"], made["secret"])  # rotated once: the original is the previous
+    other = await rotate(client, program, made["id"], "rotate-once", previous_valid_for_s=0)
+    assert assert_problem(other, 409, "idempotency-key-reused")["field"] == "Idempotency-Key"
+    assert await secrets_of(owner_connection, made["id"]) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"previous_valid_for_s": -1}, "previous_valid_for_s"),
+        ({"previous_valid_for_s": 604_801}, "previous_valid_for_s"),
+        ({"previous_valid_for_s": "1h"}, "previous_valid_for_s"),
+        ({"secret": "whsec_Zm9v"}, "secret"),
+    ],
+)
+async def test_a_bad_rotation_is_refused_naming_the_field_and_changes_nothing(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    owner_connection: asyncpg.Connection,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    made = await make_endpoint(client, program)
+    response = await rotate(client, program, made["id"], f"bad-{field}", **body)
+    assert_names_field(assert_problem(response, 422, "invalid-input"), field)
+    assert await secrets_of(owner_connection, made["id"]) == (made["secret"], None, None)
+
+
+async def test_rotating_an_unknown_or_foreign_endpoint_is_not_found_and_changes_nothing(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    other_program: ProgramFixture,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    made = await make_endpoint(client, program)
+    missing = await rotate(client, program, "whe_nothing", "rotate-missing")
+    assert assert_problem(missing, 404, "not-found")["field"] == "endpoint_id"
+    foreign = await rotate(client, other_program, made["id"], "rotate-foreign")
+    assert_problem(foreign, 404, "not-found")
+    no_key = await client.post(f"{ENDPOINTS}/{made['id']}/rotate-secret", json={}, headers=program.auth("admin"))
+    assert_names_field(assert_problem(no_key, 422, "invalid-input"), "Idempotency-Key")
+    checkout = program.auth("checkout") | {"Idempotency-Key": "rotate-till"}
+    till = await client.post(f"{ENDPOINTS}/{made['id']}/rotate-secret", json={}, headers=checkout)
+    assert_problem(till, 403, "forbidden")
+    assert await secrets_of(owner_connection, made["id"]) == (made["secret"], None, None)
 
 
 async def test_the_feed_pages_by_cursor_for_checkout_and_admin_keys(

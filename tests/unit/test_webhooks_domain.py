@@ -19,7 +19,9 @@ from service.domain.webhooks import (
     new_secret,
     next_attempt,
     retry_delay,
+    rotate,
     secret_bytes,
+    secrets_in_force,
     should_disable,
     sign,
     verify,
@@ -60,6 +62,51 @@ def test_secrets_are_whsec_and_base64_of_random_bytes() -> None:
     assert new_secret() != secret
     with pytest.raises(ValueError, match="base64"):
         secret_bytes("whsec_not*base64")
+
+
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def test_a_message_signed_with_two_secrets_verifies_with_each_new_first() -> None:
+    new = new_secret()
+    sent = headers([new, SECRET], MESSAGE_ID, TIMESTAMP, BODY)
+    assert sent["webhook-signature"].split() == [
+        sign(new, MESSAGE_ID, TIMESTAMP, BODY),
+        sign(SECRET, MESSAGE_ID, TIMESTAMP, BODY),
+    ]
+    assert verify(new, sent, BODY, TIMESTAMP) and verify(SECRET, sent, BODY, TIMESTAMP)
+    assert not verify(new_secret(), sent, BODY, TIMESTAMP)
+    assert headers([SECRET], MESSAGE_ID, TIMESTAMP, BODY) == headers(SECRET, MESSAGE_ID, TIMESTAMP, BODY)
+    with pytest.raises(ValueError, match="at least one"):
+        headers([], MESSAGE_ID, TIMESTAMP, BODY)
+
+
+def test_a_rotation_keeps_the_current_secret_for_the_grace_period_only() -> None:
+    rotation = rotate(SECRET, 3600, NOW)
+    assert rotation.secret.startswith("whsec_") and rotation.secret != SECRET
+    assert (rotation.previous_secret, rotation.previous_secret_until) == (SECRET, NOW + timedelta(hours=1))
+    during = secrets_in_force(rotation.secret, SECRET, rotation.previous_secret_until, NOW + timedelta(minutes=59))
+    assert during == [rotation.secret, SECRET]
+    after = secrets_in_force(rotation.secret, SECRET, rotation.previous_secret_until, NOW + timedelta(hours=1))
+    assert after == [rotation.secret]
+    sent = headers(after, MESSAGE_ID, TIMESTAMP, BODY)
+    assert verify(rotation.secret, sent, BODY, TIMESTAMP) and not verify(SECRET, sent, BODY, TIMESTAMP)
+    assert secrets_in_force(SECRET, None, None, NOW) == [SECRET]
+
+
+def test_a_rotation_with_no_grace_retires_the_secret_at_once_and_keeps_one_previous_only() -> None:
+    at_once = rotate(SECRET, 0, NOW)
+    assert (at_once.previous_secret, at_once.previous_secret_until) == (None, None)
+    first = rotate(SECRET, 86_400, NOW)
+    second = rotate(first.secret, 60, NOW + timedelta(hours=1))
+    assert second.previous_secret == first.secret  # the original secret is no longer kept
+    assert secrets_in_force(second.secret, second.previous_secret, second.previous_secret_until, NOW) == [
+        second.secret,
+        first.secret,
+    ]
+    for wrong in (-1, 604_801):
+        with pytest.raises(ValueError, match="previous_valid_for_s"):
+            rotate(SECRET, wrong, NOW)
 
 
 def test_only_2xx_is_success() -> None:

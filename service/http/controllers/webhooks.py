@@ -1,4 +1,5 @@
-"""Webhook endpoints (admin): register, list, read, change, delete; their delivery log; re-delivery."""
+"""Webhook endpoints (admin): register, list, read, change, delete, rotate the secret; their
+delivery log; re-delivery."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from service.config import Settings
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.events import EventType
+from service.domain.webhooks import MAX_PREVIOUS_SECRET_VALID_S, PREVIOUS_SECRET_VALID_S
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
+from service.http.params import IdempotencyKey
 from service.usecases import webhooks
 from service.usecases.webhooks import Delivery, Endpoint, EndpointChange
 
@@ -54,6 +57,22 @@ class EndpointCreatedResponse(msgspec.Struct, kw_only=True):
     enabled: bool
     secret: str
     created_at: datetime
+
+
+class RotateSecretRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long the current secret still signs deliveries after the rotation (0: retire it now)."""
+
+    previous_valid_for_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_PREVIOUS_SECRET_VALID_S)] = PREVIOUS_SECRET_VALID_S
+
+
+class SecretRotatedResponse(msgspec.Struct, kw_only=True):
+    """The endpoint's new signing secret, shown only in this answer, and until when the
+    previous one also signs deliveries (null: it no longer does)."""
+
+    id: str
+    secret: str
+    previous_secret_expires_at: datetime | None
+    rotated_at: datetime
 
 
 class DeliveryPageResponse(msgspec.Struct, kw_only=True):
@@ -126,6 +145,27 @@ class WebhookController(Controller):
     async def delete_endpoint(self, endpoint_id: EndpointId, principal: NamedDependency[Principal]) -> None:
         """Remove the endpoint and its delivery log."""
         await webhooks.delete_endpoint(principal.program_id, endpoint_id)
+
+    @post("/{endpoint_id:str}/rotate-secret", status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
+    async def rotate_secret(
+        self,
+        endpoint_id: EndpointId,
+        data: JSONBody[RotateSecretRequest],
+        idempotency_key: IdempotencyKey,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+    ) -> SecretRotatedResponse:
+        """Give the endpoint a new signing secret; the current one keeps signing deliveries
+        alongside it for `previous_valid_for_s` seconds (default a day)."""
+        rotated = await webhooks.rotate_secret(
+            principal.program_id, endpoint_id, data.previous_valid_for_s, idempotency_key, clock
+        )
+        return SecretRotatedResponse(
+            id=rotated.endpoint_id,
+            secret=rotated.secret,
+            previous_secret_expires_at=rotated.previous_secret_expires_at,
+            rotated_at=rotated.rotated_at,
+        )
 
     @get("/{endpoint_id:str}/deliveries", responses=PROBLEM_RESPONSES)
     async def deliveries(
