@@ -74,23 +74,9 @@ async def _current(
     now: datetime,
     *,
     lock: bool,
-) -> CustomerTier:
-    """The customer's tier row (locked if asked), or a new one at the level they qualify for."""
-    tier, _ = await _row_or_new(connection, program_id, customer_id, config, zone, now, lock=lock)
-    return tier
-
-
-async def _row_or_new(
-    connection: asyncpg.Connection,
-    program_id: str,
-    customer_id: str,
-    config: TierConfig,
-    zone: ZoneInfo,
-    now: datetime,
-    *,
-    lock: bool,
 ) -> tuple[CustomerTier, bool]:
-    """_current, and whether the row is stored."""
+    """The customer's tier row (locked if asked), or a new one at the level they qualify for;
+    and whether the row is stored."""
     tier = await rows.load_tier(connection, program_id, customer_id, lock=lock)
     if tier is not None:
         return tier, True
@@ -176,7 +162,7 @@ async def tier_for_order(
     config = await rows.load_config(connection, program_id)
     if config is None:
         return None
-    tier, stored = await _row_or_new(connection, program_id, customer_id, config, zone, now, lock=True)
+    tier, stored = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
     grants = await rows.grants_in_force(connection, program_id, customer_id, now)
     return OrderTier(config=config, tier=tier, stored=stored, grants=grants)
 
@@ -247,7 +233,7 @@ async def configure(principal: Principal, config: TierConfig, key: str, clock: C
         zone = (await ledger_settings(connection, program_id)).zone
         codes = [level.code for level in config.levels]
         for customer_id in await rows.customers_outside(connection, program_id, codes):
-            tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+            tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
             if config.rank(tier.earned_code) < 0:
                 level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
                 tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None
@@ -296,7 +282,7 @@ async def grant_in(
     if config.rank(request.tier_code) < 0:
         raise InvalidInput(f"no tier {request.tier_code!r} is configured", field=field)
     zone = (await ledger_settings(connection, program_id)).zone
-    tier = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+    tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
     grant = TierGrant(
         id=new_id("tgr"),
         customer_id=customer_id,
@@ -348,7 +334,7 @@ async def tier_progress(program_id: str, customer_id: str, clock: Clock) -> Tier
         )
         if found is None:
             raise NotFound(f"customer {customer_id} not found", field="customer_id")
-        tier = await _current(connection, program_id, customer_id, config, zone, now, lock=False)
+        tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=False)
         grants = await rows.grants_in_force(connection, program_id, customer_id, now)
         effective = higher(config, [tier.earned_code, *(grant.tier_code for grant in grants)])
         floors = [g.ends_at for g in grants if config.rank(g.tier_code) > config.rank(tier.earned_code)]
