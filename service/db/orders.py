@@ -11,7 +11,6 @@ import msgspec
 
 from service.domain.earning import Refund
 from service.domain.errors import NotFound
-from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import AccountKind, customer_account
 from service.domain.orders import ReturnPolicy, ReturnSettings
 
@@ -36,6 +35,11 @@ async def return_settings(connection: asyncpg.Connection, program_id: str) -> Re
     row = await connection.fetchrow("SELECT return_window_days, return_policy FROM programs WHERE id = $1", program_id)
     if row is None:
         raise NotFound(f"program {program_id} not found")
+    return returns_from_row(row)
+
+
+def returns_from_row(row: asyncpg.Record) -> ReturnSettings:
+    """The return settings in a row of `programs`."""
     return ReturnSettings(window_days=row["return_window_days"], policy=ReturnPolicy(row["return_policy"]))
 
 
@@ -48,18 +52,11 @@ async def save_return_settings(connection: asyncpg.Connection, program_id: str, 
     )
 
 
-class OrderContext(msgspec.Struct, frozen=True):
-    """What placing an order at a shop reads of the program, in one statement."""
-
-    shop_name: str
-    time_zone: str
-    expiry: ExpiryRule
-    returns: ReturnSettings
-
-
-async def order_context(connection: asyncpg.Connection, program_id: str, shop_id: str) -> OrderContext:
-    """The shop's name, the program's ledger and return settings; NotFound without the shop."""
-    row = await connection.fetchrow(
+async def order_context(connection: asyncpg.Connection, program_id: str, shop_id: str) -> asyncpg.Record:
+    """In one statement, what placing an order at a shop reads of the program: the shop's
+    `name`, the ledger settings (see `settings_from_row`) and the return settings
+    (`returns_from_row`); NotFound without the shop."""
+    row: asyncpg.Record | None = await connection.fetchrow(
         "SELECT s.name, p.time_zone, p.expiry_policy, p.expiry_period, p.return_window_days, p.return_policy"
         " FROM programs p JOIN shops s ON s.program_id = p.id AND s.id = $2 WHERE p.id = $1",
         program_id,
@@ -67,12 +64,7 @@ async def order_context(connection: asyncpg.Connection, program_id: str, shop_id
     )
     if row is None:
         raise NotFound(f"shop {shop_id} not found", field="shop_id")
-    return OrderContext(
-        shop_name=row["name"],
-        time_zone=row["time_zone"],
-        expiry=ExpiryRule(ExpiryPolicy(row["expiry_policy"]), row["expiry_period"]),
-        returns=ReturnSettings(window_days=row["return_window_days"], policy=ReturnPolicy(row["return_policy"])),
-    )
+    return row
 
 
 async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: str) -> str:

@@ -40,7 +40,7 @@ from service.domain.orders import (
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_in_force
 from service.usecases.idempotency import derived_key, fingerprint, run_once
-from service.usecases.ledger_settings import ProgramLedgerSettings
+from service.usecases.ledger_settings import settings_from_row
 from service.usecases.lifecycle import emit_order_events
 
 RELEASE_ACTOR = "job:release-orders"
@@ -144,8 +144,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
             raise InvalidInput("placed_at is in the future", field="order.placed_at")
         program_id = principal.program_id
         context = await _not_yet(rows.order_context(connection, program_id, shop_id))
-        shop, returns = context.shop_name, context.returns
-        settings = ProgramLedgerSettings(context.time_zone, context.expiry)
+        shop, settings, returns = context["name"], settings_from_row(context), rows.returns_from_row(context)
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
         await _not_yet(
