@@ -131,28 +131,13 @@ BEGIN
 END
 $$;
 
--- The full rebuild (0013) now ends with the spells and counts.
-CREATE OR REPLACE FUNCTION rebuild_metric_rollups(p_program text) RETURNS integer LANGUAGE plpgsql AS $$
+-- The full rebuild now ends with the spells and counts: 0013's rebuild keeps its body under
+-- the name rebuild_metric_rows, and rebuild_metric_rollups runs it, then the counts.
+ALTER FUNCTION rebuild_metric_rollups(text) RENAME TO rebuild_metric_rows;
+CREATE FUNCTION rebuild_metric_rollups(p_program text) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    zone text;
-    rebuilt integer;
+    rebuilt integer := rebuild_metric_rows(p_program);
 BEGIN
-    SELECT time_zone INTO zone FROM programs WHERE id = p_program;
-    DELETE FROM customer_days WHERE program_id = p_program;
-    DELETE FROM customer_months WHERE program_id = p_program;
-    DELETE FROM customer_summaries WHERE program_id = p_program;
-    INSERT INTO customer_days (program_id, customer_id, day, purchases, net)
-    SELECT p_program, customer_id, (placed_at AT TIME ZONE zone)::date,
-           count(*) FILTER (WHERE refunded_net < net OR net = 0), sum(net - refunded_net)
-      FROM orders WHERE program_id = p_program GROUP BY 2, 3;
-    INSERT INTO customer_months (program_id, customer_id, month, purchases, net)
-    SELECT p_program, customer_id, date_trunc('month', day)::date, sum(purchases), sum(net)
-      FROM customer_days WHERE program_id = p_program GROUP BY 2, 3;
-    INSERT INTO customer_summaries (program_id, customer_id, first_day, last_day, purchases, purchase_days, net)
-    SELECT p_program, customer_id, min(day) FILTER (WHERE purchases > 0), max(day) FILTER (WHERE purchases > 0),
-           sum(purchases), count(*) FILTER (WHERE purchases > 0), sum(net)
-      FROM customer_days WHERE program_id = p_program GROUP BY 2;
-    GET DIAGNOSTICS rebuilt = ROW_COUNT;
     PERFORM rebuild_metric_counts(p_program);
     RETURN rebuilt;
 END
