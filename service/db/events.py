@@ -21,14 +21,23 @@ async def emit(
     customer_id: str | None = None,
     *,
     occurred_at: datetime,
+    event_id: str | None = None,
 ) -> str:
-    """Append an event to the outbox in the caller's transaction; returns its id.
+    """Append an event to the outbox in the caller's transaction (under `event_id`, or a new
+    id); returns its id.
 
     A transaction that rolls back (as a refused idempotent request's does) takes the event
     with it, so nothing is ever published for what did not happen.
     """
-    [event_id] = await emit_all(connection, program_id, [(type, payload)], customer_id, occurred_at=occurred_at)
-    return event_id
+    [written] = await emit_all(
+        connection,
+        program_id,
+        [(type, payload)],
+        customer_id,
+        occurred_at=occurred_at,
+        event_ids=None if event_id is None else [event_id],
+    )
+    return written
 
 
 async def emit_all(
@@ -38,11 +47,13 @@ async def emit_all(
     customer_id: str | None = None,
     *,
     occurred_at: datetime,
+    event_ids: list[str] | None = None,
 ) -> list[str]:
     """`emit` for several events of one customer and instant, in one statement, in order."""
     for type, payload in events:
         check_payload(type, payload)
-    event_ids = [new_id("evt", int(occurred_at.timestamp() * 1000)) for _ in events]
+    if event_ids is None:
+        event_ids = [new_id("evt", int(occurred_at.timestamp() * 1000)) for _ in events]
     await connection.execute(
         "INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
         " SELECT $1, e.id, e.type, $4, e.payload::jsonb, $5"
@@ -80,7 +91,7 @@ async def emit_once(
     )
     if not inserted:
         return False
-    await emit(connection, program_id, type, payload, customer_id, occurred_at=occurred_at)
+    await emit(connection, program_id, type, payload, customer_id, occurred_at=occurred_at, event_id=event_id)
     return True
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from service.db.events import emit
+from service.db.events import emit, emit_once
 from service.db.transaction import transaction
 from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
@@ -234,3 +234,23 @@ async def test_publication_numbers_in_visibility_order_without_gaps(
     assert await publish_events(program.id, clock) == 1
     late, _ = await event_feed(program.id, cursor, 10, None)
     assert [(event.seq, kinds([event])[0]) for event in late] == [(2, "points.expired")]
+
+
+async def test_an_event_emitted_once_is_the_event_its_mark_names(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    ann = await enrol(program.id, "ann", clock)
+    expired = PointsExpired(customer_id=ann, points=5, entry_id=1)
+    async with transaction() as connection:
+        assert await emit_once(connection, program.id, "k", EventType.POINTS_EXPIRED, expired, ann, occurred_at=START)
+        again = await emit_once(connection, program.id, "k", EventType.POINTS_EXPIRED, expired, ann, occurred_at=START)
+    assert again is False
+    marked = await owner_connection.fetchval(
+        "SELECT event_id FROM event_marks WHERE program_id = $1 AND key = 'k'", program.id
+    )
+    emitted = await owner_connection.fetch(
+        "SELECT id FROM event_outbox WHERE program_id = $1 AND type = 'points.expired' UNION ALL"
+        " SELECT id FROM events WHERE program_id = $1 AND type = 'points.expired'",
+        program.id,
+    )
+    assert [row["id"] for row in emitted] == [marked]
