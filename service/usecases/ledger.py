@@ -248,7 +248,8 @@ async def resolve_hold(
 ) -> Hold:
     """Capture `capture` of an open hold (the rest returns to available), or void/expire it with 0."""
     row = await connection.fetchrow(
-        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE program_id = $1 AND id = $2 FOR UPDATE",
+        f"SELECT {_HOLD_COLUMNS}, metadata ->> 'reference' AS reference FROM holds"
+        " WHERE program_id = $1 AND id = $2 FOR UPDATE",
         program_id,
         hold_id,
     )
@@ -289,7 +290,7 @@ async def resolve_hold(
     )
     if status == "captured" and capture and hold.unit is Unit.POINTS:
         await emit_points_redeemed(
-            connection, program_id, hold_id, hold.customer_id, capture, entry.id, entry.posted_at
+            connection, program_id, hold_id, hold.customer_id, capture, entry.id, row["reference"], entry.posted_at
         )
     return _hold(updated)
 

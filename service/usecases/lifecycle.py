@@ -200,12 +200,11 @@ async def emit_points_redeemed(
     customer_id: str,
     points: int,
     entry_id: int,
+    reference: str | None,
     occurred_at: datetime,
 ) -> None:
-    """In the transaction that captures a hold of points for more than zero."""
-    reference = await connection.fetchval(
-        "SELECT metadata ->> 'reference' FROM holds WHERE program_id = $1 AND id = $2", program_id, hold_id
-    )
+    """In the transaction that captures a hold of points for more than zero (`reference`: the
+    hold's, as its client gave it)."""
     redeemed = PointsRedeemed(
         customer_id=customer_id, points=points, hold_id=hold_id, entry_id=entry_id, reference=reference
     )
