@@ -237,18 +237,13 @@ SELECT s.customer_id, s.purchase_days - 1 AS x, s.last_day - s.first_day AS t_x_
   FROM customer_summaries s
   JOIN customer_days d ON d.program_id = s.program_id AND d.customer_id = s.customer_id AND d.day = s.first_day
  WHERE s.program_id = $1 AND s.purchases > 0 AND s.first_day <= $2
-   AND ($3::text IS NULL OR s.customer_id > $3)
  ORDER BY s.customer_id
 """
 
 
-async def clv_summaries(
-    connection: asyncpg.Connection, program_id: str, as_of: date, after: str | None = None, limit: int | None = None
-) -> list[asyncpg.Record]:
+async def clv_summaries(connection: asyncpg.Connection, program_id: str, as_of: date) -> list[asyncpg.Record]:
     """Per customer: x (repeat purchase days), t_x and T in days, the mean repeat value."""
-    query = _CLV_SUMMARY + (" LIMIT $4" if limit is not None else "")
-    arguments: list[Any] = [program_id, as_of, after] + ([limit] if limit is not None else [])
-    rows: list[asyncpg.Record] = await connection.fetch(query, *arguments)
+    rows: list[asyncpg.Record] = await connection.fetch(_CLV_SUMMARY, program_id, as_of)
     return rows
 
 

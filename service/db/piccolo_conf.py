@@ -35,8 +35,8 @@ class DeferredPostgresEngine(PostgresEngine):
         return BoundedWaitTransaction(engine=self, allow_nested=allow_nested)
 
     async def _run_in_pool(self, query: str, args: Sequence[Any] | None = None) -> Any:
-        """A query outside a transaction (authentication's key lookup, say) waits for a
-        pooled connection at most the acquire timeout too."""
+        """A piccolo query outside a transaction waits for a pooled connection at most the
+        acquire timeout too."""
         if not self.pool:
             raise ValueError("A pool isn't currently running.")
         async with self.pool.acquire(timeout=self.acquire_timeout) as connection:

@@ -239,13 +239,6 @@ async def referral_of_referee(connection: asyncpg.Connection, program_id: str, r
     return _referral(row)
 
 
-async def load_referral(connection: asyncpg.Connection, program_id: str, referral_id: str) -> ReferralRow | None:
-    row = await connection.fetchrow(
-        f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE program_id = $1 AND id = $2", program_id, referral_id
-    )
-    return _referral(row)
-
-
 async def recent_count(connection: asyncpg.Connection, program_id: str, referrer_id: str, since: datetime) -> int:
     """The referrer's referrals redeemed since `since`, cancelled ones left out."""
     count: int = await connection.fetchval(

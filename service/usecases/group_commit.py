@@ -139,10 +139,7 @@ class EntryBatcher:
                     submission.fingerprint,
                     WrittenEntry,
                 )
-            if isinstance(outcome, DomainError):
-                submission.outcome.set_exception(outcome)
-            else:
-                submission.outcome.set_result(outcome)
+            _answer(submission, outcome)
 
     async def _write(
         self,

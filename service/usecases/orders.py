@@ -158,13 +158,14 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         award = calculate_award(
             order, rules, zone=settings.zone, tier_multiplier_bp=tiers.multiplier_bp(tier), bonus_so_far=so_far
         )
+        lot_expiry = expires_at(settings.expiry, order.placed_at, settings.zone)
         entry_id = None
         if award.total:
             draft = award_draft(
                 placement.customer_id,
                 award.total,
                 _order_metadata(shop_id, shop, placement.order_id) | {"rules_version": award.rules_version},
-                expires_at(settings.expiry, order.placed_at, settings.zone),
+                lot_expiry,
             )
             entry_id = (await write_entry(connection, program_id, draft, actor=principal.actor, now=now)).id
         row = await rows.insert_order(
@@ -186,9 +187,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
             },
         )
         await referrals.qualify_on_order(connection, program_id, row)
-        await emit_order_events(
-            connection, program_id, row, expires_at(settings.expiry, order.placed_at, settings.zone)
-        )
+        await emit_order_events(connection, program_id, row, lot_expiry)
         cause = f"order {placement.order_id} at shop {shop_id}"
         await tiers.after_order(connection, program_id, tier, settings.zone, now, cause)
         # last: the metric counts are shared by the customers of a shard, so they are held

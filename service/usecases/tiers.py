@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
+from service.db import metrics as metric_rows
 from service.db import tiers as rows
 from service.db.events import emit, emit_once
 from service.db.tiers import CustomerTier, TierChange, TierGrant
@@ -329,10 +330,7 @@ async def tier_progress(program_id: str, customer_id: str, clock: Clock) -> Tier
         now = clock.now()
         config = _required(await rows.load_config(connection, program_id))
         zone = (await ledger_settings(connection, program_id)).zone
-        found = await connection.fetchval(
-            "SELECT 1 FROM customers WHERE program_id = $1 AND id = $2", program_id, customer_id
-        )
-        if found is None:
+        if not await metric_rows.customer_exists(connection, program_id, customer_id):
             raise NotFound(f"customer {customer_id} not found", field="customer_id")
         tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=False)
         grants = await rows.grants_in_force(connection, program_id, customer_id, now)

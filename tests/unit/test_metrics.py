@@ -196,7 +196,6 @@ def test_churn_risk_names_the_rule() -> None:
 
 
 def test_refund_effect() -> None:
-    assert refund_effect(1000, 0, 400) == refund_effect(1000, 0, 400)
     partial = refund_effect(1000, 0, 400)
     assert (partial.net_delta, partial.purchase_lost) == (400, False)
     full = refund_effect(1000, 400, 1000)
