@@ -240,11 +240,12 @@ async def refund_order(
         kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
         balances = await rows.lock_customer_balances(connection, program_id, customer_id, kinds)
         pending = min(await rows.pending_of_order(connection, program_id, order["award_entry_id"]), balances[kinds[0]])
-        returns = await rows.return_settings(connection, program_id)
-        split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], returns.policy)
+        context = await rows.order_context(connection, program_id, shop_id)
+        policy = rows.returns_from_row(context).policy
+        split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], policy)
         entry_id = None
         if split.posted:
-            metadata = _order_metadata(shop_id, await rows.shop_name(connection, program_id, shop_id), order_id)
+            metadata = _order_metadata(shop_id, context["name"], order_id)
             reclaimed = await rows.lots_of_entries(
                 connection, program_id, [order["award_entry_id"], order["release_entry_id"]]
             )
@@ -270,7 +271,7 @@ async def refund_order(
         )
         refunded = clawback.refunded_net
         await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points)
-        await referrals.cancel_on_refund(connection, program_id, order, refunded, principal.actor, now)
+        await referrals.cancel_on_refund(connection, program_id, order, refunded, policy, principal.actor, now)
         await metrics.after_refund(connection, program_id, order, refunded)  # last, as in place_order
         return _refund_view(row)
 

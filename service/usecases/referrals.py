@@ -25,6 +25,7 @@ from service.domain.events import EventType, ReferralEvent
 from service.domain.expiry import expires_at
 from service.domain.ids import new_id
 from service.domain.ledger import AccountKind
+from service.domain.orders import ReturnPolicy
 from service.domain.referrals import (
     Party,
     PlannedReward,
@@ -414,11 +415,17 @@ async def qualify_on_order(connection: asyncpg.Connection, program_id: str, orde
 
 
 async def cancel_on_refund(
-    connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, refunded_net: int, actor: str, now: datetime
+    connection: asyncpg.Connection,
+    program_id: str,
+    order: asyncpg.Record,
+    refunded_net: int,
+    policy: ReturnPolicy,
+    actor: str,
+    now: datetime,
 ) -> None:
     """Inside refund_order: if the qualifying order no longer qualifies (its remaining net is
     below the minimum, or nothing remains), the referral is cancelled; rewards already paid
-    are clawed back by the program's return policy."""
+    are clawed back by the program's return `policy`."""
     referral = await rows.lock_of_order(connection, program_id, order["shop_id"], order["id"])
     if referral is None:
         return
@@ -427,17 +434,21 @@ async def cancel_on_refund(
         return
     note = f"order {order['id']} was refunded before the reward"
     if referral.status == Status.REWARDED:
-        await _claw_back(connection, program_id, referral, actor, now)
+        await _claw_back(connection, program_id, referral, policy, actor, now)
         note = f"order {order['id']} was refunded after the reward; rewards clawed back"
     await rows.mark_cancelled(connection, program_id, referral.id, note, now)
     await _emit(connection, program_id, EventType.REFERRAL_CANCELLED, referral, now)
 
 
 async def _claw_back(
-    connection: asyncpg.Connection, program_id: str, referral: ReferralRow, actor: str, now: datetime
+    connection: asyncpg.Connection,
+    program_id: str,
+    referral: ReferralRow,
+    policy: ReturnPolicy,
+    actor: str,
+    now: datetime,
 ) -> None:
     await rows.lock_referrer(connection, program_id, referral.referrer_id)  # milestones are counted under it
-    policy = (await order_rows.return_settings(connection, program_id)).policy
     for reward in await rows.rewards_of(connection, program_id, [referral.id]):
         if reward.clawed_back_at is not None:
             continue
