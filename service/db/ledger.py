@@ -583,7 +583,12 @@ async def consumed_slices(connection: asyncpg.Connection, program_id: str, entry
     return [Slice(r["lot_id"], r["amount"], r["earned_at"], r["expires_at"]) for r in rows]
 
 
-async def created_lots(connection: asyncpg.Connection, program_id: str, entry_id: int) -> list[int]:
-    """The lots an entry created (what a reversal of it takes back first)."""
-    rows = await connection.fetch("SELECT id FROM lots WHERE program_id = $1 AND entry_id = $2", program_id, entry_id)
+async def created_lots(connection: asyncpg.Connection, program_id: str, entry_ids: Sequence[int | None]) -> list[int]:
+    """The lots these entries created, in id order (what a reversal or a refund takes back
+    first); a None entry id is skipped."""
+    rows = await connection.fetch(
+        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = ANY($2::bigint[]) ORDER BY id",
+        program_id,
+        [entry_id for entry_id in entry_ids if entry_id is not None],
+    )
     return [row["id"] for row in rows]

@@ -145,18 +145,6 @@ async def pending_of_order(connection: asyncpg.Connection, program_id: str, awar
     return left
 
 
-async def lots_of_entries(
-    connection: asyncpg.Connection, program_id: str, entry_ids: Sequence[int | None]
-) -> list[int]:
-    """The lots these entries created (an order's refund takes back its own points first)."""
-    rows = await connection.fetch(
-        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = ANY($2::bigint[]) ORDER BY id",
-        program_id,
-        [entry_id for entry_id in entry_ids if entry_id is not None],
-    )
-    return [row["id"] for row in rows]
-
-
 async def mark_released(
     connection: asyncpg.Connection,
     program_id: str,

@@ -142,7 +142,7 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
         postings = [PostingDraft(AccountRef(AccountKind(r["kind"]), r["customer_id"]), r["amount"]) for r in rows]
         draft = reversal_of(original["kind"], postings, entry_id, reason)
         restored = await consumed_slices(connection, principal.program_id, entry_id)
-        reclaimed = await created_lots(connection, principal.program_id, entry_id)
+        reclaimed = await created_lots(connection, principal.program_id, [entry_id])
         try:
             return await write_entry(
                 connection,

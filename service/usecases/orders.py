@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 
 from service.db import orders as rows
-from service.db.ledger import write_entry
+from service.db.ledger import created_lots, write_entry
 from service.db.transaction import drain, in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
@@ -246,9 +246,7 @@ async def refund_order(
         entry_id = None
         if split.posted:
             metadata = _order_metadata(shop_id, context["name"], order_id)
-            reclaimed = await rows.lots_of_entries(
-                connection, program_id, [order["award_entry_id"], order["release_entry_id"]]
-            )
+            reclaimed = await created_lots(connection, program_id, [order["award_entry_id"], order["release_entry_id"]])
             draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
             written = await write_entry(
                 connection, program_id, draft, actor=principal.actor, now=now, reclaimed=reclaimed
@@ -291,7 +289,7 @@ async def release_order(connection: asyncpg.Connection, program_id: str, order: 
             order["shop_id"], await rows.shop_name(connection, program_id, order["shop_id"]), order["id"]
         )
         draft = release_draft(order["customer_id"], pending, balances[AccountKind.OWED], metadata)
-        reclaimed = await rows.lots_of_entries(connection, program_id, [order["award_entry_id"]])
+        reclaimed = await created_lots(connection, program_id, [order["award_entry_id"]])
         written = await write_entry(connection, program_id, draft, actor=RELEASE_ACTOR, now=now, reclaimed=reclaimed)
         entry_id = written.id
     await rows.mark_released(connection, program_id, order["shop_id"], order["id"], now, entry_id)

@@ -15,7 +15,7 @@ from service.db import orders as order_rows
 from service.db import referrals as rows
 from service.db import tiers as tier_rows
 from service.db.events import emit
-from service.db.ledger import EntryToWrite, write_entries, write_entry
+from service.db.ledger import EntryToWrite, created_lots, write_entries, write_entry
 from service.db.referrals import CodeRow, ReferralRow, RewardRow
 from service.db.transaction import drain, in_transaction
 from service.domain.access import Principal
@@ -471,7 +471,7 @@ async def _claw_back(
         draft = clawback_draft(kind, reward.beneficiary_id, plan, metadata)
         entry_id = None
         if draft is not None:
-            reclaimed = await order_rows.lots_of_entries(connection, program_id, [reward.entry_id])
+            reclaimed = await created_lots(connection, program_id, [reward.entry_id])
             written = await write_entry(connection, program_id, draft, actor=actor, now=now, reclaimed=reclaimed)
             entry_id = written.id
         await rows.mark_clawed_back(
