@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -13,7 +12,7 @@ from enum import StrEnum
 import msgspec
 
 from service.domain.errors import Forbidden, InvalidInput, Unauthorized
-from service.domain.ids import new_id
+from service.domain.ids import b64url, new_id, unb64url
 
 API_KEY_PREFIX = "lk"
 CUSTOMER_TOKEN_PREFIX = "ct"  # noqa: S105 - a prefix, not a secret
@@ -119,20 +118,12 @@ class CustomerClaims(msgspec.Struct, frozen=True):
     expires_at: int  # unix seconds
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def sign_customer_token(program_id: str, customer_id: str, expires_at: datetime, key: bytes) -> str:
     """`ct.<program>.<claims>.<hmac>`: readable by the service only, bound to one customer."""
     claims = msgspec.json.encode(CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp())))
-    body = f"{CUSTOMER_TOKEN_PREFIX}.{program_id}.{_b64(claims)}"
+    body = f"{CUSTOMER_TOKEN_PREFIX}.{program_id}.{b64url(claims)}"
     signature = hmac.new(key, body.encode(), hashlib.sha256).digest()
-    return f"{body}.{_b64(signature)}"
+    return f"{body}.{b64url(signature)}"
 
 
 def token_program(text: str) -> str | None:
@@ -150,8 +141,8 @@ def verify_customer_token(text: str, key: bytes, now: datetime) -> CustomerClaim
     body, _, signature = text.rpartition(".")
     expected = hmac.new(key, body.encode(), hashlib.sha256).digest()
     try:
-        presented = _unb64(signature)
-        claims = msgspec.json.decode(_unb64(body.split(".")[2]), type=CustomerClaims)
+        presented = unb64url(signature)
+        claims = msgspec.json.decode(unb64url(body.split(".")[2]), type=CustomerClaims)
     except (ValueError, IndexError, msgspec.DecodeError):
         raise Unauthorized("malformed customer token") from None
     if not hmac.compare_digest(expected, presented):

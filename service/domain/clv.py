@@ -79,17 +79,22 @@ def expected_purchases(model: BgNbd, horizon: Array | float, x: Array, t_x: Arra
     tail = 1 - ((alpha + t) / (alpha + t + horizon)) ** (r + x) * hyp2f1(
         r + x, b + x, a + b + x - 1, horizon / (alpha + t + horizon)
     )
-    denominator = 1 + np.where(x > 0, a / np.maximum(b + x - 1, 1e-300) * ((alpha + t) / (alpha + t_x)) ** (r + x), 0.0)
-    result: Array = first * tail / denominator
+    result: Array = first * tail / (1 + _death_odds(model, x, t_x, t))
     return result
 
 
 def probability_alive(model: BgNbd, x: Array, t_x: Array, t: Array) -> Array:
     """P(alive | x, t_x, T) (paper's equation 11)."""
-    r, alpha, a, b = model.r, model.alpha, model.a, model.b
-    odds = np.where(x > 0, a / np.maximum(b + x - 1, 1e-300) * ((alpha + t) / (alpha + t_x)) ** (r + x), 0.0)
-    result: Array = 1 / (1 + odds)
+    result: Array = 1 / (1 + _death_odds(model, x, t_x, t))
     return result
+
+
+def _death_odds(model: BgNbd, x: Array, t_x: Array, t: Array) -> Array:
+    """The odds that a customer with these (x, t_x, T) has dropped out (0 without repeats);
+    the common term of equations 10 and 11."""
+    r, alpha, a, b = model.r, model.alpha, model.a, model.b
+    odds: Array = np.where(x > 0, a / np.maximum(b + x - 1, 1e-300) * ((alpha + t) / (alpha + t_x)) ** (r + x), 0.0)
+    return odds
 
 
 def gamma_gamma_log_likelihood(params: Sequence[float] | Array, x: Array, m: Array) -> float:

@@ -158,7 +158,8 @@ def _check_lines(lines: Sequence[OrderLine], prefix: str = "lines") -> None:
             raise InvalidInput("discount exceeds unit_price * quantity", field=f"{prefix}[{index}].discount")
 
 
-def _check_rules(rules: EarningRules) -> EarningRules:
+def checked_rules(rules: EarningRules) -> EarningRules:
+    """The rule set if it is valid as a whole; InvalidInput naming the first bad field otherwise."""
     for category, bp in rules.category_multipliers.items():
         if type(bp) is not int or bp < 0:
             raise InvalidInput("multipliers are integer basis points >= 0", field=f"category_multipliers[{category!r}]")
@@ -173,11 +174,6 @@ def _check_rules(rules: EarningRules) -> EarningRules:
             raise InvalidInput(f"campaign {campaign.name!r} is defined twice", field=f"campaigns[{index}].name")
         names.add(campaign.name)
     return rules
-
-
-def checked_rules(rules: EarningRules) -> EarningRules:
-    """The rule set if it is valid as a whole; InvalidInput naming the first bad field otherwise."""
-    return _check_rules(rules)
 
 
 def _times(bp: int) -> str:
@@ -202,7 +198,7 @@ def calculate_award(
     bonus_so_far: Mapping[str, int] | None = None,
 ) -> Award:
     """The points an order earns under the rules, explained for the receipt."""
-    order, rules = _checked(order), _check_rules(rules)
+    order, rules = _checked(order), checked_rules(rules)
     _check_lines(order.lines)
     if type(tier_multiplier_bp) is not int or tier_multiplier_bp < 0:
         raise InvalidInput("tier multiplier is integer basis points >= 0", field="tier_multiplier_bp")

@@ -8,7 +8,6 @@ shop, refund, reason). Dates are local dates in the program's time zone.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from service.domain.errors import InvalidInput
+from service.domain.ids import MAX_ROW_ID, b64url, unb64url
 from service.domain.ledger import CHART, AccountKind, Unit
 
 MONTHS = (
@@ -40,7 +40,6 @@ MINOR_DIGITS: Mapping[str, int] = {
     **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
 }
 _CREDIT_KINDS = frozenset(kind.value for kind, spec in CHART.items() if spec.unit is Unit.CREDIT)
-_MAX_ENTRY_ID = 2**63 - 1  # entry ids are bigint
 
 
 class EntryFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -264,17 +263,17 @@ def history_item(entry: EntryFacts, words: Wording) -> HistoryItem:
 def encode_cursor(posted_at: datetime, entry_id: int) -> str:
     """An opaque cursor: the history continues with entries before this one."""
     raw = f"{posted_at.isoformat()}|{entry_id}".encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return b64url(raw)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """The (posted_at, entry_id) a cursor stands for; InvalidInput naming `cursor` otherwise."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = unb64url(cursor).decode()
         posted, entry = raw.split("|")
         posted_at, entry_id = datetime.fromisoformat(posted), int(entry)
     except ValueError:
         raise InvalidInput("malformed cursor", field="cursor") from None
-    if posted_at.tzinfo is None or not 1 <= entry_id <= _MAX_ENTRY_ID:
+    if posted_at.tzinfo is None or not 1 <= entry_id <= MAX_ROW_ID:
         raise InvalidInput("malformed cursor", field="cursor")
     return posted_at, entry_id

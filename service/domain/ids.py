@@ -1,7 +1,9 @@
-"""Opaque, time-ordered identifiers with a readable prefix (e.g. `cus_01jd...`)."""
+"""Opaque, time-ordered identifiers with a readable prefix (e.g. `cus_01jd...`), the bound
+of the database's bigint row ids, and URL-safe base64 for opaque tokens and cursors."""
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -33,3 +35,16 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
             value = _last + 1
         _last = value
     return f"{prefix}_{_encode(value, 26)}"
+
+
+MAX_ROW_ID = 2**63 - 1  # ids of entries and accounts are bigint
+
+
+def b64url(data: bytes) -> str:
+    """URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    """The bytes of `b64url` text (binascii.Error, a ValueError, if it is not)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

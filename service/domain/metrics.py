@@ -24,7 +24,6 @@ FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2999, 12, 31)  # the days a metric'
 DEFINITIONS = "../shared/METRICS.md"
 K = TypeVar("K", date, int)  # a quintile cut: a day (recency) or an integer
 
-WindowDays = Annotated[int, msgspec.Meta(ge=1, le=3660)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Days = Annotated[int, msgspec.Meta(ge=1, le=3660)]
 Score = Annotated[int, msgspec.Meta(ge=0, le=10)]

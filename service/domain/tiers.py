@@ -27,12 +27,11 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from service.domain.earning import NEUTRAL_BP
+from service.domain.earning import NEUTRAL_BP, Text
 from service.domain.errors import InvalidInput
 from service.domain.expiry import local_midnight
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 
 
 class Basis(StrEnum):

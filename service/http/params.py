@@ -6,7 +6,8 @@ from typing import Annotated
 
 from litestar.params import HeaderParameter, PathParameter
 
-MAX_ROW_ID = 2**63 - 1  # ids of entries and accounts are bigint
+from service.domain.ids import MAX_ROW_ID
+
 ZERO_MINIMUM = {"minimum": 0}  # for optional parameters: Litestar leaves a bound of 0 out of their schema
 
 IdempotencyKey = Annotated[

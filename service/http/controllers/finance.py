@@ -17,9 +17,10 @@ from litestar.response import Stream
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.ids import MAX_ROW_ID
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES, JournalOperation
-from service.http.params import MAX_ROW_ID, ZERO_MINIMUM, AccountId, EntryId
+from service.http.params import ZERO_MINIMUM, AccountId, EntryId
 from service.usecases import finance
 
 AsOf = Annotated[datetime | None, QueryParameter(description="RFC 3339 instant; default now")]

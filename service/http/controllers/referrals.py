@@ -13,8 +13,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.earning import Text
 from service.domain.referrals import CodeText, Hash, ReferralSettings
-from service.domain.tiers import Text
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
 from service.http.params import IdempotencyKey

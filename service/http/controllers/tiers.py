@@ -13,7 +13,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.db.tiers import TierChange, TierGrant
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.tiers import Code, Text, TierConfig, TierProgress
+from service.domain.earning import Text
+from service.domain.tiers import Code, TierConfig, TierProgress
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.http.params import IdempotencyKey
