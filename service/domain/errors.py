@@ -19,6 +19,10 @@ class DomainError(Exception):
         self.field = field
         self.extra = extra
 
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the refusal's answer carries besides its problem document."""
+        return None
+
 
 class InvalidInput(DomainError):
     """The request is well-formed but a field breaks a rule; `field` names it."""
@@ -90,6 +94,10 @@ class Unauthorized(DomainError):
     problem_type = "unauthorized"
     title = "Missing or invalid credentials"
     status = 401
+
+    def headers(self) -> dict[str, str]:
+        """RFC 9110: a 401 says which authentication scheme would be accepted."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(DomainError):

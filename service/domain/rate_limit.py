@@ -15,6 +15,9 @@ class RateLimited(DomainError):
     title = "Too many requests"
     status = 429
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.extra.get("retry_after_s", 1))}
+
 
 class TokenBucket:
     """`rate` requests a second on average, bursts of up to `burst`."""

@@ -81,13 +81,9 @@ def domain_problem(error: DomainError, instance: str) -> dict[str, Any]:
 
 
 def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
-    """A refusal by the product's rules."""
-    # RFC 9110: a 401 must say which authentication scheme would be accepted.
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    if error.status == 429:
-        headers = {"Retry-After": str(error.extra.get("retry_after_s", 1))}
+    """A refusal by the product's rules, with the headers the refusal calls for."""
     body = domain_problem(error, request.url.path)
-    return Response(content=body, status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
+    return Response(content=body, status_code=error.status, media_type=PROBLEM_JSON, headers=error.headers())
 
 
 def _field_errors(extra: Any) -> list[dict[str, Any]]:
