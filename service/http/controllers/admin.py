@@ -16,6 +16,7 @@ from service.domain.clock import Clock
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
+from service.http.params import ShopRef
 from service.usecases import programs
 
 
@@ -28,7 +29,7 @@ class ApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: Name
     scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)$")]
-    shop_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00]*$")] | None = None
+    shop_id: ShopRef | None = None
 
 
 class ProgramController(Controller):

@@ -17,8 +17,9 @@ from service.domain.errors import DomainError
 from service.domain.ledger import Unit
 from service.http.auth import requires
 from service.http.controllers.ledger import Reason
-from service.http.controllers.orders import CustomerRef, OrderRequest
+from service.http.controllers.orders import OrderRequest
 from service.http.openapi import BODY_PROBLEM_RESPONSES
+from service.http.params import CustomerRef, ShopRef
 from service.http.problems import domain_problem
 from service.usecases import bulk, ledger
 from service.usecases.orders import OrderView
@@ -30,7 +31,7 @@ Key = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x0
 class BulkOrderItem(OrderRequest, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="order", tag_field="type"):
     """An order of one of the program's shops, keyed by (shop_id, order_id)."""
 
-    shop_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
+    shop_id: ShopRef
 
 
 class BulkGrantItem(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.config import Settings
@@ -17,10 +17,9 @@ from service.domain.clock import Clock
 from service.domain.customers import Enrolment, ProfileChange
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
+from service.http.params import CustomerId
 from service.usecases import customers
 from service.usecases.programs import issue_customer_token
-
-CustomerId = Annotated[str, PathParameter(title="Customer id", min_length=1, max_length=64)]
 
 
 class CustomerResponse(msgspec.Struct, kw_only=True):

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import QueryParameter
 
 from service.domain.access import Principal, Scope
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES
+from service.http.params import CustomerId
 from service.usecases import history
 
-CustomerId = Annotated[str, PathParameter(title="Customer id", min_length=1, max_length=64)]
 Limit = Annotated[int, QueryParameter(name="limit", ge=1, le=200, description="entries per page")]
 Cursor = Annotated[
     str | None,

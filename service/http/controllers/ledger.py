@@ -18,14 +18,12 @@ from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import Unit
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
-from service.http.params import EntryId, IdempotencyKey
+from service.http.params import CustomerId, CustomerRef, EntryId, IdempotencyKey
 from service.usecases import finance, ledger
 
 Points = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000_000)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_NUL)]
-CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 HoldId = Annotated[str, PathParameter(min_length=1, max_length=64)]
-CustomerId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 
 class AdjustmentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -12,17 +12,16 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.customers import ExternalId
 from service.domain.earning import MAX_ORDER_NET, AwareDatetime, Currency, Order, OrderLine, Refund, RefundLine
 from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
+from service.http.params import CustomerRef, ShopId
 from service.usecases import orders
 from service.usecases.orders import OrderPlacement, OrderView, RefundView
 
-ShopId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 OrderId = Annotated[str, PathParameter(min_length=1, max_length=200)]
-ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
-CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
 
 
 class OrderRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -11,13 +11,12 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from service.domain.access import Principal, Scope
-from service.domain.customers import NO_NUL
 from service.domain.redemption import RedemptionQuote
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES
+from service.http.params import CustomerRef
 from service.usecases import redemption
 
-CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 MAX_MINOR = 1_000_000_000_000_000  # 10^15 minor units: far beyond any basket
 
 

@@ -17,7 +17,7 @@ from service.domain.earning import Text
 from service.domain.referrals import CodeText, Hash, ReferralSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
-from service.http.params import IdempotencyKey
+from service.http.params import CustomerId, IdempotencyKey
 from service.usecases import referrals
 from service.usecases.referrals import (
     Fingerprints,
@@ -28,7 +28,6 @@ from service.usecases.referrals import (
     ReferralView,
 )
 
-CustomerId = Annotated[str, PathParameter(title="Customer id", min_length=1, max_length=64)]
 CodePath = Annotated[str, PathParameter(title="Referral code", min_length=4, max_length=20, pattern=r"^[A-Za-z0-9]+$")]
 Limit = Annotated[int, QueryParameter(name="limit", ge=1, le=200, description="referrals per page")]
 Cursor = Annotated[

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.db.tiers import TierChange, TierGrant
@@ -17,11 +17,9 @@ from service.domain.earning import Text
 from service.domain.tiers import Code, TierConfig, TierProgress
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
-from service.http.params import IdempotencyKey
+from service.http.params import CustomerId, IdempotencyKey
 from service.usecases import tiers
 from service.usecases.tiers import GrantRequest, TierSettings
-
-CustomerId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 
 class TierGrantRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
