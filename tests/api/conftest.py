@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from service.domain.clock import ManualClock
-from tests.api.orders_support import PLACED, RULES, enrol_customer
+from tests.api.orders_support import PLACED, RULES
+from tests.api.support import enrol_customer
 from tests.conftest import ProgramFixture
 
 

@@ -5,19 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
-from tests.conftest import ProgramFixture
-
 PLACED = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
 RULES = {"currency": "EUR", "points_per_unit": 1, "unit_minor": 100, "category_multipliers": {"coffee": 20000}}
-
-
-async def enrol_customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str = "ann") -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
 
 
 def order_body(customer_id: str, order_id: str = "W-1", **changes: Any) -> dict[str, Any]:

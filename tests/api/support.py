@@ -1,4 +1,4 @@
-"""Helpers shared by the HTTP tests: problem+json checks and database snapshots."""
+"""Helpers shared by the HTTP tests: enrolment, problem+json checks and database snapshots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Any
 import asyncpg
 import httpx
 
+from tests.conftest import ProgramFixture
+
 PROBLEM_JSON = "application/problem+json"
+
+
+async def enrol_customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str = "ann") -> str:
+    """Enrol a customer with the program's checkout key; their id."""
+    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
+    assert response.status_code == 201, response.text
+    customer_id: str = response.json()["id"]
+    return customer_id
 
 
 def assert_problem(response: httpx.Response, status: int, problem_type: str | None = None) -> dict[str, Any]:

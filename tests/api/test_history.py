@@ -11,19 +11,12 @@ import pytest
 
 from service.domain.clock import ManualClock
 from service.usecases import ledger_jobs, orders
-from tests.api.support import assert_names_field, assert_problem
+from tests.api.support import assert_names_field, assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 # 23:30 in Amsterdam on 31 March: the return window's days count from the local date, and
 # the release date in words is the local one (15 April), not the UTC one (14 April).
 PLACED = datetime(2026, 3, 31, 21, 30, tzinfo=UTC)
-
-
-async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str) -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
 
 
 async def _post(client: httpx.AsyncClient, program: ProgramFixture, scope: str, path: str, key: str, body: Any) -> Any:
@@ -52,8 +45,8 @@ async def test_an_orders_life_told_in_words_newest_first(
     rules = {"currency": "EUR", "points_per_unit": 10, "unit_minor": 100}
     await _post(client, program, "admin", "/v1/earning/rules", "rules-1", rules)
     clock.set(PLACED)
-    ann = await _customer(client, program, "ann")
-    bob = await _customer(client, program, "bob")
+    ann = await enrol_customer(client, program, "ann")
+    bob = await enrol_customer(client, program, "bob")
     await _post(
         client, program, "admin", "/v1/ledger/adjustments", "bob", {"customer_id": bob, "amount": 9, "reason": "x"}
     )
@@ -139,7 +132,7 @@ async def test_an_orders_life_told_in_words_newest_first(
 async def test_pages_follow_each_other_without_gaps_or_repeats(
     client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
 ) -> None:
-    ann = await _customer(client, program, "ann")
+    ann = await enrol_customer(client, program, "ann")
     # the clock stands still: every entry has the same posted_at, so the cursor's entry id
     # is what separates the pages
     for n in range(7):
@@ -177,8 +170,8 @@ async def test_pages_follow_each_other_without_gaps_or_repeats(
 async def test_bad_paging_and_unknown_customers_are_problems(
     client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture
 ) -> None:
-    ann = await _customer(client, program, "ann")
-    stranger = await _customer(client, other_program, "stranger")
+    ann = await enrol_customer(client, program, "ann")
+    stranger = await enrol_customer(client, other_program, "stranger")
     path = f"/v1/customers/{ann}/history"
     headers = program.auth("checkout")
     for params, field in (
@@ -211,7 +204,7 @@ async def test_bad_paging_and_unknown_customers_are_problems(
 async def test_who_may_read_a_customers_history(
     client: httpx.AsyncClient, program: ProgramFixture, scope: str, status: int
 ) -> None:
-    ann = await _customer(client, program, "ann")
+    ann = await enrol_customer(client, program, "ann")
     headers = await _token(client, program, ann) if scope == "token" else program.auth(scope)
     assert (await client.get(f"/v1/customers/{ann}/history", headers=headers)).status_code == status
     mine = await client.get("/v1/me/history", headers=headers)

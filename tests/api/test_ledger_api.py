@@ -8,20 +8,14 @@ import httpx
 
 from service.domain.clock import ManualClock
 from service.usecases import ledger_jobs
+from tests.api.support import enrol_customer
 from tests.conftest import ProgramFixture
-
-
-async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str) -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
 
 
 async def test_adjust_hold_capture_and_audit(
     client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
 ) -> None:
-    ann = await _customer(client, program, "ann")
+    ann = await enrol_customer(client, program, "ann")
     start = clock.now() - timedelta(seconds=1)
     admin = program.auth("admin")
     grant = await client.post(

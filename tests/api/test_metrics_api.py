@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from service.domain.clock import ManualClock
-from tests.api.orders_support import RULES, enrol_customer
-from tests.api.support import assert_problem
+from tests.api.orders_support import RULES
+from tests.api.support import assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 NOW = datetime(2026, 6, 15, 10, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 from service.domain.access import Scope
 from service.domain.programs import ProgramSettings
 from service.usecases.programs import create_api_key, create_program, create_shop
-from tests.api.support import assert_client_error, assert_names_field, assert_problem
+from tests.api.support import assert_client_error, assert_names_field, assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 QUOTE = "/v1/redemptions/quote"
@@ -29,13 +29,6 @@ async def priced(database: str) -> ProgramFixture:
     return ProgramFixture(id=program.id, shop_id=shop.id, keys=keys)
 
 
-async def _customer(client: httpx.AsyncClient, program: ProgramFixture, external_id: str) -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
-
-
 async def _post(client: httpx.AsyncClient, program: ProgramFixture, scope: str, path: str, key: str, body: Any) -> Any:
     response = await client.post(path, json=body, headers={**program.auth(scope), "Idempotency-Key": key})
     assert response.status_code == 201, response.text
@@ -51,7 +44,7 @@ async def _quote(client: httpx.AsyncClient, program: ProgramFixture, body: Any, 
 async def test_quotes_by_point_value_and_available_points(
     client: httpx.AsyncClient, priced: ProgramFixture, owner_connection: asyncpg.Connection
 ) -> None:
-    ann = await _customer(client, priced, "ann")
+    ann = await enrol_customer(client, priced, "ann")
     await _post(
         client, priced, "admin", "/v1/ledger/adjustments", "g", {"customer_id": ann, "amount": 730, "reason": "w"}
     )
@@ -91,7 +84,7 @@ async def test_quotes_by_point_value_and_available_points(
 
 
 async def test_a_new_customer_can_redeem_nothing(client: httpx.AsyncClient, program: ProgramFixture) -> None:
-    bob = await _customer(client, program, "bob")
+    bob = await enrol_customer(client, program, "bob")
     quote = await _quote(client, program, {"customer_id": bob, "discount_minor": 1, "order_total_minor": 999})
     assert quote == {
         "customer_id": bob,
@@ -107,8 +100,8 @@ async def test_a_new_customer_can_redeem_nothing(client: httpx.AsyncClient, prog
 async def test_bad_quotes_are_problems_naming_the_field(
     client: httpx.AsyncClient, program: ProgramFixture, other_program: ProgramFixture
 ) -> None:
-    ann = await _customer(client, program, "ann")
-    stranger = await _customer(client, other_program, "stranger")
+    ann = await enrol_customer(client, program, "ann")
+    stranger = await enrol_customer(client, other_program, "stranger")
     headers = program.auth("checkout")
     for body, field in (
         ({"customer_id": ann, "discount_minor": 0}, "discount_minor"),
@@ -135,7 +128,7 @@ async def test_bad_quotes_are_problems_naming_the_field(
 async def test_who_may_ask_for_a_quote(
     client: httpx.AsyncClient, program: ProgramFixture, scope: str, status: int
 ) -> None:
-    ann = await _customer(client, program, "ann")
+    ann = await enrol_customer(client, program, "ann")
     headers = program.auth("checkout" if scope == "token" else scope)
     if scope == "token":
         token = await client.post(f"/v1/customers/{ann}/tokens", headers=headers)

@@ -9,8 +9,8 @@ import httpx
 
 from service.domain.clock import ManualClock
 from service.usecases.jobs import run_program_jobs
-from tests.api.orders_support import enrol_customer, order_body
-from tests.api.support import assert_problem
+from tests.api.orders_support import order_body
+from tests.api.support import assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 SETTINGS = {

@@ -20,7 +20,7 @@ from service.domain.clock import ManualClock
 from service.domain.events import EventType
 from service.domain.webhooks import verify
 from service.usecases.dispatch import DispatchConfig, dispatch_program, new_client
-from tests.api.support import assert_names_field, assert_problem
+from tests.api.support import assert_names_field, assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 from tests.webhook_receiver import LOOPBACK_ALLOWED, answers, receiver
 
@@ -66,13 +66,6 @@ async def make_endpoint(client: httpx.AsyncClient, program: ProgramFixture, **bo
     assert response.status_code == 201, response.text
     made: dict[str, Any] = response.json()
     return made
-
-
-async def enrol(client: httpx.AsyncClient, program: ProgramFixture, external_id: str) -> str:
-    response = await client.post("/v1/customers", json={"external_id": external_id}, headers=program.auth("checkout"))
-    assert response.status_code == 201, response.text
-    customer_id: str = response.json()["id"]
-    return customer_id
 
 
 async def test_endpoints_are_created_listed_changed_and_deleted(
@@ -220,7 +213,7 @@ async def test_a_host_name_of_loopback_is_accepted_but_never_sent_to(
     async with receiver() as hooks, new_client(public_only) as http:
         # host names are not resolved at registration: their answers may change by send time
         made = await make_endpoint(public_only_client, program, url=f"http://localhost:{hooks.port}/hooks")
-        await enrol(public_only_client, program, "ann")
+        await enrol_customer(public_only_client, program, "ann")
         report = await dispatch_program(program.id, clock, public_only, http)
         assert (report.delivered, report.failed_attempts) == (0, 1)
         log = await public_only_client.get(f"{ENDPOINTS}/{made['id']}/deliveries", headers=admin)
@@ -251,7 +244,7 @@ async def test_the_delivery_log_pages_and_a_delivery_can_be_sent_again(
     async with receiver(answers(500)) as hooks, new_client(CONFIG) as http:
         made = await make_endpoint(client, program, url=hooks.url)
         for name in ("ann", "bob", "cas"):
-            await enrol(client, program, name)
+            await enrol_customer(client, program, name)
         await dispatch_program(program.id, clock, CONFIG, http)
         log = f"{ENDPOINTS}/{made['id']}/deliveries"
 
@@ -299,7 +292,7 @@ async def secrets_of(connection: asyncpg.Connection, endpoint_id: str) -> tuple[
 
 async def deliver_one(client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock, external_id: str) -> None:
     """Enrol a customer and dispatch: one message to the program's endpoint."""
-    await enrol(client, program, external_id)
+    await enrol_customer(client, program, external_id)
     async with new_client(CONFIG) as http:
         report = await dispatch_program(program.id, clock, CONFIG, http)
     assert report.delivered == 1, report
@@ -436,7 +429,7 @@ async def test_the_feed_pages_by_cursor_for_checkout_and_admin_keys(
     client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
 ) -> None:
     for name in ("ann", "bob", "cas", "dan", "eve"):
-        await enrol(client, program, name)
+        await enrol_customer(client, program, name)
     async with new_client(CONFIG) as http:
         await dispatch_program(program.id, clock, CONFIG, http)  # publishes the outbox
     till = program.auth("checkout")
