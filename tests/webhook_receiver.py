@@ -8,7 +8,9 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import asyncpg
 import msgspec
 
 from service.domain.destinations import DestinationPolicy
@@ -122,3 +124,11 @@ async def receiver(behaviour: Behaviour = ok, tls: ssl.SSLContext | None = None)
             task.cancel()
         await asyncio.gather(*state._handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+async def delivery_rows(connection: asyncpg.Connection, endpoint_id: str) -> list[dict[str, Any]]:
+    """An endpoint's deliveries in event order, as the database holds them."""
+    rows = await connection.fetch(
+        "SELECT * FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY event_seq", endpoint_id
+    )
+    return [dict(row) for row in rows]

@@ -14,6 +14,10 @@ def admin(program_id: str) -> Principal:
     return Principal(program_id=program_id, scope=Scope.ADMIN, key_id="key_test")
 
 
+def checkout(program_id: str) -> Principal:
+    return Principal(program_id=program_id, scope=Scope.CHECKOUT, key_id="key_till")
+
+
 async def enrol(program_id: str, external_id: str, clock: Clock) -> str:
     customer, _ = await enrol_customer(admin(program_id), Enrolment(external_id=external_id), clock)
     return customer.id

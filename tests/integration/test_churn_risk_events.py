@@ -10,8 +10,8 @@ import asyncpg
 from service.domain.clock import ManualClock
 from service.usecases import orders, signals
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import enrol
-from tests.integration.test_order_life import START, basket, checkout, setup_program
+from tests.integration.ledger_helpers import checkout, enrol
+from tests.integration.test_order_life import START, basket, setup_program
 
 
 async def red_events(connection: asyncpg.Connection, program_id: str) -> list[dict[str, object]]:

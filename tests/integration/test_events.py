@@ -12,7 +12,6 @@ import pytest
 
 from service.db.events import emit, emit_once
 from service.db.transaction import transaction
-from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine
 from service.domain.errors import InsufficientPoints, NotFound
@@ -20,24 +19,13 @@ from service.domain.events import AnyEvent, EventType, PointsExpired
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.usecases import ledger, ledger_jobs, lifecycle, orders
 from service.usecases.dispatch import publish_events
-from service.usecases.earning_rules import RulesDraft, publish_rules
 from service.usecases.webhooks import event_feed
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, enrol
+from tests.integration.ledger_helpers import admin, checkout, enrol
+from tests.integration.test_order_life import setup_program
 
 START = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)
 RULES = lifecycle.LifecycleRules(expiring_soon_days=7, win_back_days=60, cross_sell_orders=3)
-
-
-def till(program_id: str) -> Principal:
-    return Principal(program_id=program_id, scope=Scope.CHECKOUT, key_id="key_till")
-
-
-async def with_rules(program: ProgramFixture, clock: ManualClock) -> None:
-    clock.set(START - timedelta(days=30))
-    draft = msgspec.convert({"currency": "EUR", "points_per_unit": 10, "unit_minor": 100}, RulesDraft)
-    await publish_rules(admin(program.id), draft, "rules-1", clock)
-    clock.set(START)
 
 
 def basket(*categories: str, placed_at: datetime = START) -> Order:
@@ -47,7 +35,7 @@ def basket(*categories: str, placed_at: datetime = START) -> Order:
 
 async def place(program: ProgramFixture, customer: str, order_id: str, order: Order, clock: ManualClock) -> Any:
     placement = orders.OrderPlacement(order_id=order_id, customer_id=customer, order=order)
-    return await orders.place_order(till(program.id), program.shop_id, placement, clock)
+    return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
 async def published(program_id: str, clock: ManualClock) -> list[AnyEvent]:
@@ -64,7 +52,7 @@ def kinds(events: list[AnyEvent]) -> list[str]:
 async def test_enrolment_and_orders_emit_welcome_purchase_and_points(
     program: ProgramFixture, clock: ManualClock
 ) -> None:
-    await with_rules(program, clock)
+    await setup_program(program, clock)
     ann = await enrol(program.id, "ann", clock)
     await enrol(program.id, "ann", clock)  # the same enrolment again: not newly enrolled
     first = await place(program, ann, "A-1", basket("coffee", "tea"), clock)
@@ -106,16 +94,16 @@ async def test_capture_emits_redeemed_and_expiry_emits_expired(program: ProgramF
     ann = await enrol(program.id, "ann", clock)
     await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=500, reason="gift"), "g-1", clock)
     request = ledger.HoldRequest(customer_id=ann, amount=300, reference="basket-9")
-    hold = await ledger.hold_points(till(program.id), request, "h-1", clock)
-    captured = await ledger.capture_hold(till(program.id), hold.id, 120, "c-1", clock)
+    hold = await ledger.hold_points(checkout(program.id), request, "h-1", clock)
+    captured = await ledger.capture_hold(checkout(program.id), hold.id, 120, "c-1", clock)
     voided_hold = await ledger.hold_points(
-        till(program.id), ledger.HoldRequest(customer_id=ann, amount=10), "h-2", clock
+        checkout(program.id), ledger.HoldRequest(customer_id=ann, amount=10), "h-2", clock
     )
-    await ledger.void_hold(till(program.id), voided_hold.id, "v-1", clock)  # nothing redeemed: no event
-    zero = await ledger.hold_points(till(program.id), ledger.HoldRequest(customer_id=ann, amount=10), "h-3", clock)
-    await ledger.capture_hold(till(program.id), zero.id, 0, "c-3", clock)  # a capture of 0: no event
+    await ledger.void_hold(checkout(program.id), voided_hold.id, "v-1", clock)  # nothing redeemed: no event
+    zero = await ledger.hold_points(checkout(program.id), ledger.HoldRequest(customer_id=ann, amount=10), "h-3", clock)
+    await ledger.capture_hold(checkout(program.id), zero.id, 0, "c-3", clock)  # a capture of 0: no event
     with pytest.raises(InsufficientPoints):  # refused: its savepoint rolls back, nothing emitted
-        await ledger.hold_points(till(program.id), ledger.HoldRequest(customer_id=ann, amount=10_000), "h-4", clock)
+        await ledger.hold_points(checkout(program.id), ledger.HoldRequest(customer_id=ann, amount=10_000), "h-4", clock)
 
     events = await published(program.id, clock)
     assert kinds(events) == ["customer.enrolled", "points.redeemed"]
@@ -142,7 +130,7 @@ async def test_capture_emits_redeemed_and_expiry_emits_expired(program: ProgramF
 
 
 async def test_win_back_once_per_lapse_and_cross_sell_once(program: ProgramFixture, clock: ManualClock) -> None:
-    await with_rules(program, clock)
+    await setup_program(program, clock)
     ann = await enrol(program.id, "ann", clock)
     bob = await enrol(program.id, "bob", clock)
     for number in range(3):
@@ -175,7 +163,7 @@ async def test_a_rolled_back_transaction_emits_nothing(
             payload = PointsExpired(customer_id=ann, points=1, entry_id=1)
             await emit(connection, program.id, EventType.POINTS_EXPIRED, payload, ann, occurred_at=clock.now())
             raise RuntimeError("the change failed after its event was written")
-    await with_rules(program, clock)
+    await setup_program(program, clock)
     with pytest.raises(NotFound):  # a refused order: its savepoint takes the events with it
         await place(program, "cus_nobody", "X-1", basket("coffee"), clock)
 

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.db import retention, rfm
-from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine, Refund
 from service.domain.errors import DomainError
@@ -26,13 +25,9 @@ from service.domain.metrics import Period, count_retention, quintile_scores, seg
 from service.usecases import metrics, orders
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, enrol
+from tests.integration.ledger_helpers import admin, checkout, enrol
 
 START = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)
-
-
-def till(program_id: str) -> Principal:
-    return Principal(program_id=program_id, scope=Scope.CHECKOUT, key_id="key_till")
 
 
 async def with_rules(program: ProgramFixture, clock: ManualClock) -> None:
@@ -49,7 +44,7 @@ async def buy(
         currency="EUR", placed_at=at, lines=(OrderLine(sku="s", category="coffee", unit_price=net, quantity=1),)
     )
     placement = orders.OrderPlacement(order_id=order_id, customer_id=customer, order=order)
-    await orders.place_order(till(program.id), program.shop_id, placement, clock)
+    await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
 COUNTS = {  # the counts and their key columns; rows whose counts are all zero count as absent
@@ -100,10 +95,10 @@ async def test_orders_and_refunds_keep_the_rollups(
     ]
 
     # a partial refund lowers the day's net; the purchase still counts
-    refund = await orders.refund_order(till(program.id), program.shop_id, "A-3", "R-1", Refund(amount=500), clock)
+    refund = await orders.refund_order(checkout(program.id), program.shop_id, "A-3", "R-1", Refund(amount=500), clock)
     assert refund.refunded_net == 500
     # the full refund of the only purchase of 31 March removes that purchase day
-    await orders.refund_order(till(program.id), program.shop_id, "A-2", "R-2", Refund(amount=500), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "A-2", "R-2", Refund(amount=500), clock)
     state = await rollups(owner_connection, program.id)
     assert [(r[2], r[3], r[4]) for r in state["customer_days"]] == [
         (date(2026, 3, 31), 0, 0),
@@ -114,7 +109,7 @@ async def test_orders_and_refunds_keep_the_rollups(
     assert [r[1:3] + r[4:] for r in state["metric_cohort_counts"]] == [(date(2026, 4, 1), date(2026, 4, 1), 1)]
 
     # the same refund again changes nothing (idempotent by refund id)
-    await orders.refund_order(till(program.id), program.shop_id, "A-2", "R-2", Refund(amount=500), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "A-2", "R-2", Refund(amount=500), clock)
     assert await rollups(owner_connection, program.id) == state
 
     # the backfill (a rebuild from the orders) finds exactly what the hooks kept
@@ -128,8 +123,8 @@ async def test_fully_refunding_every_order_leaves_no_purchase(
     await with_rules(program, clock)
     bob = await enrol(program.id, "bob", clock)
     await buy(program, clock, bob, "B-1", START, 800)
-    await orders.refund_order(till(program.id), program.shop_id, "B-1", "R-1", Refund(amount=300), clock)
-    await orders.refund_order(till(program.id), program.shop_id, "B-1", "R-2", Refund(amount=500), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "B-1", "R-1", Refund(amount=300), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "B-1", "R-2", Refund(amount=500), clock)
     state = await rollups(owner_connection, program.id)
     assert [r[2:] for r in state["customer_summaries"]] == [(None, None, 0, 0, 0)]
     await metrics.backfill(program.id)
@@ -203,9 +198,9 @@ async def test_out_of_order_orders_and_refunds_keep_the_rollups(
     await buy(program, clock, bob, "B-1", datetime(2026, 5, 3, 9, tzinfo=UTC), 700)
     await buy(program, clock, bob, "B-2", datetime(2026, 4, 20, 9, tzinfo=UTC), 300)
     # refunding ann's backdated order splits her spell again; bob's first order goes entirely
-    await orders.refund_order(till(program.id), program.shop_id, "A-3", "R-1", Refund(amount=1000), clock)
-    await orders.refund_order(till(program.id), program.shop_id, "B-2", "R-2", Refund(amount=100), clock)
-    await orders.refund_order(till(program.id), program.shop_id, "B-2", "R-3", Refund(amount=200), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "A-3", "R-1", Refund(amount=1000), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "B-2", "R-2", Refund(amount=100), clock)
+    await orders.refund_order(checkout(program.id), program.shop_id, "B-2", "R-3", Refund(amount=200), clock)
     state = await rollups(owner_connection, program.id)
     assert len(state["customer_spells"]) == 3
     assert await metrics.backfill(program.id) == 2
@@ -241,7 +236,9 @@ async def test_rollups_equal_a_rebuild_after_any_orders_and_refunds(
         amount = net if how == "all" else max(1, net // 3)
         refund = Refund(amount=amount)
         with contextlib.suppress(DomainError):  # more than is left to refund
-            await orders.refund_order(till(program.id), program.shop_id, f"{run}-{which}", f"{run}-r{n}", refund, clock)
+            await orders.refund_order(
+                checkout(program.id), program.shop_id, f"{run}-{which}", f"{run}-r{n}", refund, clock
+            )
     state = await rollups(owner_connection, program.id)
     await metrics.backfill(program.id)
     assert await rollups(owner_connection, program.id) == state

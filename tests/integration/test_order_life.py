@@ -12,7 +12,6 @@ import msgspec
 import pytest
 
 from service.db.ledger import WrittenEntry
-from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine, Refund, RefundLine
 from service.domain.errors import IdempotencyKeyReused, InvalidInput, NotFound
@@ -21,13 +20,9 @@ from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.usecases import finance, jobs, ledger, ledger_jobs, orders
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
+from tests.integration.ledger_helpers import admin, balances, checkout, enrol, ledger_invariants
 
 START = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)  # 12:00 in Amsterdam
-
-
-def checkout(program_id: str) -> Principal:
-    return Principal(program_id=program_id, scope=Scope.CHECKOUT, key_id="key_till")
 
 
 async def setup_program(program: ProgramFixture, clock: ManualClock, **rules: Any) -> None:

@@ -44,8 +44,8 @@ from service.usecases.customers import enrol_customer
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from service.usecases.referrals import Redemption
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, ledger_invariants
-from tests.integration.test_order_life import checkout, entry_postings
+from tests.integration.ledger_helpers import admin, balances, checkout, ledger_invariants
+from tests.integration.test_order_life import entry_postings
 
 START = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)  # 12:00 in Amsterdam
 LADDER: dict[str, Any] = {

@@ -19,8 +19,7 @@ from service.domain.tiers import TierConfig
 from service.usecases import orders, tiers
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, enrol
-from tests.integration.test_order_life import checkout
+from tests.integration.ledger_helpers import admin, checkout, enrol
 
 START = datetime(2026, 2, 2, 11, 0, tzinfo=UTC)
 LADDER: dict[str, Any] = {

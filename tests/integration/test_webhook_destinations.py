@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -27,7 +26,7 @@ from service.usecases import webhooks
 from service.usecases.dispatch import DispatchConfig, DispatchReport, dispatch_program, new_client
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import enrol
-from tests.webhook_receiver import LOOPBACK_ALLOWED, receiver
+from tests.webhook_receiver import LOOPBACK_ALLOWED, delivery_rows, receiver
 
 PUBLIC_ONLY = DispatchConfig(timeout_s=2.0, retry=RetryPolicy(base_delay_s=1.0, max_delay_s=2.0), disable_after=1000)
 LOOPBACK_OK = DispatchConfig(timeout_s=2.0, destinations=LOOPBACK_ALLOWED)
@@ -66,13 +65,6 @@ class FakeNetwork:
 async def subscribe(program: ProgramFixture, url: str, clock: ManualClock, policy: DestinationPolicy) -> str:
     made = await webhooks.create_endpoint(program.id, url, [EventType.CUSTOMER_ENROLLED], "tests", clock, policy)
     return made.endpoint.id
-
-
-async def delivery_rows(connection: asyncpg.Connection, endpoint_id: str) -> list[dict[str, Any]]:
-    rows = await connection.fetch(
-        "SELECT * FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY event_seq", endpoint_id
-    )
-    return [dict(row) for row in rows]
 
 
 async def test_a_host_name_of_loopback_fails_every_attempt_and_is_never_sent_to(

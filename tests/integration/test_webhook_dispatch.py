@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import httpx
@@ -23,7 +22,7 @@ from service.usecases.dispatch import DispatchConfig, DispatchReport, dispatch_p
 from service.usecases.webhooks import EndpointChange
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import enrol
-from tests.webhook_receiver import LOOPBACK_ALLOWED, Received, answers, receiver, sleeps_first
+from tests.webhook_receiver import LOOPBACK_ALLOWED, Received, answers, delivery_rows, receiver, sleeps_first
 
 CONFIG = DispatchConfig(
     timeout_s=2.0,  # receivers answer at once; a busy CI machine may still take a while
@@ -57,13 +56,6 @@ async def emit_expired(program_id: str, customer_id: str, points: int, clock: Ma
     async with transaction() as connection:
         payload = PointsExpired(customer_id=customer_id, points=points, entry_id=points)
         await emit(connection, program_id, EventType.POINTS_EXPIRED, payload, customer_id, occurred_at=clock.now())
-
-
-async def delivery_rows(connection: asyncpg.Connection, endpoint_id: str) -> list[dict[str, Any]]:
-    rows = await connection.fetch(
-        "SELECT * FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY event_seq", endpoint_id
-    )
-    return [dict(row) for row in rows]
 
 
 def now_s(clock: ManualClock) -> int:
