@@ -51,8 +51,9 @@ import asyncpg
 import msgspec
 import numpy as np
 
-from service.config import Settings, load_settings
-from service.db.embedded import start_embedded, stop_embedded, with_database
+from bench.ledger_throughput import _drop, _recreate, _server_dsn
+from service.config import load_settings
+from service.db.embedded import stop_embedded, with_database
 from service.db.engine import close_pool, start_pool
 from service.db.migrate import migrate
 from service.db.piccolo_conf import DB
@@ -309,12 +310,6 @@ def _timed(figure: str, rollup: list[float], plain: list[float]) -> Timed:
 
 
 # --- Setup ----------------------------------------------------------------------------
-
-
-async def _server_dsn(settings: Settings) -> str:
-    if settings.database_url:
-        return with_database(settings.database_url, "postgres")
-    return start_embedded(settings.pgdata)
 
 
 async def _admin(server_dsn: str, statement: str) -> None:
@@ -611,10 +606,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"server: {where}", flush=True)
 
     loaded = await _loaded(server_dsn, args) if args.reuse else None
-    if loaded is None:
-        await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
-        await _admin(server_dsn, f'CREATE DATABASE "{args.database}"')
-    dsn = with_database(server_dsn, args.database)
+    dsn = await _recreate(server_dsn, args.database) if loaded is None else with_database(server_dsn, args.database)
     try:
         DB.configure({"dsn": dsn})
         began = time.perf_counter()
@@ -646,7 +638,7 @@ async def run(args: argparse.Namespace) -> int:
             await close_pool()
     finally:
         if not (args.keep or args.reuse):
-            await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+            await _drop(server_dsn, args.database)
             print(f"dropped {args.database}", flush=True)
 
     table = _table(results)
