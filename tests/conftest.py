@@ -109,8 +109,11 @@ class ProgramFixture:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
 
-async def make_program(name: str = "Test program", time_zone: str = "Europe/Amsterdam") -> ProgramFixture:
-    program = await create_program(ProgramSettings(name=name, time_zone=time_zone))
+async def make_program(
+    name: str = "Test program", time_zone: str = "Europe/Amsterdam", point_value_minor: int = 1
+) -> ProgramFixture:
+    settings = ProgramSettings(name=name, time_zone=time_zone, point_value_minor=point_value_minor)
+    program = await create_program(settings)
     shop = await create_shop(program.id, "Test shop")
     keys = {
         scope.value: (await create_api_key(program.id, scope.value, scope)).key

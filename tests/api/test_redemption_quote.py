@@ -8,11 +8,8 @@ import asyncpg
 import httpx
 import pytest
 
-from service.domain.access import Scope
-from service.domain.programs import ProgramSettings
-from service.usecases.programs import create_api_key, create_program, create_shop
 from tests.api.support import assert_client_error, assert_names_field, assert_problem, enrol_customer
-from tests.conftest import ProgramFixture
+from tests.conftest import ProgramFixture, make_program
 
 QUOTE = "/v1/redemptions/quote"
 
@@ -20,13 +17,7 @@ QUOTE = "/v1/redemptions/quote"
 @pytest.fixture
 async def priced(database: str) -> ProgramFixture:
     """A program where a point is worth 5 cents."""
-    program = await create_program(ProgramSettings(name="Five cents a point", point_value_minor=5))
-    shop = await create_shop(program.id, "Till")
-    keys = {
-        scope.value: (await create_api_key(program.id, scope.value, scope)).key
-        for scope in (Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)
-    }
-    return ProgramFixture(id=program.id, shop_id=shop.id, keys=keys)
+    return await make_program("Five cents a point", point_value_minor=5)
 
 
 async def _post(client: httpx.AsyncClient, program: ProgramFixture, scope: str, path: str, key: str, body: Any) -> Any:
