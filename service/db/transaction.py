@@ -28,6 +28,15 @@ async def transaction() -> AsyncIterator[asyncpg.Connection]:
 
 
 @asynccontextmanager
+async def snapshot() -> AsyncIterator[asyncpg.Connection]:
+    """One read-only, repeatable-read transaction, so every figure read in it comes from one
+    instant."""
+    async with transaction() as connection:
+        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield connection
+
+
+@asynccontextmanager
 async def autocommit() -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection outside any transaction: each statement on it is a transaction
     of its own (one round trip where BEGIN, statement and COMMIT take three). Waits for a

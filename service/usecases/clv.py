@@ -10,12 +10,12 @@ import msgspec
 import numpy as np
 
 from service.db import metrics as rows
-from service.db.transaction import in_transaction, transaction
+from service.db.transaction import in_transaction, snapshot, transaction
 from service.domain import clv as model
 from service.domain.clock import Clock
 from service.domain.errors import NotFound
 from service.domain.metrics import DEFINITIONS, Definition
-from service.usecases.ledger_settings import ledger_settings
+from service.usecases.ledger_settings import local_today
 
 FIT_MAX_AGE = timedelta(hours=24)
 
@@ -42,9 +42,8 @@ def _columns(found: list[asyncpg.Record]) -> tuple[model.Array, model.Array, mod
 async def refit(program_id: str, clock: Clock) -> Fit:
     """Fit BG/NBD and Gamma-Gamma on the program's customer summaries as of today; store it."""
     now = clock.now()
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        today = now.astimezone((await ledger_settings(connection, program_id)).zone).date()
+    async with snapshot() as connection:
+        today = await local_today(connection, program_id, now)
         found = await rows.clv_summaries(connection, program_id, today)
     x, t_x, t, m = _columns(found)
     observed = float(np.mean([row["mean_value"] for row in found])) if found else 0.0
@@ -104,15 +103,14 @@ async def predictions(
 ) -> PredictionPage:
     """Per customer (a page) and for the program: expected purchases over the horizon,
     P(alive), expected value per purchase and discounted CLV, from the cached fit."""
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    async with snapshot() as connection:
         stored = await rows.load_fit(connection, program_id)
         if stored is None:
             raise NotFound("no lifetime-value fit yet; the metrics job makes one", field="fit")
         fit = msgspec.json.decode(stored["fit"], type=Fit)
         if fit.bgnbd is None:
             raise NotFound("too few repeat customers to fit BG/NBD", field="fit")
-        today = now.astimezone((await ledger_settings(connection, program_id)).zone).date()
+        today = await local_today(connection, program_id, now)
         everyone = await rows.clv_summaries(connection, program_id, today)
     x, t_x, t, m = _columns(everyone)
     value = model.expected_value(fit.gamma_gamma, x, m, fit.observed_mean_value)

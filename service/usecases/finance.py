@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,18 +14,9 @@ import msgspec
 from service.db.chain import iter_chain_breaks
 from service.db.ledger import WrittenPosting
 from service.db.piccolo_conf import DB
-from service.db.transaction import autocommit, transaction
+from service.db.transaction import autocommit, snapshot
 from service.domain.chain import ChainBreak
 from service.domain.errors import InvalidInput, NotFound
-
-
-@asynccontextmanager
-async def _snapshot() -> AsyncIterator[asyncpg.Connection]:
-    """One read-only, repeatable-read transaction, so every figure comes from one instant."""
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        yield connection
-
 
 FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 
@@ -59,7 +49,7 @@ class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
 
 async def verify_chain(program_id: str) -> ChainReport:
     """Recompute the program's hash chain and name the first broken entry, if any."""
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         first_break: ChainBreak | None = None
         sealed = last_seq = 0
         async for item in iter_chain_breaks(connection, program_id):
@@ -110,7 +100,7 @@ async def account_balance(program_id: str, account_id: int, as_of: datetime | No
     """An account's balance now or at any instant (a lookup of the posting's balance after)."""
     if as_of is not None:
         _check_instant(as_of, "as_of")
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         return await _balance_as_of(connection, program_id, account_id, as_of)
 
 
@@ -135,7 +125,7 @@ async def list_accounts(
     program_id: str, customer_id: str | None, limit: int, after: int | None
 ) -> tuple[list[AccountBalance], int | None]:
     """Accounts (system accounts first), with current balances, a page at a time."""
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.id FROM accounts a WHERE a.program_id = $1"
             " AND ($2::text IS NULL OR a.customer_id = $2) AND ($3::bigint IS NULL OR a.id > $3)"
@@ -239,7 +229,7 @@ async def statement(
     """Postings of one account in [start, end) with the running balance, a page at a time."""
     _check_period(start, end)
     after = _parse_cursor(cursor) if cursor else (start - timedelta(microseconds=1), 0, 0)
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         account = await _balance_as_of(connection, program_id, account_id, end - timedelta(microseconds=1))
         opening = await connection.fetchval(
             "SELECT coalesce(sum(amount), 0)::bigint FROM postings WHERE program_id = $1 AND account_id = $2"
@@ -311,7 +301,7 @@ class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
 async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
     """Debit and credit totals per account kind as of an instant; per unit they must agree."""
     _check_instant(as_of, "as_of")
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.kind, a.unit, a.normal_side, count(DISTINCT a.id) AS accounts,"
             " coalesce(sum(-p.amount) FILTER (WHERE p.amount < 0), 0)::bigint AS debit,"
@@ -362,7 +352,7 @@ async def liability(program_id: str, as_of: datetime) -> Liability:
     """Points customers hold (available, pending, held) at an instant, valued at the point value;
     per shop by the customer's enrolling shop."""
     _check_instant(as_of, "as_of")
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         program = await connection.fetchrow(
             "SELECT currency, point_value_minor FROM programs WHERE id = $1", program_id
         )
@@ -411,7 +401,7 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True):
 async def activity(program_id: str, start: datetime, end: datetime) -> Activity:
     """Net movement of each system account in [start, end): points issued, redeemed, expired (breakage)."""
     _check_period(start, end)
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.kind, coalesce(sum(p.amount), 0)::bigint AS net FROM accounts a"
             " LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"
@@ -507,7 +497,7 @@ class EntryDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
     """An entry with its postings, the lots it spent (traced to where they were earned) and created."""
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         entry = await connection.fetchrow(
             "SELECT e.id, e.kind, e.posted_at, e.actor, e.reverses_entry_id, e.metadata,"
             " (SELECT r.id FROM entries r WHERE r.program_id = e.program_id AND r.reverses_entry_id = e.id)"

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from service.db.transaction import transaction
+from service.db.transaction import snapshot
 from service.domain.errors import NotFound
 from service.domain.history import (
     EntryFacts,
@@ -56,8 +56,7 @@ class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
 async def customer_history(program_id: str, customer_id: str, limit: int, cursor: str | None) -> HistoryPage:
     """The entries that touched the customer's accounts, newest first, a page at a time."""
     before = decode_cursor(cursor) if cursor else _END_OF_TIME
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    async with snapshot() as connection:
         program = await connection.fetchrow("SELECT time_zone, currency FROM programs WHERE id = $1", program_id)
         accounts = await connection.fetch(
             "SELECT id FROM accounts WHERE program_id = $1 AND customer_id = $2", program_id, customer_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -34,6 +35,11 @@ async def ledger_settings(connection: asyncpg.Connection, program_id: str) -> Pr
     if row is None:
         raise NotFound(f"program {program_id} not found")
     return settings_from_row(row)
+
+
+async def local_today(connection: asyncpg.Connection, program_id: str, now: datetime) -> date:
+    """The program's local date at `now`."""
+    return now.astimezone((await ledger_settings(connection, program_id)).zone).date()
 
 
 _known: dict[str, ProgramLedgerSettings] = {}

@@ -3,8 +3,6 @@ read-only figures (../shared/METRICS.md), each read in one snapshot from the rol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import date, datetime
 
 import asyncpg
@@ -14,7 +12,7 @@ from service.db import metric_rollups as rollups
 from service.db import metrics as rows
 from service.db import retention as retention_rows
 from service.db import rfm
-from service.db.transaction import in_transaction, transaction
+from service.db.transaction import in_transaction, snapshot
 from service.domain.errors import InvalidInput
 from service.domain.metric_rollups import Activity, rollup_change
 from service.domain.metrics import (
@@ -38,7 +36,7 @@ from service.domain.metrics import (
     segment_names,
 )
 from service.domain.metrics import segment_sizes as sizes_of_segments
-from service.usecases.ledger_settings import ledger_settings
+from service.usecases.ledger_settings import local_today
 
 # --- Hooks: one call each in place_order and refund_order ------------------------------
 
@@ -81,19 +79,6 @@ async def backfill(program_id: str) -> int:
 # --- Reading ---------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _snapshot() -> AsyncIterator[asyncpg.Connection]:
-    """One read-only, repeatable-read transaction, so every figure comes from one instant."""
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        yield connection
-
-
-async def _today(connection: asyncpg.Connection, program_id: str, now: datetime) -> date:
-    zone = (await ledger_settings(connection, program_id)).zone
-    return now.astimezone(zone).date()
-
-
 class RetentionSeries(msgspec.Struct, frozen=True, kw_only=True):
     definition: str
     reference: str
@@ -113,7 +98,7 @@ async def retention_series(
 ) -> RetentionSeries:
     """Retention of each month or quarter overlapping [start, end], or of that one range."""
     periods = periods_between(start, end, granularity)
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         settings = await rows.load_settings(connection, program_id)
         counts = await retention_rows.retention_counts(connection, program_id, periods, window_days)
     target = settings.retention_target_pct if target_pct is None else target_pct
@@ -137,7 +122,7 @@ class RepeatReport(msgspec.Struct, frozen=True, kw_only=True):
 async def repeat_report(program_id: str, start: date, end: date, counted_as: PurchaseCount) -> RepeatReport:
     """Repeat customer rate, purchase frequency and average order value over [start, end]."""
     period = periods_between(start, end, Granularity.CUSTOM)[0]
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         row = await rows.repeat_totals(connection, program_id, period)
     by_days = counted_as is PurchaseCount.DISTINCT_DAYS
     figures = repeat_figures(
@@ -163,7 +148,7 @@ class LifetimeValue(msgspec.Struct, frozen=True, kw_only=True):
 
 async def historical_ltv(program_id: str) -> LifetimeValue:
     """Net revenue per customer with a purchase to date: total, mean and median."""
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         row = await rows.lifetime_totals(connection, program_id)
     customers = row["customers"]
     return LifetimeValue(
@@ -190,7 +175,7 @@ async def cohort_table(program_id: str, start: date, end: date) -> CohortTable:
     first, last = start.replace(day=1), end.replace(day=1)
     if (last.year - first.year) * 12 + last.month - first.month >= 120:
         raise InvalidInput("at most 120 cohort months per request", field="from")
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         sizes, active = await rows.cohorts(connection, program_id, first, last)
     return CohortTable(
         definition=Definition.COHORTS.value,
@@ -217,8 +202,8 @@ class SegmentSizes(msgspec.Struct, frozen=True, kw_only=True):
 
 async def segment_sizes(program_id: str, now: datetime) -> SegmentSizes:
     """How many customers each named RFM segment holds today."""
-    async with _snapshot() as connection:
-        today = await _today(connection, program_id, now)
+    async with snapshot() as connection:
+        today = await local_today(connection, program_id, now)
         cuts = await rfm.load_cuts(connection, program_id)
         cells = [] if cuts is None else await rfm.score_cells(connection, program_id, cuts)
     sizes = sizes_of_segments(cells)
@@ -255,8 +240,8 @@ async def rfm_customers(program_id: str, now: datetime, segment: str | None, cur
     """Customers with their RFM scores and segment, by id, one segment or all, a page at a time."""
     if segment is not None and segment not in segment_names():
         raise InvalidInput(f"unknown segment; one of: {', '.join(segment_names())}", field="segment")
-    async with _snapshot() as connection:
-        today = await _today(connection, program_id, now)
+    async with snapshot() as connection:
+        today = await local_today(connection, program_id, now)
         cuts = await rfm.load_cuts(connection, program_id)
         found = (
             [] if cuts is None else await rfm.rfm_page(connection, program_id, cuts, today, segment, cursor, limit + 1)
@@ -296,7 +281,7 @@ class SellRates(msgspec.Struct, frozen=True, kw_only=True):
 
 async def sell_rates(program_id: str) -> SellRates:
     """Upsell and cross-sell rates from the lines (category, level) of the program's purchases."""
-    async with _snapshot() as connection:
+    async with snapshot() as connection:
         row = await rows.upsell_totals(connection, program_id)
     base = row["repeat_customers"]
     return SellRates(

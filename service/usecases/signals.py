@@ -12,7 +12,7 @@ import msgspec
 
 from service.db import metrics as rows
 from service.db.events import emit_once
-from service.db.transaction import in_transaction, transaction
+from service.db.transaction import in_transaction, snapshot, transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.errors import Conflict, InvalidInput, NotFound
@@ -25,7 +25,7 @@ from service.domain.metrics import (
     RiskRules,
     churn_risk,
 )
-from service.usecases.ledger_settings import ledger_settings
+from service.usecases.ledger_settings import local_today
 
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 
@@ -174,14 +174,13 @@ def _signals(row: asyncpg.Record) -> CustomerSignals:
 
 async def _context(connection: asyncpg.Connection, program_id: str, now: datetime) -> tuple[RiskRules, date]:
     rules = (await rows.load_settings(connection, program_id)).risk
-    today = now.astimezone((await ledger_settings(connection, program_id)).zone).date()
+    today = await local_today(connection, program_id, now)
     return rules, today
 
 
 async def risk_counts(program_id: str, now: datetime) -> RiskCounts:
     """How many customers are green, orange and red today, and by which rule."""
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    async with snapshot() as connection:
         rules, today = await _context(connection, program_id, now)
         groups = await rows.risk_groups(connection, program_id, today)
     colours: Counter[str] = Counter()
@@ -208,8 +207,7 @@ async def risk_customers(
     """Customers with their colour and the rule that set it, by id, of one colour or all."""
     items: list[CustomerRisk] = []
     more = False
-    async with transaction() as connection:
-        await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    async with snapshot() as connection:
         rules, today = await _context(connection, program_id, now)
         after = cursor
         while len(items) <= limit:
