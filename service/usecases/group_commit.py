@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -55,12 +55,18 @@ SETTINGS_ATTEMPTS = 3  # a grant whose settings keep changing under it goes the 
 
 
 @dataclass
-class Submission:
+class PendingEntry:
+    """One entry to write once under its idempotency key."""
+
     key: str
     fingerprint: bytes
     build: DraftBuilder
     actor: str
     now: datetime
+
+
+@dataclass
+class Submission(PendingEntry):
     outcome: asyncio.Future[WrittenEntry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -191,46 +197,54 @@ class GrantBatcher(EntryBatcher):
         for submission in batch:
             leaders.setdefault(submission.key, submission)
         now = max(s.now for s in leaders.values())
-        for _ in range(SETTINGS_ATTEMPTS):
-            settings = await known_settings(self.program_id)
-            requests: list[tuple[str, bytes, EntryToWrite]] = []
-            detour: set[str] = set()
-            for key, leader in leaders.items():
-                try:
-                    item = EntryToWrite(leader.build(settings, now), leader.actor)
-                except DomainError:
-                    item = None  # the general path refuses it and remembers the refusal
-                if item is None or not is_credit_only(item):
-                    detour.add(key)
-                else:
-                    requests.append((key, leader.fingerprint, item))
-            try:
-                outcomes: list[WrittenEntry | DomainError] = []
-                if requests:
-                    async with autocommit() as connection:
-                        outcomes = await write_credits_once(
-                            connection,
-                            self.program_id,
-                            requests,
-                            now=now,
-                            time_zone=settings.time_zone,
-                            expiry=settings.expiry,
-                        )
-                break
-            except SettingsChanged:
-                forget_settings(self.program_id)
-        else:  # the settings kept changing: the general path reads them in its transaction
-            requests, outcomes, detour = [], [], set(leaders)
-        by_key = {key: outcome for (key, _, _), outcome in zip(requests, outcomes, strict=True)}
+        by_key = await write_credits_at_known_settings(self.program_id, list(leaders.values()), now)
         for submission in batch:
             if submission.outcome.done():
                 continue
-            if submission.key in detour:
+            if submission.key not in by_key:
                 await _batcher(EntryBatcher, self.program_id).queue.put(submission)
             elif submission is leaders[submission.key] or submission.fingerprint == leaders[submission.key].fingerprint:
                 _answer(submission, by_key[submission.key])
             else:
                 await self.queue.put(submission)
+
+
+async def write_credits_at_known_settings(
+    program_id: str, leaders: Sequence[PendingEntry], now: datetime
+) -> dict[str, WrittenEntry | DomainError]:
+    """Write the credit-only entries of `leaders` (distinct keys) in one autocommitted
+    statement (`write_credits_once`), at the settings this process knows for the program;
+    when the database finds them changed (LY001), read them again and build again, up to
+    SETTINGS_ATTEMPTS times. The outcomes by key: a key left out (its entry is refused or not
+    credit-only, or the settings kept changing) is for the general path, which reads the
+    settings in its own transaction and remembers a refusal."""
+    for _ in range(SETTINGS_ATTEMPTS):
+        settings = await known_settings(program_id)
+        requests: list[tuple[str, bytes, EntryToWrite]] = []
+        for leader in leaders:
+            try:
+                item = EntryToWrite(leader.build(settings, now), leader.actor)
+            except DomainError:
+                continue
+            if is_credit_only(item):
+                requests.append((leader.key, leader.fingerprint, item))
+        if not requests:
+            return {}
+        try:
+            async with autocommit() as connection:
+                outcomes = await write_credits_once(
+                    connection,
+                    program_id,
+                    requests,
+                    now=now,
+                    time_zone=settings.time_zone,
+                    expiry=settings.expiry,
+                )
+        except SettingsChanged:
+            forget_settings(program_id)
+            continue
+        return {key: outcome for (key, _, _), outcome in zip(requests, outcomes, strict=True)}
+    return {}
 
 
 def _answer(submission: Submission, outcome: WrittenEntry | DomainError) -> None:
@@ -266,33 +280,13 @@ async def write_once(
     """Write the entry `build` makes, once per idempotency key, in a transaction of its own
     (shared with nobody): a credit-only entry in one autocommitted statement, any other
     through `run_once` and `write_entry`."""
-    for _ in range(SETTINGS_ATTEMPTS):
-        settings = await known_settings(program_id)
-        try:
-            item = EntryToWrite(build(settings, now), actor)
-        except DomainError:
-            break  # the general path refuses it and remembers the refusal
-        if not is_credit_only(item):
-            break
-
-        async def attempt(item: EntryToWrite = item, settings: ProgramLedgerSettings = settings) -> WrittenEntry:
-            async with autocommit() as connection:
-                [outcome] = await write_credits_once(
-                    connection,
-                    program_id,
-                    [(key, fingerprint, item)],
-                    now=now,
-                    time_zone=settings.time_zone,
-                    expiry=settings.expiry,
-                )
-            if isinstance(outcome, DomainError):
-                raise outcome
-            return outcome
-
-        try:
-            return await with_retry(attempt)
-        except SettingsChanged:
-            forget_settings(program_id)
+    pending = PendingEntry(key, fingerprint, build, actor, now)
+    written = await with_retry(functools.partial(write_credits_at_known_settings, program_id, [pending], now))
+    if key in written:
+        outcome = written[key]
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
 
     async def work(connection: asyncpg.Connection) -> WrittenEntry:
         draft = build(await ledger_settings(connection, program_id), now)
