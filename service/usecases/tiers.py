@@ -302,9 +302,24 @@ async def end_grant_in(
     connection: asyncpg.Connection, program_id: str, customer_id: str, grant_id: str, now: datetime, cause: str
 ) -> None:
     """End a grant now, inside the caller's transaction (a referral reward clawed back)."""
+    await _close_grants(connection, program_id, customer_id, now, cause, ending=grant_id)
+
+
+async def _close_grants(
+    connection: asyncpg.Connection,
+    program_id: str,
+    customer_id: str,
+    now: datetime,
+    cause: str,
+    *,
+    ending: str | None = None,
+) -> None:
+    """Close the customer's grants that have ended by `now` (first ending the grant `ending`
+    now, if given) and recompute their tier."""
     config = await rows.load_config(connection, program_id)
     tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
-    await rows.end_grant(connection, program_id, grant_id, now)
+    if ending is not None:
+        await rows.end_grant(connection, program_id, ending, now)
     await rows.close_grants(connection, program_id, customer_id, now)
     if config is not None and tier is not None:
         await _settle(connection, program_id, config, tier, now, "grant_ended", cause)
@@ -420,15 +435,10 @@ async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, n
 async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Recompute the tier of customers whose granted tier ended; returns how many."""
     now = clock.now()
-
-    async def close(connection: asyncpg.Connection, customer_id: str) -> None:
-        config = await rows.load_config(connection, program_id)
-        tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
-        await rows.close_grants(connection, program_id, customer_id, now)
-        if config is not None and tier is not None:
-            await _settle(connection, program_id, config, tier, now, "grant_ended", "granted tier ended")
-
     customers = await in_transaction(lambda connection: rows.ended_grants(connection, program_id, now, limit))
     for customer_id in customers:
-        await in_transaction(functools.partial(close, customer_id=customer_id))
+        close = functools.partial(
+            _close_grants, program_id=program_id, customer_id=customer_id, now=now, cause="granted tier ended"
+        )
+        await in_transaction(close)
     return len(customers)
