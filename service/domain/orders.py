@@ -97,16 +97,34 @@ def release_draft(customer_id: str, points: int, owed_balance: int, metadata: di
     return EntryDraft(kind="order.release", postings=tuple(postings), metadata=metadata | {"settled": settle})
 
 
-def refund_draft(customer_id: str, split: ClawbackSplit, metadata: dict[str, Any]) -> EntryDraft:
-    """Points taken back by a refund return to `issued`; an unpaid part becomes a debt."""
+def take_back_draft(
+    customer_id: str,
+    split: ClawbackSplit,
+    metadata: dict[str, Any],
+    *,
+    kind: str,
+    source: AccountKind,
+    spendable: AccountKind = AccountKind.AVAILABLE,
+) -> EntryDraft | None:
+    """The entry that takes points (or credit, from `spendable`) back from a customer to the
+    `source` they came from; an unpaid part becomes a debt, a forgiven part stays where it
+    went (noted in the metadata). None if nothing moves."""
     postings = [
-        PostingDraft(customer_account(customer_id, kind), -amount)
-        for kind, amount in (
+        PostingDraft(customer_account(customer_id, account), -amount)
+        for account, amount in (
             (AccountKind.PENDING, split.from_pending),
-            (AccountKind.AVAILABLE, split.from_available),
+            (spendable, split.from_available),
             (AccountKind.OWED, split.owed),
         )
         if amount
     ]
-    postings.append(PostingDraft(system_account(AccountKind.ISSUED), split.posted))
-    return EntryDraft(kind="order.refund", postings=tuple(postings), metadata=metadata | {"forgiven": split.forgiven})
+    if not postings:
+        return None
+    postings.append(PostingDraft(system_account(source), split.posted))
+    return EntryDraft(kind=kind, postings=tuple(postings), metadata=metadata | {"forgiven": split.forgiven})
+
+
+def refund_draft(customer_id: str, split: ClawbackSplit, metadata: dict[str, Any]) -> EntryDraft | None:
+    """Points taken back by a refund return to `issued`; an unpaid part becomes a debt. None
+    if nothing moves."""
+    return take_back_draft(customer_id, split, metadata, kind="order.refund", source=AccountKind.ISSUED)

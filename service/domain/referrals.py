@@ -33,8 +33,8 @@ from service.domain.errors import (
     SharedEmail,
     SharedPayment,
 )
-from service.domain.ledger import AccountKind, EntryDraft, PostingDraft, customer_account, system_account, transfer
-from service.domain.orders import ReturnPolicy, split_clawback
+from service.domain.ledger import AccountKind, EntryDraft, customer_account, system_account, transfer
+from service.domain.orders import ClawbackSplit, ReturnPolicy, split_clawback, take_back_draft
 from service.domain.tiers import Code as TierCode
 
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L
@@ -362,41 +362,24 @@ def reward_draft(planned: PlannedReward, referral_id: str, lot_expires_at: datet
     )
 
 
-class Clawback(msgspec.Struct, frozen=True, kw_only=True):
-    """What taking back one reward does; `taken + owed + forgiven` is the reward's amount."""
-
-    taken: int  # from the customer's available points or credit
-    owed: int  # points posted to the customer's `owed` (allow_negative)
-    forgiven: int
-
-
-def plan_clawback(kind: RewardKind, amount: int, balance: int, policy: ReturnPolicy) -> Clawback:
+def plan_clawback(kind: RewardKind, amount: int, balance: int, policy: ReturnPolicy) -> ClawbackSplit:
     """Points by the return policy (from available, the rest owed or forgiven); credit
-    within the balance, the rest forgiven."""
-    if kind is RewardKind.POINTS:
-        split = split_clawback(amount, 0, balance, policy)
-        return Clawback(taken=split.from_available, owed=split.owed, forgiven=split.forgiven)
-    taken = min(amount, max(balance, 0))
-    return Clawback(taken=taken, owed=0, forgiven=amount - taken)
+    within the balance, the rest forgiven. A reward is never pending."""
+    return split_clawback(amount, 0, balance, policy if kind is RewardKind.POINTS else ReturnPolicy.WITHIN_BALANCE)
 
 
 def clawback_draft(
-    kind: RewardKind, customer_id: str, clawback: Clawback, metadata: dict[str, Any]
+    kind: RewardKind, customer_id: str, clawback: ClawbackSplit, metadata: dict[str, Any]
 ) -> EntryDraft | None:
     """The entry that takes a reward back to where it came from; None if nothing moves."""
     points = kind is RewardKind.POINTS
-    spendable = AccountKind.AVAILABLE if points else AccountKind.CREDIT_AVAILABLE
-    postings = [
-        PostingDraft(customer_account(customer_id, account), -amount)
-        for account, amount in ((spendable, clawback.taken), (AccountKind.OWED, clawback.owed))
-        if amount
-    ]
-    if not postings:
-        return None
-    source = AccountKind.REFERRAL_REWARDS if points else AccountKind.CREDIT_ISSUED
-    postings.append(PostingDraft(system_account(source), clawback.taken + clawback.owed))
-    return EntryDraft(
-        kind="referral.clawback", postings=tuple(postings), metadata=metadata | {"forgiven": clawback.forgiven}
+    return take_back_draft(
+        customer_id,
+        clawback,
+        metadata,
+        kind="referral.clawback",
+        source=AccountKind.REFERRAL_REWARDS if points else AccountKind.CREDIT_ISSUED,
+        spendable=AccountKind.AVAILABLE if points else AccountKind.CREDIT_AVAILABLE,
     )
 
 

@@ -243,11 +243,11 @@ async def refund_order(
         context = await rows.order_context(connection, program_id, shop_id)
         policy = rows.returns_from_row(context).policy
         split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], policy)
+        metadata = _order_metadata(shop_id, context["name"], order_id)
+        draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
         entry_id = None
-        if split.posted:
-            metadata = _order_metadata(shop_id, context["name"], order_id)
+        if draft is not None:
             reclaimed = await created_lots(connection, program_id, [order["award_entry_id"], order["release_entry_id"]])
-            draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
             written = await write_entry(
                 connection, program_id, draft, actor=principal.actor, now=now, reclaimed=reclaimed
             )

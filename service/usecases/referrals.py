@@ -475,7 +475,7 @@ async def _claw_back(
             written = await write_entry(connection, program_id, draft, actor=actor, now=now, reclaimed=reclaimed)
             entry_id = written.id
         await rows.mark_clawed_back(
-            connection, program_id, reward.id, entry_id, plan.taken, plan.owed, plan.forgiven, now
+            connection, program_id, reward.id, entry_id, plan.from_available, plan.owed, plan.forgiven, now
         )
 
 

@@ -96,6 +96,7 @@ def test_order_entries_balance_and_keep_accounts_on_their_side(
     split = split_clawback(points, pending, available, policy)
     if split.posted:
         refund = refund_draft("cus_1", split, {"order_id": "A"})
+        assert refund is not None
         validate_entry(refund)
         net = net_by_account(refund.postings)
         assert all(change < 0 for account, change in net.items() if account.is_customer)

@@ -26,11 +26,10 @@ from service.domain.errors import (
     SharedPayment,
 )
 from service.domain.ledger import AccountKind, customer_account, system_account, validate_entry
-from service.domain.orders import ReturnPolicy
+from service.domain.orders import ClawbackSplit, ReturnPolicy
 from service.domain.referrals import (
     CODE_ALPHABET,
     CODE_LENGTH,
-    Clawback,
     Milestone,
     Party,
     PlannedReward,
@@ -226,19 +225,26 @@ def test_reward_entries_come_from_the_referral_accounts() -> None:
 
 
 def test_clawbacks_follow_the_return_policy_for_points_and_the_balance_for_credit() -> None:
-    assert plan_clawback(RewardKind.POINTS, 500, 200, ReturnPolicy.ALLOW_NEGATIVE) == Clawback(
-        taken=200, owed=300, forgiven=0
+    assert plan_clawback(RewardKind.POINTS, 500, 200, ReturnPolicy.ALLOW_NEGATIVE) == ClawbackSplit(
+        from_pending=0, from_available=200, owed=300, forgiven=0
     )
-    assert plan_clawback(RewardKind.POINTS, 500, 200, ReturnPolicy.WITHIN_BALANCE) == Clawback(
-        taken=200, owed=0, forgiven=300
+    assert plan_clawback(RewardKind.POINTS, 500, 200, ReturnPolicy.WITHIN_BALANCE) == ClawbackSplit(
+        from_pending=0, from_available=200, owed=0, forgiven=300
     )
-    assert plan_clawback(RewardKind.CREDIT, 1000, 600, ReturnPolicy.ALLOW_NEGATIVE) == Clawback(
-        taken=600, owed=0, forgiven=400
+    assert plan_clawback(RewardKind.CREDIT, 1000, 600, ReturnPolicy.ALLOW_NEGATIVE) == ClawbackSplit(
+        from_pending=0, from_available=600, owed=0, forgiven=400
     )
-    draft = clawback_draft(RewardKind.POINTS, "cus_a", Clawback(taken=200, owed=300, forgiven=0), {})
+    draft = clawback_draft(
+        RewardKind.POINTS, "cus_a", ClawbackSplit(from_pending=0, from_available=200, owed=300, forgiven=0), {}
+    )
     assert draft is not None
     validate_entry(draft)
-    assert clawback_draft(RewardKind.CREDIT, "cus_a", Clawback(taken=0, owed=0, forgiven=9), {}) is None
+    assert (
+        clawback_draft(
+            RewardKind.CREDIT, "cus_a", ClawbackSplit(from_pending=0, from_available=0, owed=0, forgiven=9), {}
+        )
+        is None
+    )
 
 
 def test_settings_are_checked_field_by_field() -> None:
