@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_201_CREATED
 
 from service.config import Settings
 from service.domain.access import Principal, Scope
@@ -18,6 +18,7 @@ from service.domain.customers import Enrolment, ProfileChange
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
 from service.http.params import CustomerId
+from service.http.responses import created_or_repeated
 from service.usecases import customers
 from service.usecases.programs import issue_customer_token
 
@@ -68,7 +69,7 @@ class CustomerController(Controller):
     ) -> Response[CustomerResponse]:
         """Enrol a customer by the shop's external id; the same enrolment again returns 200."""
         customer, created = await customers.enrol_customer(principal, data, clock)
-        return Response(_response(customer), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+        return created_or_repeated(_response(customer), created)
 
     @get(guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES)
     async def list_customers(

@@ -20,6 +20,7 @@ from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, TableOperation, create_or_repeat
 from service.http.params import ZERO_MINIMUM
 from service.http.renderers import SVG, Format, cohort_chart, render, retention_chart
+from service.http.responses import created_or_repeated
 from service.usecases import clv, metrics, signals
 
 From = Annotated[date, QueryParameter(name="from", description="first local day, included")]
@@ -229,5 +230,4 @@ class SignalController(Controller):
     ) -> Response[signals.SignalView]:
         """A complaint or support ticket opened or closed, or a satisfaction score (0..10);
         201 when new, 200 when the same signal id was sent before."""
-        view, created = await signals.record_signal(principal, data, clock)
-        return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+        return created_or_repeated(*await signals.record_signal(principal, data, clock))

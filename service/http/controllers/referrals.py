@@ -18,6 +18,7 @@ from service.domain.referrals import CodeText, Hash, ReferralSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
 from service.http.params import CustomerId, IdempotencyKey
+from service.http.responses import created_or_repeated
 from service.usecases import referrals
 from service.usecases.referrals import (
     Fingerprints,
@@ -66,11 +67,6 @@ class FingerprintsRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
 
 
 REDEEMED_BEFORE = create_or_repeat(ReferralView, "Redeemed before: the same referral")
-
-
-def _redeemed(result: tuple[ReferralView, bool]) -> Response[ReferralView]:
-    view, created = result
-    return Response(view, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
 
 class ReferralProgramController(Controller):
@@ -170,7 +166,7 @@ class CustomerReferralController(Controller):
         clock: NamedDependency[Clock],
     ) -> Response[ReferralView]:
         """The customer redeems a code: 201 with the pending referral, 200 if it was redeemed before."""
-        return _redeemed(await referrals.redeem(principal, customer_id, data.redemption(), clock))
+        return created_or_repeated(*await referrals.redeem(principal, customer_id, data.redemption(), clock))
 
     @get("/referrals", guards=[requires(Scope.CHECKOUT, Scope.ADMIN, Scope.FINANCE)], responses=PROBLEM_RESPONSES)
     async def list_referrals(
@@ -224,7 +220,9 @@ class MyReferralController(Controller):
         self, data: JSONBody[RedeemRequest], principal: NamedDependency[Principal], clock: NamedDependency[Clock]
     ) -> Response[ReferralView]:
         """Redeem a friend's code: 201 with the pending referral, 200 if it was redeemed before."""
-        return _redeemed(await referrals.redeem(principal, principal.own_customer_id(), data.redemption(), clock))
+        return created_or_repeated(
+            *await referrals.redeem(principal, principal.own_customer_id(), data.redemption(), clock)
+        )
 
     @get("/referrals", guards=[requires(Scope.CUSTOMER)], responses=PROBLEM_RESPONSES)
     async def my_referrals(
