@@ -98,13 +98,14 @@ _POSITIVE = {
     "cross_sell_orders",
 }
 # Upper bounds of the event and webhook knobs (a send must end well within its claim's lease).
-_AT_MOST: dict[str, tuple[str, float]] = {
-    "webhook_timeout_s": ("LOYALTY_WEBHOOK_TIMEOUT_S", 60),
-    "webhook_retry_for_s": ("LOYALTY_WEBHOOK_RETRY_FOR_S", 30 * 86_400),
-    "expiring_soon_days": ("LOYALTY_EXPIRING_SOON_DAYS", 365),
-    "win_back_days": ("LOYALTY_WIN_BACK_DAYS", 3650),
-    "cross_sell_orders": ("LOYALTY_CROSS_SELL_ORDERS", 1000),
+_AT_MOST: dict[str, float] = {
+    "webhook_timeout_s": 60,
+    "webhook_retry_for_s": 30 * 86_400,
+    "expiring_soon_days": 365,
+    "win_back_days": 3650,
+    "cross_sell_orders": 1000,
 }
+_VARIABLE_OF = {field: variable for variable, (field, _) in _VARIABLES.items()}
 # The name goes into CREATE DATABASE "<name>": keep it a plain identifier.
 _DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -167,9 +168,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "LOYALTY_DATABASE_NAME must be letters, digits and underscores (at most 63),"
             f" got {settings.database_name!r}"
         )
-    for field, (variable, most) in _AT_MOST.items():
+    for field, most in _AT_MOST.items():
         if getattr(settings, field) > most:
-            raise SettingsError(f"{variable} must be at most {most:g}, got {getattr(settings, field)}")
+            raise SettingsError(f"{_VARIABLE_OF[field]} must be at most {most:g}, got {getattr(settings, field)}")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
     return settings
