@@ -32,7 +32,8 @@ import msgspec
 
 from service.config import Settings
 from service.db import events as event_rows
-from service.db.transaction import in_transaction, transaction
+from service.db.programs import program_ids
+from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.domain.destinations import (
     PUBLIC_ONLY,
@@ -374,10 +375,8 @@ async def dispatch_once(
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(new_client(config))
-        async with transaction() as connection:
-            programs = [row["id"] for row in await connection.fetch("SELECT id FROM programs ORDER BY id")]
         total = DispatchReport()
-        for program_id in programs:
+        for program_id in await in_transaction(program_ids):
             report = await dispatch_program(program_id, clock, config, client)
             for field in msgspec.structs.fields(DispatchReport):
                 setattr(total, field.name, getattr(total, field.name) + getattr(report, field.name))

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from service.config import Settings
-from service.db.transaction import transaction
+from service.db.programs import program_ids
+from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.usecases import clv, ledger_jobs, lifecycle, orders, referrals, signals, tiers
 from service.usecases.dispatch import DispatchConfig, dispatch_forever, publish_events
@@ -32,12 +33,6 @@ class JobReport(msgspec.Struct, kw_only=True):
     entries_sealed: int = 0
     failed: list[str] = msgspec.field(default_factory=list)
     ltv_fits_refreshed: int = 0
-
-
-async def program_ids() -> list[str]:
-    async with transaction() as connection:
-        rows = await connection.fetch("SELECT id FROM programs ORDER BY id")
-    return [row["id"] for row in rows]
 
 
 async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules | None = None) -> JobReport:
@@ -77,12 +72,12 @@ async def _count(done: Awaitable[bool]) -> int:
 
 async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[JobReport]:
     """Every job for every program, once."""
-    return [await run_program_jobs(program_id, clock, rules) for program_id in await program_ids()]
+    return [await run_program_jobs(program_id, clock, rules) for program_id in await in_transaction(program_ids)]
 
 
 async def seal_all() -> int:
     """Seal the queued entries of every program."""
-    return sum([await ledger_jobs.seal_chain(program_id) for program_id in await program_ids()])
+    return sum([await ledger_jobs.seal_chain(program_id) for program_id in await in_transaction(program_ids)])
 
 
 async def scheduler(
