@@ -52,7 +52,19 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.faults import PROGRAM_LINE, REPO, App, Postgres, Program, Report, _call, _some, run_reported
+from bench.faults import (
+    App,
+    Postgres,
+    Program,
+    Report,
+    _call,
+    _some,
+    check_ledger,
+    enrol,
+    open_program,
+    run_reported,
+    served,
+)
 
 WHEEL = "lifetimes==0.11.3"
 MEMBER = "lifetimes/datasets/CDNOW_master.txt"
@@ -102,38 +114,6 @@ def placements(purchases: list[Purchase], start: datetime, end: datetime) -> dic
     return {p.position: start + span * ((rank + 1) / len(ordered)) for rank, p in enumerate(ordered)}
 
 
-def create_program(app: App, name: str) -> tuple[str, str]:
-    """`loyalty create-program --currency USD`: (program id, admin key)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "create-program", "--currency", "USD", name],
-        cwd=REPO,
-        env=app.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    match = PROGRAM_LINE.search(done.stdout)
-    if match is None:
-        raise RuntimeError(f"no program in the output of create-program:\n{done.stdout}{done.stderr}")
-    return match.group(1), match.group(2)
-
-
-async def enrol_all(client: httpx.AsyncClient, app: App, key: str, ids: list[str], concurrency: int) -> dict[str, str]:
-    """Enrol every CDNOW customer (external id `cdnow-<id>`); CDNOW id -> customer id."""
-    pending = iter(ids)
-    enrolled: dict[str, str] = {}
-
-    async def worker() -> None:
-        for cdnow_id in pending:
-            body = {"external_id": f"cdnow-{cdnow_id}", "name": f"CDNOW {cdnow_id}"}
-            answer = await _call(client, "POST", f"{app.base_url}/v1/customers", key, json=body)
-            enrolled[cdnow_id] = answer["id"]
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return enrolled
-
-
 @dataclass
 class Outcome:
     statuses: Counter[int]
@@ -165,8 +145,10 @@ async def load(
     return outcome
 
 
-async def check_import(app: App, postgres: Postgres, program: Program, expected: int, report: Report) -> None:
-    """The orders and their entries in SQL; the books; the trial balance through the API."""
+async def check_import(
+    client: httpx.AsyncClient, app: App, postgres: Postgres, program: Program, expected: int, report: Report
+) -> None:
+    """The orders and their entries in SQL; the books (`check_ledger`)."""
     connection = await asyncpg.connect(postgres.dsn("loyalty"))
     try:
         pid = program.program_id
@@ -178,43 +160,17 @@ async def check_import(app: App, postgres: Postgres, program: Program, expected:
             pid,
         )
         points = await connection.fetchval("SELECT coalesce(sum(points), 0) FROM orders WHERE program_id = $1", pid)
-        units = await connection.fetch(
-            "SELECT unit, sum(amount) AS total, count(*) AS n FROM postings WHERE program_id = $1 GROUP BY unit", pid
-        )
-        drift = await connection.fetchval(
-            "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total FROM postings"
-            " WHERE program_id = $1 GROUP BY account_id) p ON p.account_id = a.id"
-            " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL AND a.balance <> coalesce(p.total, 0)",
-            pid,
-        )
     finally:
         await connection.close()
     report.fact(f"{orders} orders, {with_points} with points, {points:,} points awarded in all")
     report.check(f"orders stored = {expected}", orders == expected, f"{orders} found")
     report.check("each order with points has its order.award entry", linked == with_points, f"{linked} linked")
-    sums = {row["unit"]: (int(row["total"]), int(row["n"])) for row in units}
-    report.check(
-        "postings sum to zero per unit",
-        bool(sums) and all(total == 0 for total, _ in sums.values()),
-        ", ".join(f"{u}: {t} over {n} postings" for u, (t, n) in sums.items()),
-    )
-    report.check("customer balances equal the sum of their postings", drift == 0, f"{drift} differ")
-    async with httpx.AsyncClient() as client:
-        trial = await _call(client, "GET", f"{app.base_url}/v1/finance/trial-balance", program.finance)
-    report.check(
-        "trial balance (GET /v1/finance/trial-balance) balanced per unit",
-        bool(trial["totals"]) and all(t["balanced"] for t in trial["totals"]),
-        str(trial["totals"]),
-    )
+    await check_ledger(postgres, client, app, program, report)
 
 
 async def run(args: argparse.Namespace) -> Report:
     report = Report("bulk-cdnow")
     download = Path(tempfile.mkdtemp(prefix="loyalty-cdnow-wheel-", dir="/tmp"))
-    root = Path(tempfile.mkdtemp(prefix="loyalty-cdnow-", dir="/tmp"))  # short: socket paths
-    app = App(root, {})
-    postgres = Postgres(root / "pgdata")
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     try:
         began = time.monotonic()
         purchases = await asyncio.to_thread(fetch_cdnow, download)
@@ -226,33 +182,28 @@ async def run(args: argparse.Namespace) -> Report:
             f" ({min(p.day for p in purchases)} to {max(p.day for p in purchases)}),"
             f" fetched in {time.monotonic() - began:.1f} s"
         )
-        async with httpx.AsyncClient(limits=limits, timeout=args.timeout) as client:
-            app.start()
-            await app.wait_ready(client)
-            postgres.remember_socket()
-            program_id, admin = await asyncio.to_thread(create_program, app, "CDNOW import")
-            base = app.base_url
-            shop = await _call(client, "POST", f"{base}/v1/shops", admin, json={"name": "CDNOW"})
-            checkout = await _call(
-                client, "POST", f"{base}/v1/api-keys", admin, json={"name": "crm", "scope": "checkout"}
-            )
-            finance = await _call(
-                client, "POST", f"{base}/v1/api-keys", admin, json={"name": "audit", "scope": "finance"}
-            )
-            rules = await _call(
+        async with served("cdnow", {}, args.keep, connections=64, request_timeout_s=args.timeout) as (
+            _,
+            app,
+            postgres,
+            client,
+        ):
+            program, rules = await open_program(
                 client,
-                "POST",
-                f"{base}/v1/earning/rules",
-                admin,
-                json={"currency": "USD", "points_per_unit": 1, "unit_minor": 100},
-                headers={"Idempotency-Key": "cdnow-rules"},
+                app,
+                "CDNOW import",
+                shop="CDNOW",
+                till="crm",
+                rules={"currency": "USD", "points_per_unit": 1, "unit_minor": 100},
+                rules_key="cdnow-rules",
+                currency="USD",
             )
             effective_from = datetime.fromisoformat(rules["rules"]["effective_from"])
-            program = Program(program_id, admin, checkout["key"], finance["key"], shop["id"])
 
             began = time.monotonic()
+            people = ((f"cdnow-{cdnow_id}", f"CDNOW {cdnow_id}") for cdnow_id in customers)
             enrolled = await asyncio.wait_for(
-                enrol_all(client, app, program.checkout, customers, args.enrol_concurrency), args.timeout
+                enrol(client, app.base_url, program.checkout, people, args.enrol_concurrency), args.timeout
             )
             enrol_took = time.monotonic() - began
             report.fact(
@@ -269,7 +220,7 @@ async def run(args: argparse.Namespace) -> Report:
                     "type": "order",
                     "shop_id": program.shop_id,
                     "order_id": f"cdnow-{p.position + 1:05d}",
-                    "customer_id": enrolled[p.customer],
+                    "customer_id": enrolled[f"cdnow-{p.customer}"],
                     "currency": "USD",
                     "placed_at": placed[p.position].isoformat(),
                     "lines": [order_line(p)],
@@ -277,7 +228,7 @@ async def run(args: argparse.Namespace) -> Report:
                 for p in sorted(purchases, key=lambda p: (p.day, p.position))
             ]
             batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-            outcome = await asyncio.wait_for(load(client, app, admin, batches, args.concurrency), args.timeout)
+            outcome = await asyncio.wait_for(load(client, app, program.admin, batches, args.concurrency), args.timeout)
             rate = len(items) / outcome.took
             latencies = sorted(outcome.latencies)
             report.fact(
@@ -290,16 +241,10 @@ async def run(args: argparse.Namespace) -> Report:
                 outcome.statuses == Counter({201: len(items)}),
                 f"{dict(outcome.statuses)} {_some(outcome.problems.most_common(3))}",
             )
-            await check_import(app, postgres, program, len(items), report)
+            await check_import(client, app, postgres, program, len(items), report)
             report.fact(f"total {time.monotonic() - began:.1f} s from the enrolment on")
     finally:
-        app.stop()
-        postgres.shutdown()
         shutil.rmtree(download, ignore_errors=True)
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     return report
 
 

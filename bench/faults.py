@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -244,10 +244,11 @@ class App:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"serve not ready within {within:.0f} s:\n{self.tail()}")
 
-    def create_program(self, name: str) -> tuple[str, str]:
-        """`loyalty create-program` against the same database: (program id, admin key)."""
+    def create_program(self, name: str, currency: str | None = None) -> tuple[str, str]:
+        """`loyalty create-program [--currency C]` against the same database: (program id, admin key)."""
+        options = ["--currency", currency] if currency else []
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "create-program", name],
+            [sys.executable, "-m", "service.cli", "create-program", *options, name],
             cwd=REPO,
             env=self.env,
             capture_output=True,
@@ -306,32 +307,54 @@ def earning_rules() -> dict[str, Any]:
     }
 
 
+async def open_program(
+    client: httpx.AsyncClient,
+    app: App,
+    name: str,
+    *,
+    shop: str,
+    till: str,
+    rules: dict[str, Any],
+    rules_key: str,
+    currency: str | None = None,
+) -> tuple[Program, dict[str, Any]]:
+    """Program (CLI), then over HTTP: a shop, a checkout key named `till`, a finance key,
+    the earning rules; the program and the rules' answer."""
+    program_id, admin = await asyncio.to_thread(app.create_program, name, currency)
+    base = app.base_url
+    created = await _call(client, "POST", f"{base}/v1/shops", admin, json={"name": shop})
+    checkout = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": till, "scope": "checkout"})
+    finance = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": "audit", "scope": "finance"})
+    published = await _call(
+        client, "POST", f"{base}/v1/earning/rules", admin, json=rules, headers={"Idempotency-Key": rules_key}
+    )
+    return Program(program_id, admin, checkout["key"], finance["key"], created["id"]), published
+
+
 async def setup_program(client: httpx.AsyncClient, app: App, customers: int, name: str) -> Program:
     """Program (CLI), then over HTTP: shop, keys, earning rules, customers (8 at a time)."""
-    program_id, admin = await asyncio.to_thread(app.create_program, name)
-    base = app.base_url
-    shop = await _call(client, "POST", f"{base}/v1/shops", admin, json={"name": "Roastery"})
-    checkout = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": "till", "scope": "checkout"})
-    finance = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": "audit", "scope": "finance"})
-    await _call(
-        client, "POST", f"{base}/v1/earning/rules", admin, json=earning_rules(), headers={"Idempotency-Key": "rules-1"}
+    program, _ = await open_program(
+        client, app, name, shop="Roastery", till="till", rules=earning_rules(), rules_key="rules-1"
     )
-    program = Program(program_id, admin, checkout["key"], finance["key"], shop["id"])
-    program.customers = await enrol(client, base, program.checkout, customers)
+    people = ((f"crm-{number:06d}", f"Customer {number}") for number in range(customers))
+    program.customers = list((await enrol(client, app.base_url, program.checkout, people, 8)).values())
     return program
 
 
-async def enrol(client: httpx.AsyncClient, base: str, key: str, count: int) -> list[str]:
-    """Enrol `count` customers, 8 requests at a time; their ids."""
-    numbers = iter(range(count))
-    ids: list[str] = []
+async def enrol(
+    client: httpx.AsyncClient, base: str, key: str, people: Iterable[tuple[str, str]], concurrency: int
+) -> dict[str, str]:
+    """Enrol each (external id, name), `concurrency` requests at a time; external id ->
+    customer id, in the order the enrolments were answered."""
+    pending = iter(people)
+    ids: dict[str, str] = {}
 
     async def worker() -> None:
-        for number in numbers:
-            body = {"external_id": f"crm-{number:06d}", "name": f"Customer {number}"}
-            ids.append((await _call(client, "POST", f"{base}/v1/customers", key, json=body))["id"])
+        for external_id, name in pending:
+            body = {"external_id": external_id, "name": name}
+            ids[external_id] = (await _call(client, "POST", f"{base}/v1/customers", key, json=body))["id"]
 
-    await asyncio.gather(*(worker() for _ in range(8)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ids
 
 
@@ -376,19 +399,21 @@ class Scenario:
 
 
 @contextlib.asynccontextmanager
-async def scenario(name: str, customers: int, overrides: dict[str, str], keep: bool) -> AsyncIterator[Scenario]:
-    """Start serve on a fresh data directory, set up a program; always clean up after."""
+async def served(
+    name: str, overrides: dict[str, str], keep: bool, connections: int = 256, request_timeout_s: float = 5.0
+) -> AsyncIterator[tuple[Path, App, Postgres, httpx.AsyncClient]]:
+    """Start serve on a fresh data directory, with a client of `connections` connections
+    and `request_timeout_s` seconds a request; always stop and clean up after."""
     root = Path(tempfile.mkdtemp(prefix=f"loyalty-{name}-", dir="/tmp"))  # short: socket paths
     app = App(root, overrides)
     postgres = Postgres(root / "pgdata")
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     try:
-        async with httpx.AsyncClient(limits=limits) as client:
+        async with httpx.AsyncClient(limits=limits, timeout=request_timeout_s) as client:
             app.start()
             await app.wait_ready(client)
             postgres.remember_socket()
-            program = await setup_program(client, app, customers, f"Faults {name}")
-            yield Scenario(root, app, postgres, client, program)
+            yield root, app, postgres, client
     finally:
         app.stop()
         postgres.shutdown()
@@ -396,6 +421,14 @@ async def scenario(name: str, customers: int, overrides: dict[str, str], keep: b
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def scenario(name: str, customers: int, overrides: dict[str, str], keep: bool) -> AsyncIterator[Scenario]:
+    """Start serve on a fresh data directory, set up a program; always clean up after."""
+    async with served(name, overrides, keep) as (root, app, postgres, client):
+        program = await setup_program(client, app, customers, f"Faults {name}")
+        yield Scenario(root, app, postgres, client, program)
 
 
 # --- Load with retries ------------------------------------------------------------------
@@ -563,41 +596,52 @@ def _some(*collections: Any) -> str:
     return ", ".join(map(str, items))
 
 
-async def check_books(sc: Scenario, report: Report) -> None:
-    """Postings sum to zero per unit; customer balances equal their postings; trial balance."""
-    connection = await sc.owner()
+async def check_ledger(
+    postgres: Postgres, client: httpx.AsyncClient, app: App, program: Program, report: Report
+) -> None:
+    """Postings sum to zero per unit (and there are some); customer balances equal their
+    postings; the trial balance (API) balanced per unit."""
+    connection = await asyncpg.connect(postgres.dsn("loyalty"))
     try:
-        program_id = sc.program.program_id
         units = await connection.fetch(
             "SELECT unit, sum(amount) AS total, count(*) AS n FROM postings WHERE program_id = $1 GROUP BY unit",
-            program_id,
+            program.program_id,
         )
         drift = await connection.fetch(
             "SELECT a.id, a.balance, coalesce(p.total, 0) AS total FROM accounts a"
             " LEFT JOIN (SELECT account_id, sum(amount) AS total FROM postings WHERE program_id = $1"
             "            GROUP BY account_id) p ON p.account_id = a.id"
             " WHERE a.program_id = $1 AND a.customer_id IS NOT NULL AND a.balance <> coalesce(p.total, 0)",
-            program_id,
-        )
-        pending = await connection.fetchval(
-            "SELECT count(*) FROM customers c WHERE c.program_id = $1 AND"
-            " (SELECT coalesce(sum(points), 0) FROM orders o WHERE o.program_id = $1 AND o.customer_id = c.id)"
-            " <> (SELECT balance FROM accounts a WHERE a.program_id = $1 AND a.customer_id = c.id"
-            "     AND a.kind = 'pending')",
-            program_id,
+            program.program_id,
         )
     finally:
         await connection.close()
     sums = {row["unit"]: (int(row["total"]), int(row["n"])) for row in units}
     report.check(
         "postings sum to zero per unit",
-        all(total == 0 for total, _ in sums.values()),
+        bool(sums) and all(total == 0 for total, _ in sums.values()),
         ", ".join(f"{u}: {t} over {n} postings" for u, (t, n) in sums.items()),
     )
-    report.check("customer balances equal the sum of their postings", not drift, _some(drift))
+    report.check("customer balances equal the sum of their postings", not drift, f"{len(drift)} differ {_some(drift)}")
+    trial = await _call(client, "GET", f"{app.base_url}/v1/finance/trial-balance", program.finance)
+    report.check(
+        "trial balance (GET /v1/finance/trial-balance) balanced per unit",
+        bool(trial["totals"]) and all(t["balanced"] for t in trial["totals"]),
+        str(trial["totals"]),
+    )
+
+
+async def check_books(sc: Scenario, report: Report) -> None:
+    """The ledger (`check_ledger`), and each customer's pending balance = their orders' points."""
+    await check_ledger(sc.postgres, sc.client, sc.app, sc.program, report)
+    pending = await sc.value(
+        "SELECT count(*) FROM customers c WHERE c.program_id = $1 AND"
+        " (SELECT coalesce(sum(points), 0) FROM orders o WHERE o.program_id = $1 AND o.customer_id = c.id)"
+        " <> (SELECT balance FROM accounts a WHERE a.program_id = $1 AND a.customer_id = c.id"
+        "     AND a.kind = 'pending')",
+        sc.program.program_id,
+    )
     report.check("each customer's pending balance = the points of their orders", pending == 0, f"{pending} differ")
-    trial = await _call(sc.client, "GET", f"{sc.app.base_url}/v1/finance/trial-balance", sc.program.finance)
-    report.check("trial balance (API) balanced per unit", all(t["balanced"] for t in trial["totals"]))
 
 
 async def check_chain(sc: Scenario, report: Report, within: float = 30.0) -> None:
