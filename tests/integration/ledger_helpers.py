@@ -1,13 +1,22 @@
-"""Helpers for ledger tests: enrol customers and read balances through the real database."""
+"""Helpers for ledger tests: enrol customers, place orders, read balances and check the books
+through the real database."""
 
 from __future__ import annotations
+
+import itertools
 
 import asyncpg
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment
+from service.domain.earning import Order, OrderLine
+from service.usecases import ledger_jobs, orders
 from service.usecases.customers import enrol_customer
+from service.usecases.finance import verify_chain
+from tests.conftest import ProgramFixture
+
+_order_ids = itertools.count()
 
 
 def admin(program_id: str) -> Principal:
@@ -21,6 +30,17 @@ def checkout(program_id: str) -> Principal:
 async def enrol(program_id: str, external_id: str, clock: Clock) -> str:
     customer, _ = await enrol_customer(admin(program_id), Enrolment(external_id=external_id), clock)
     return customer.id
+
+
+async def buy(program: ProgramFixture, clock: Clock, customer: str, net: int = 2500) -> orders.OrderView:
+    """An order of one line worth `net` minor units, placed now at the program's shop."""
+    order = Order(
+        currency="EUR",
+        placed_at=clock.now(),
+        lines=(OrderLine(sku="beans", category="coffee", unit_price=net, quantity=1),),
+    )
+    placement = orders.OrderPlacement(order_id=f"o{next(_order_ids)}", customer_id=customer, order=order)
+    return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
 async def balances(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
@@ -74,3 +94,17 @@ async def ledger_invariants(connection: asyncpg.Connection, program_id: str) -> 
         program_id,
     )
     assert not debts_with_lots, debts_with_lots
+
+
+async def entry_count(connection: asyncpg.Connection, program_id: str) -> int:
+    count: int = await connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program_id)
+    return count
+
+
+async def sound(connection: asyncpg.Connection, program_id: str) -> None:
+    """The ledger invariants hold and the whole journal seals into a valid chain."""
+    await ledger_invariants(connection, program_id)
+    await ledger_jobs.seal_chain(program_id)
+    report = await verify_chain(program_id)
+    assert report.valid and report.unsealed == 0, report
+    assert report.sealed == await entry_count(connection, program_id)

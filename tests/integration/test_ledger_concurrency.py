@@ -16,23 +16,8 @@ from service.domain.errors import HoldNotOpen, InsufficientPoints
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
 from service.usecases import ledger, ledger_jobs
-from service.usecases.finance import verify_chain
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
-
-
-async def entry_count(connection: asyncpg.Connection, program_id: str) -> int:
-    count: int = await connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program_id)
-    return count
-
-
-async def sound(connection: asyncpg.Connection, program_id: str) -> None:
-    """The ledger invariants hold and the whole journal seals into a valid chain."""
-    await ledger_invariants(connection, program_id)
-    await ledger_jobs.seal_chain(program_id)
-    report = await verify_chain(program_id)
-    assert report.valid and report.unsealed == 0, report
-    assert report.sealed == await entry_count(connection, program_id)
+from tests.integration.ledger_helpers import admin, balances, enrol, entry_count, sound
 
 
 async def test_concurrent_holds_never_overdraw(

@@ -27,13 +27,12 @@ from service.domain.clock import ManualClock
 from service.domain.errors import DomainError, IdempotencyKeyReused, InsufficientPoints, NotFound
 from service.domain.expiry import ExpiryPolicy, ExpiryRule, expires_at
 from service.domain.ledger import AccountKind, EntryDraft, PostingDraft, customer_account, system_account, transfer
-from service.usecases import ledger, ledger_jobs
-from service.usecases.finance import verify_chain
+from service.usecases import ledger
 from service.usecases.group_commit import write_once
 from service.usecases.idempotency import fingerprint
 from service.usecases.ledger_settings import known_settings
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
+from tests.integration.ledger_helpers import admin, balances, enrol, entry_count, sound
 
 ISSUED = system_account(AccountKind.ISSUED)
 REDEEMED = system_account(AccountKind.REDEEMED)
@@ -50,13 +49,6 @@ async def stored(connection: asyncpg.Connection, program_id: str, key: str) -> t
     )
     assert row is not None, f"nothing stored under {key}"
     return row["status_code"], bytes(row["response"])
-
-
-async def sound(connection: asyncpg.Connection, program_id: str) -> None:
-    await ledger_invariants(connection, program_id)
-    await ledger_jobs.seal_chain(program_id)
-    report = await verify_chain(program_id)
-    assert report.valid and report.unsealed == 0, report
 
 
 async def test_a_grant_is_one_statement_and_its_replay_is_the_stored_answer(
@@ -77,8 +69,7 @@ async def test_a_grant_is_one_statement_and_its_replay_is_the_stored_answer(
     with pytest.raises(IdempotencyKeyReused):  # the key is the program's, whatever the operation
         await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=1), "k1", clock)
     assert (await balances(owner_connection, program.id, ann))["available"] == 70
-    entries = await owner_connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program.id)
-    assert entries == 1
+    assert await entry_count(owner_connection, program.id) == 1
     await sound(owner_connection, program.id)
 
 
@@ -118,7 +109,7 @@ async def test_a_grant_to_an_unknown_customer_is_refused_and_remembered(
     assert str(again.value) == str(refused.value)
     with pytest.raises(IdempotencyKeyReused):
         await ledger.adjust(who, ledger.Adjustment(customer_id="cus_nobody", amount=11, reason="x"), "k", clock)
-    assert await owner_connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program.id) == 0
+    assert await entry_count(owner_connection, program.id) == 0
 
 
 async def test_the_refusal_of_a_grant_is_what_the_general_path_remembers(
@@ -159,7 +150,7 @@ async def test_fifty_requests_with_one_key_at_once_make_one_effect(
         *(ledger.adjust(who, r, "the-key", clock) for r in requests), return_exceptions=True
     )
 
-    assert await owner_connection.fetchval("SELECT count(*) FROM entries WHERE program_id = $1", program.id) == 2
+    assert await entry_count(owner_connection, program.id) == 2
     written = [outcome for outcome in outcomes if isinstance(outcome, WrittenEntry)]
     assert written and all(outcome == written[0] for outcome in written), outcomes
     change = next(p.amount for p in written[0].postings if p.balance_after is not None)

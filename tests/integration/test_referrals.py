@@ -17,7 +17,7 @@ import pytest
 from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
 from service.domain.customers import Enrolment
-from service.domain.earning import Order, OrderLine, Refund
+from service.domain.earning import Refund
 from service.domain.errors import (
     Conflict,
     DomainError,
@@ -44,7 +44,7 @@ from service.usecases.customers import enrol_customer
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from service.usecases.referrals import Redemption
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, checkout, ledger_invariants
+from tests.integration.ledger_helpers import admin, balances, buy, checkout, ledger_invariants
 from tests.integration.test_order_life import entry_postings
 
 START = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)  # 12:00 in Amsterdam
@@ -97,16 +97,6 @@ async def redeem(
 ) -> referrals.ReferralView:
     view, _ = await referrals.redeem(app_of(program, referee), referee, Redemption(code=code, **hashes), clock)
     return view
-
-
-async def buy(program: ProgramFixture, clock: ManualClock, customer: str, net: int) -> orders.OrderView:
-    order = Order(
-        currency="EUR",
-        placed_at=clock.now(),
-        lines=(OrderLine(sku="beans", category="coffee", unit_price=net, quantity=1),),
-    )
-    placement = orders.OrderPlacement(order_id=f"o{next(_keys)}", customer_id=customer, order=order)
-    return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
 async def code_of(program: ProgramFixture, clock: ManualClock, customer: str) -> str:

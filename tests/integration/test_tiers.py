@@ -13,13 +13,13 @@ import msgspec
 import pytest
 
 from service.domain.clock import ManualClock
-from service.domain.earning import Order, OrderLine, Refund
+from service.domain.earning import Refund
 from service.domain.errors import InvalidInput
 from service.domain.tiers import TierConfig
 from service.usecases import orders, tiers
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, checkout, enrol
+from tests.integration.ledger_helpers import admin, buy, checkout, enrol
 
 START = datetime(2026, 2, 2, 11, 0, tzinfo=UTC)
 LADDER: dict[str, Any] = {
@@ -47,17 +47,6 @@ async def setup(program: ProgramFixture, clock: ManualClock, **ladder: Any) -> N
 async def configure(program: ProgramFixture, clock: ManualClock, **ladder: Any) -> tiers.TierSettings:
     config = msgspec.convert(LADDER | ladder, TierConfig)
     return await tiers.configure(admin(program.id), config, f"tiers-{next(_keys)}", clock)
-
-
-async def buy(program: ProgramFixture, clock: ManualClock, customer: str, net: int = 2500) -> orders.OrderView:
-    """An order of `net` minor units, placed now: 10 points per euro before the tier multiplier."""
-    order = Order(
-        currency="EUR",
-        placed_at=clock.now(),
-        lines=(OrderLine(sku="beans", category="coffee", unit_price=net, quantity=1),),
-    )
-    placement = orders.OrderPlacement(order_id=f"o{next(_keys)}", customer_id=customer, order=order)
-    return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
 
 
 async def tier_events(connection: asyncpg.Connection, program_id: str, customer: str) -> list[tuple[str, Any]]:
