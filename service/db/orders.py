@@ -77,9 +77,13 @@ async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: st
 
 
 async def campaign_bonus_so_far(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
-    """Bonus points each campaign has granted the customer over all their orders."""
+    """Bonus points each campaign has granted the customer over all their orders and they kept
+    after refunds: `bonus_kept` (service/domain/earning.py) of each order's bonus, from the
+    order's refunded net value (numeric: bonus * refunded_net may not fit a bigint)."""
     rows = await connection.fetch(
-        "SELECT b.key AS campaign, sum(b.value::bigint)::bigint AS points"
+        "SELECT b.key AS campaign, sum(CASE WHEN o.refunded_net = 0 THEN b.value::bigint"
+        " WHEN o.refunded_net >= o.net THEN 0"
+        " ELSE b.value::bigint - div(b.value::numeric * o.refunded_net, o.net) END)::bigint AS points"
         " FROM orders o CROSS JOIN LATERAL jsonb_each_text(o.award -> 'campaign_bonus') AS b"
         " WHERE o.program_id = $1 AND o.customer_id = $2 GROUP BY b.key",
         program_id,

@@ -13,7 +13,11 @@ out between the stages. A multiplier below 1x has a negative part.
 
 Caps. A campaign's per-customer cap trims only that campaign's own part (later multipliers
 still count on the untrimmed amount). The per-order cap trims the total; when reporting
-what each campaign granted, the cut is charged to campaigns last-applied first.
+what each campaign granted, the cut is charged to campaigns last-applied first. What counts
+against a per-customer cap is the bonus the customer kept (`bonus_kept`): a refund takes
+back the same share of each campaign's bonus as it takes of the whole award, rounded the
+same way, so refunding an order frees the cap its bonus used (all of it when the whole
+order comes back), and the bonus kept never exceeds the cap.
 
 Refunds claw back in proportion to refunded net value, cumulatively: with
 claw(x) = floor(total * x / net) and claw(net) = total, a refund takes
@@ -277,6 +281,18 @@ def _capped(campaign: Campaign, part: int, detail: str, so_far: Mapping[str, int
     if part <= left:
         return part, detail
     return left, f"{detail}; capped at {campaign.customer_cap} per customer"
+
+
+def bonus_kept(bonus: int, refunded_net: int, net: int) -> int:
+    """What the customer keeps of a campaign's bonus from an order of net value `net` of which
+    `refunded_net` was refunded: the bonus less the share claw_back takes of the whole award,
+    floor(bonus * refunded_net / net), and nothing once everything came back. Between 0 and
+    `bonus`; service/db/orders.py computes the same in SQL."""
+    if refunded_net == 0:
+        return bonus
+    if refunded_net >= net:
+        return 0
+    return bonus - bonus * refunded_net // net
 
 
 def claw_back(

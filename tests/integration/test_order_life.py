@@ -303,6 +303,39 @@ async def test_campaign_cap_per_customer_counts_earlier_orders_even_concurrently
     assert bonus == [0, 0, 10, 30, 30]
 
 
+def campaign_bonus(view: orders.OrderView) -> int:
+    return sum(c.points for c in view.breakdown if c.rule.startswith("campaign"))
+
+
+async def test_refunds_give_back_the_campaign_cap_their_bonus_used(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    campaign = {"name": "spring", "starts_on": "2026-03-01", "ends_on": "2026-03-31", "bonus_points": 30}
+    await setup_program(program, clock, campaigns=({**campaign, "customer_cap": 60},))
+    ann = await enrol(program.id, "ann", clock)
+    till = checkout(program.id)
+
+    async def place(order_id: str) -> int:
+        placement = orders.OrderPlacement(order_id=order_id, customer_id=ann, order=basket())
+        return campaign_bonus(await orders.place_order(till, program.shop_id, placement, clock))
+
+    async def refund(order_id: str, amount: int) -> int:
+        view = await orders.refund_order(till, program.shop_id, order_id, f"R-{order_id}", Refund(amount=amount), clock)
+        return view.points
+
+    assert [await place("A"), await place("B"), await place("C")] == [30, 30, 0]  # the cap of 60 is used
+    assert await refund("A", 2500) == 280  # the whole order: its 30 of bonus no longer count
+    assert await place("D") == 30
+    # 1000 of 2500 back takes floor(280 * 0.4) = 112 points and floor(30 * 0.4) = 12 of B's bonus
+    assert await refund("B", 1000) == 112
+    assert await place("E") == 12
+    # 2499 of 2500 back takes floor(12 * 2499 / 2500) = 11 of E's bonus of 12: 1 is kept
+    assert await refund("E", 2499) == 261  # floor(262 * 2499 / 2500)
+    assert await place("F") == 11
+    assert await place("G") == 0  # kept: B 18, D 30, E 1, F 11 = 60
+    await ledger_invariants(owner_connection, program.id)
+
+
 async def test_release_workers_running_at_once_release_each_order_once(
     program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
 ) -> None:

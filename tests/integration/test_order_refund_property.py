@@ -1,11 +1,13 @@
 """Hypothesis over baskets on the real ledger: whatever the prices, quantities and the way
 an order is refunded (in parts, by lines or amounts, before or after release), refunding
-all of it returns the customer's balances to where they started."""
+all of it returns the customer's balances to where they started; and through any sequence
+of orders and refunds, a campaign's per-customer cap counts only the bonus kept."""
 
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -15,7 +17,16 @@ from hypothesis import strategies as st
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
-from service.domain.earning import Order, OrderLine, Refund, RefundLine
+from service.domain.earning import (
+    Campaign,
+    EarningRules,
+    Order,
+    OrderLine,
+    Refund,
+    RefundLine,
+    bonus_kept,
+    calculate_award,
+)
 from service.usecases import ledger, orders
 from service.usecases.earning_rules import RulesDraft, publish_rules
 from tests.conftest import ProgramFixture, make_program
@@ -104,3 +115,73 @@ async def program_with_rules(database: str, clock: ManualClock) -> ProgramFixtur
     )
     await publish_rules(admin(program.id), draft, "rules", clock)
     return program
+
+
+CAMPAIGNS = (
+    Campaign(
+        name="double-tea",
+        starts_on=date(2026, 4, 1),
+        ends_on=date(2026, 4, 30),
+        categories=frozenset({"tea"}),
+        multiplier_bp=20_000,
+        customer_cap=150,
+    ),
+    Campaign(name="welcome", starts_on=date(2026, 4, 1), ends_on=date(2026, 4, 30), bonus_points=25, customer_cap=60),
+)
+
+
+@pytest.fixture
+async def program_with_capped_campaigns(database: str, clock: ManualClock) -> tuple[ProgramFixture, EarningRules]:
+    program = await make_program()
+    clock.set(PLACED - timedelta(days=1))
+    draft = RulesDraft(currency="EUR", points_per_unit=7, unit_minor=300, campaigns=CAMPAIGNS)
+    published = await publish_rules(admin(program.id), draft, "rules", clock)
+    return program, published.rules
+
+
+steps = st.lists(st.one_of(lines_strategy, st.integers(0, 7)), min_size=1, max_size=8)  # an order, or a refund
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), plan=steps)
+async def test_campaign_caps_count_only_the_bonus_kept_through_orders_and_refunds(
+    data: st.DataObject,
+    plan: list[list[OrderLine] | int],
+    program_with_capped_campaigns: tuple[ProgramFixture, EarningRules],
+    clock: ManualClock,
+) -> None:
+    program, rules = program_with_capped_campaigns
+    clock.set(PLACED)
+    customer = await enrol(program.id, f"c{next(_serial)}", clock)
+    till = Principal(program_id=program.id, scope=Scope.CHECKOUT, key_id="key_till")
+    caps = {campaign.name: campaign.customer_cap or 0 for campaign in CAMPAIGNS}
+    placed: list[tuple[str, int, dict[str, int]]] = []  # order id, net, bonus granted per campaign
+    refunded: dict[str, int] = {}
+
+    def kept() -> dict[str, int]:
+        totals = dict.fromkeys(caps, 0)
+        for order_id, net, granted in placed:
+            for name, bonus in granted.items():
+                totals[name] += bonus_kept(bonus, refunded.get(order_id, 0), net)
+        return totals
+
+    for number, step in enumerate(plan):
+        if isinstance(step, list):
+            order = Order(currency="EUR", placed_at=PLACED, lines=tuple(step))
+            expected = calculate_award(order, rules, zone=ZoneInfo("Europe/Amsterdam"), bonus_so_far=kept())
+            order_id = f"o{number}-{customer}"
+            placement = orders.OrderPlacement(order_id=order_id, customer_id=customer, order=order)
+            view = await orders.place_order(till, program.shop_id, placement, clock)
+            assert view.points == expected.total and view.breakdown == expected.breakdown
+            placed.append((order_id, order.net, expected.campaign_bonus))
+        elif placed:
+            order_id, net, _ = placed[step % len(placed)]
+            left = net - refunded.get(order_id, 0)
+            if left == 0:
+                continue
+            amount = data.draw(st.integers(1, left))
+            refund = Refund(amount=amount)
+            view = await orders.refund_order(till, program.shop_id, order_id, f"r{number}", refund, clock)
+            refunded[order_id] = view.refunded_net
+        for name, total in kept().items():
+            assert 0 <= total <= caps[name]

@@ -23,6 +23,7 @@ from service.domain.earning import (
     OrderLine,
     Refund,
     RefundLine,
+    bonus_kept,
     calculate_award,
     claw_back,
 )
@@ -204,6 +205,14 @@ def test_per_customer_cap_on_a_bonus() -> None:
     result = award(the_rules=capped, bonus_so_far={"welcome": 100, "other": 7})
     assert parts(result) == [("base", 28), ("campaign-bonus:welcome", 20)]
     assert result.campaign_bonus == {"welcome": 20}
+
+
+@pytest.mark.parametrize(
+    ("refunded", "kept"),
+    [(0, 30), (1, 30), (83, 30), (84, 29), (1250, 15), (2499, 1), (2500, 0)],
+)
+def test_a_refund_frees_the_share_of_a_campaign_bonus_it_claws_back(refunded: int, kept: int) -> None:
+    assert bonus_kept(30, refunded, 2500) == kept  # takes back floor(30 * refunded / 2500), all of it at the end
 
 
 @pytest.mark.parametrize(("minimum", "total"), [(2900, 0), (2899, 78)])
@@ -490,3 +499,21 @@ def test_multiplied_points_are_the_floor_of_the_exact_product(
     result = calculate_award(the_order, uncapped, zone=AMSTERDAM, tier_multiplier_bp=tier)
     multiplied = sum(c.points for c in result.breakdown if not c.rule.startswith("campaign-bonus:"))
     assert multiplied == exact_multiplied_points(the_order, uncapped, tier)
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders(), rule_sets(), st.data())
+def test_bonus_kept_follows_the_clawback_and_stays_within_the_bonus(
+    the_order: Order, the_rules: EarningRules, data: st.DataObject
+) -> None:
+    result = calculate_award(the_order, the_rules, zone=AMSTERDAM)
+    net = the_order.net
+    refunded = data.draw(st.integers(0, net))
+    taken = claw_back(the_order.lines, result, Refund(amount=refunded)).points if refunded else 0
+    bonus_taken = 0
+    for bonus in result.campaign_bonus.values():
+        kept = bonus_kept(bonus, refunded, net)
+        assert 0 <= kept <= bonus
+        assert bonus_kept(bonus, min(refunded + 1, net), net) <= kept  # more refunded, never more kept
+        bonus_taken += bonus - kept
+    assert bonus_taken <= taken  # a campaign's bonus comes back with the award it was part of
