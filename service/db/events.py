@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -66,6 +67,46 @@ async def emit_all(
         [msgspec.json.encode(payload).decode() for _, payload in events],
     )
     return event_ids
+
+
+class Announcement(msgspec.Struct, frozen=True):
+    """An event a ledger write emits in its own statement for one of its entries (`ordinal`:
+    the entry's position in the write, from 1), under an id drawn in advance."""
+
+    ordinal: int
+    event_id: str
+    type: EventType
+    customer_id: str | None
+    payload: msgspec.Struct
+
+
+def announcement(
+    ordinal: int, type: EventType, payload: msgspec.Struct, customer_id: str | None, *, at: datetime
+) -> Announcement:
+    """An event to emit with an entry written at about `at` (its payload checked against its
+    type, as `emit` does)."""
+    check_payload(type, payload)
+    return Announcement(ordinal, new_id("evt", int(at.timestamp() * 1000)), type, customer_id, payload)
+
+
+def announcement_columns(announcements: list[Announcement]) -> list[list[Any]]:
+    """The arrays `outbox_rows` reads: ordinals, ids, types, customer ids and payloads (JSON text)."""
+    return [
+        [a.ordinal for a in announcements],
+        [a.event_id for a in announcements],
+        [a.type.value for a in announcements],
+        [a.customer_id for a in announcements],
+        [msgspec.json.encode(a.payload).decode() for a in announcements],
+    ]
+
+
+def outbox_rows(first: int) -> str:
+    """The rows `announcement_columns` gives as parameters ${first} to ${first + 4}, for a
+    statement that appends them to `event_outbox` (in ordinal order, so their positions keep
+    the entries' order): `e (ordinal, id, type, customer_id, payload)`, payload as JSON text."""
+    types = ("integer", "text", "text", "text", "text")
+    arrays = ", ".join(f"${first + n}::{kind}[]" for n, kind in enumerate(types))
+    return f"unnest({arrays}) AS e (ordinal, id, type, customer_id, payload)"
 
 
 async def emit_once(

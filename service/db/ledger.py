@@ -7,7 +7,12 @@ Credit-only entries (grants: see `credited_only`) have nothing to decide against
 account's state, so a batch of them is one call of `append_credit_entries` (migration
 0010): balances, entries, postings, lots, seal-queue rows and idempotency records in one
 statement; with `write_credits_once` it also claims the idempotency keys, so a grant in
-a transaction of its own is one round trip."""
+a transaction of its own is one round trip.
+
+An entry that announces points earned (`points_earned_by`: a grant or a referral reward of
+points) has its `points.earned` appended to the event outbox by the statement that writes
+it, so however many grants a batch holds, their events cost no statement of their own, and
+an entry not written (refused, or a replayed idempotency key) emits nothing."""
 
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.db.events import Announcement, announcement, announcement_columns, outbox_rows
 from service.db.idempotency import Stored, encode_outcome, remember, replay
 from service.db.ledger_accounts import system_account_ids
 from service.domain.errors import DomainError, NotFound
+from service.domain.events import EventType, points_earned_by
 from service.domain.expiry import ExpiryRule
 from service.domain.ledger import (
     AccountRef,
@@ -201,7 +208,12 @@ async def write_entries(
     fingerprint per item), each outcome is remembered under its key in the same statement."""
     credited = [_credited_only(item) for item in items]
     if items and all(account is not None for account in credited):
-        answers = await connection.fetch(_APPEND_CREDITS, program_id, now, *_credit_arguments(items, credited, keys))
+        arguments = [program_id, now, *_credit_arguments(items, credited, keys)]
+        announced = _credit_announcements(items, now)
+        if announced:
+            answers = await connection.fetch(_APPEND_CREDITS_ANNOUNCING, *arguments, *announcement_columns(announced))
+        else:
+            answers = await connection.fetch(_APPEND_CREDITS, *arguments)
         return [_credit_outcome(i, a, row) for i, a, row in zip(items, credited, answers, strict=True)]
     refs = sorted({p.account for item in items for p in item.draft.postings if p.account.is_customer}, key=str)
     credits = sum(1 for item in items for p in item.draft.postings if p.account.is_customer and p.amount > 0)
@@ -326,10 +338,16 @@ async def write_entries(
                 postings=postings,
             )
         )
+    announced = [
+        announcement(ordinal, EventType.POINTS_EARNED, earned, earned.customer_id, at=now)
+        for ordinal, ((item, *_), entry) in enumerate(zip(decided, written, strict=True), start=1)
+        if (earned := points_earned_by(item.draft, entry.id, entry.posted_at)) is not None
+    ]
     written_iter = iter(written)
     outcomes = [next(written_iter) if result is None else result for result in results]
     remembered = [(*key, *encode_outcome(outcome)) for key, outcome in zip(keys, outcomes, strict=True)] if keys else []
-    await _append(connection, program_id, rows, [a for a in accounts.values() if a.touched], remembered)
+    touched = [a for a in accounts.values() if a.touched]
+    await _append(connection, program_id, rows, touched, remembered, announced)
     return outcomes
 
 
@@ -337,7 +355,7 @@ def _columns(rows: Sequence[tuple[Any, ...]], count: int) -> list[list[Any]]:
     return [[row[index] for row in rows] for index in range(count)]
 
 
-_APPEND = """
+_APPEND = f"""
 WITH new_entries AS (
     INSERT INTO entries (program_id, id, kind, posted_at, actor, reverses_entry_id, metadata)
     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[], $7::jsonb[])
@@ -369,6 +387,12 @@ WITH new_entries AS (
 ), remembered AS (
     INSERT INTO idempotency_keys (program_id, key, fingerprint, status_code, response)
     SELECT $1, * FROM unnest($32::text[], $33::bytea[], $34::int[], $35::bytea[])
+), announced AS (  -- events of the entries (by position in $2), at their posting time
+    INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)
+    SELECT $1, e.id, e.type, e.customer_id, e.payload::jsonb, w.posted_at
+      FROM {outbox_rows(36)}
+      JOIN unnest($4::timestamptz[]) WITH ORDINALITY AS w (posted_at, ordinal) ON w.ordinal = e.ordinal
+     ORDER BY e.ordinal
 )
 SELECT 1
 """
@@ -380,6 +404,7 @@ async def _append(
     rows: _Rows,
     touched: Sequence[_Account],
     remembered: Sequence[tuple[str, bytes, int, bytes]],
+    announced: list[Announcement],
 ) -> None:
     """Everything a batch writes, in one statement (its key checks run at its end)."""
     new_lot_ids = {row[0] for row in rows.created}
@@ -398,6 +423,7 @@ async def _append(
         [amount for _, amount in old_lots],
         *_columns(rows.consumed, 3),
         *_columns(remembered, 4),
+        *announcement_columns(announced),
     )
 
 
@@ -411,6 +437,36 @@ _CREDIT_PARAMETERS = (
 _APPEND_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS})"
 _CLAIM_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS}, true, $18, $19, $20)"
 SETTINGS_CHANGED = "LY001"  # SQLSTATE: the program's ledger settings are not the drafts'
+
+
+def _announcing(call: str, first: int) -> str:
+    """`call` (of append_credit_entries) that also appends the announcements given from
+    parameter `first` on (`announcement_columns`) for the entries it wrote, each with the
+    entry's id and posting time filled in as `entry_id` and `available_from`: only the call
+    knows them. A replayed key or a missing account writes no entry and emits nothing."""
+    posted = """to_char(w.posted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    return (
+        f"WITH written AS MATERIALIZED ({call}), announced AS ("
+        " INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
+        " SELECT $1, e.id, e.type, e.customer_id,"
+        f" e.payload::jsonb || jsonb_build_object('entry_id', w.entry_id, 'available_from', {posted}), w.posted_at"
+        f" FROM {outbox_rows(first)} JOIN written AS w ON w.ord = e.ordinal AND w.entry_id IS NOT NULL"
+        " ORDER BY e.ordinal)"
+        " SELECT * FROM written ORDER BY ord"
+    )
+
+
+_APPEND_CREDITS_ANNOUNCING = _announcing(_APPEND_CREDITS, 18)
+_CLAIM_CREDITS_ANNOUNCING = _announcing(_CLAIM_CREDITS, 21)
+
+
+def _credit_announcements(items: Sequence[EntryToWrite], now: datetime) -> list[Announcement]:
+    """The events of credit-only items, by position; `_announcing` fills in what the write decides."""
+    return [
+        announcement(ordinal, EventType.POINTS_EARNED, earned, earned.customer_id, at=now)
+        for ordinal, item in enumerate(items, start=1)
+        if (earned := points_earned_by(item.draft, 0, now)) is not None
+    ]
 
 
 class SettingsChanged(Exception):
@@ -529,16 +585,20 @@ async def write_credits_once(
     if not all(account is not None for account in credited):
         raise ValueError("write_credits_once writes credit-only entries only")
     keys = [(key, fingerprint) for key, fingerprint, _ in requests]
+    arguments = [
+        program_id,
+        now,
+        *_credit_arguments(items, credited, keys),
+        time_zone,
+        expiry.policy.value,
+        expiry.period,
+    ]
+    announced = _credit_announcements(items, now)
     try:
-        rows = await connection.fetch(
-            _CLAIM_CREDITS,
-            program_id,
-            now,
-            *_credit_arguments(items, credited, keys),
-            time_zone,
-            expiry.policy.value,
-            expiry.period,
-        )
+        if announced:
+            rows = await connection.fetch(_CLAIM_CREDITS_ANNOUNCING, *arguments, *announcement_columns(announced))
+        else:
+            rows = await connection.fetch(_CLAIM_CREDITS, *arguments)
     except asyncpg.PostgresError as error:
         if error.sqlstate == SETTINGS_CHANGED:
             raise SettingsChanged(str(error)) from None

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from service.domain.ledger import EntryDraft, Unit, credited_only
+
 
 class EventType(StrEnum):
     """Every event type the service defines (some are not emitted yet: see `CATALOGUE`)."""
@@ -62,16 +64,44 @@ class Purchase(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PointsEarned(msgspec.Struct, frozen=True, kw_only=True):
-    """Points were awarded for an order; they are pending until `available_from`."""
+    """Points were credited to the customer: earned by an order (pending until `available_from`),
+    granted by an admin or rewarded for a referral (available at once)."""
 
     customer_id: str
     points: int
-    source: str  # "order"
-    shop_id: str
-    order_id: str
+    source: str  # "order", "grant" or "referral" (EARNED_BY_ENTRY_KIND); more may come
+    shop_id: str | None  # the order's; None when the points are not from an order
+    order_id: str | None
     entry_id: int
     available_from: datetime
     expires_at: datetime | None
+
+
+# Entries whose credit to a customer's points announces itself with `points.earned` as the
+# entry is written (service/db/ledger.py, in the writing statement), by entry kind, with the
+# `source` the event names. An order's award ("order") is announced by the order's use case,
+# after `purchase.first`/`purchase.repeat`; debits and store credit announce nothing.
+EARNED_BY_ENTRY_KIND: dict[str, str] = {"adjustment.grant": "grant", "referral.reward": "referral"}
+
+
+def points_earned_by(draft: EntryDraft, entry_id: int, posted_at: datetime) -> PointsEarned | None:
+    """The `points.earned` a well-formed entry announces when written (entry_id at posted_at),
+    or None: only the kinds of EARNED_BY_ENTRY_KIND that credit one customer's points, which
+    are available at once and expire with the entry's lot."""
+    source = EARNED_BY_ENTRY_KIND.get(draft.kind)
+    credited = credited_only(draft) if source is not None else None
+    if source is None or credited is None or credited.customer_id is None or credited.unit is not Unit.POINTS:
+        return None
+    return PointsEarned(
+        customer_id=credited.customer_id,
+        points=sum(posting.amount for posting in draft.postings if posting.account == credited),
+        source=source,
+        shop_id=None,
+        order_id=None,
+        entry_id=entry_id,
+        available_from=posted_at,
+        expires_at=draft.lot_expires_at,
+    )
 
 
 class PointsRedeemed(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,7 +311,12 @@ CATALOGUE: dict[EventType, CatalogueEntry] = {
         _entry(EventType.CUSTOMER_ENROLLED, CustomerEnrolled, "welcome", "A customer was newly enrolled."),
         _entry(EventType.PURCHASE_FIRST, Purchase, "welcome", "A customer's first order was stored."),
         _entry(EventType.PURCHASE_REPEAT, Purchase, "repeat purchase", "A customer's second or later order."),
-        _entry(EventType.POINTS_EARNED, PointsEarned, "loyalty", "An order earned points (pending at first)."),
+        _entry(
+            EventType.POINTS_EARNED,
+            PointsEarned,
+            "loyalty",
+            "Points were credited: earned by an order (pending at first), granted, or a referral reward.",
+        ),
         _entry(EventType.POINTS_REDEEMED, PointsRedeemed, "loyalty", "A hold of points was captured."),
         _entry(
             EventType.POINTS_EXPIRING_SOON,

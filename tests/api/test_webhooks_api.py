@@ -458,6 +458,34 @@ async def test_the_feed_pages_by_cursor_for_checkout_and_admin_keys(
     assert_names_field(assert_problem(bad_cursor, 422, "invalid-input"), "after")
 
 
+async def test_an_adjustment_granting_points_is_in_the_feed_as_points_earned(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    customer = await enrol_customer(client, program, "ann")
+    admin = program.auth("admin")
+    for key, amount in (("grant-1", 250), ("grant-1", 250), ("deduct-1", -50)):  # a retry, then a deduction
+        body = {"customer_id": customer, "amount": amount, "reason": "goodwill"}
+        answer = await client.post("/v1/ledger/adjustments", json=body, headers=admin | {"Idempotency-Key": key})
+        assert answer.status_code == 201, answer.text
+        if amount > 0:
+            grant = answer.json()
+    async with new_client(CONFIG) as http:
+        await dispatch_program(program.id, clock, CONFIG, http)  # publishes the outbox
+    feed = await client.get("/v1/events", params={"types": "points.earned"}, headers=program.auth("checkout"))
+    [event] = feed.json()["items"]
+    assert event["customer_id"] == customer and event["timestamp"] == grant["posted_at"]
+    assert event["data"] | {"expires_at": None} == {
+        "customer_id": customer,
+        "points": 250,
+        "source": "grant",
+        "shop_id": None,
+        "order_id": None,
+        "entry_id": grant["id"],
+        "available_from": grant["posted_at"],
+        "expires_at": None,
+    }
+
+
 async def test_the_catalogue_lists_every_type_with_its_payload_schema(
     client: httpx.AsyncClient, program: ProgramFixture, app: Litestar
 ) -> None:
@@ -469,6 +497,8 @@ async def test_the_catalogue_lists_every_type_with_its_payload_schema(
     assert enrolled["emitted"] is True and enrolled["flow"] == "welcome"
     assert "external_id" in str(enrolled["payload_schema"])
     assert catalogue["tier.upgraded"]["emitted"] is True
+    earned = catalogue["points.earned"]["payload_schema"]["$defs"]["PointsEarned"]["properties"]
+    assert earned["order_id"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}  # null: not from an order
 
     schemas = app.openapi_schema.to_schema()["components"]["schemas"]
     for name in ("CustomerEnrolledEvent", "PurchaseFirstEvent", "PointsEarned", "WinBackDue"):

@@ -3,6 +3,7 @@ never for what was rolled back or refused, published into a gap-free feed."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,14 +12,17 @@ import msgspec
 import pytest
 
 from service.db.events import emit, emit_once
+from service.db.ledger import EntryToWrite, WrittenEntry, write_entries
 from service.db.transaction import transaction
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine
 from service.domain.errors import InsufficientPoints, NotFound
-from service.domain.events import AnyEvent, EventType, PointsExpired
+from service.domain.events import AnyEvent, EventType, PointsEarned, PointsEarnedEvent, PointsExpired
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
+from service.domain.ledger import Unit
 from service.usecases import ledger, ledger_jobs, lifecycle, orders
 from service.usecases.dispatch import publish_events
+from service.usecases.ledger_settings import ProgramLedgerSettings, ledger_settings
 from service.usecases.webhooks import event_feed
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import admin, checkout, enrol
@@ -82,8 +86,16 @@ async def test_enrolment_and_orders_emit_welcome_purchase_and_points(
         "points": 200,
         "categories": ["coffee", "tea"],
     }
-    assert body[2]["points"] == 200 and body[2]["entry_id"] == first.award_entry_id
-    assert body[2]["available_from"] == first.available_from.isoformat().replace("+00:00", "Z")
+    assert body[2] == {  # an order's points.earned, as it always was
+        "customer_id": ann,
+        "points": 200,
+        "source": "order",
+        "shop_id": program.shop_id,
+        "order_id": "A-1",
+        "entry_id": first.award_entry_id,
+        "available_from": first.available_from.isoformat().replace("+00:00", "Z"),
+        "expires_at": None,
+    }
     assert body[3]["order_number"] == 2
     assert len({event.id for event in events}) == 5
 
@@ -106,8 +118,8 @@ async def test_capture_emits_redeemed_and_expiry_emits_expired(program: ProgramF
         await ledger.hold_points(checkout(program.id), ledger.HoldRequest(customer_id=ann, amount=10_000), "h-4", clock)
 
     events = await published(program.id, clock)
-    assert kinds(events) == ["customer.enrolled", "points.redeemed"]
-    redeemed = msgspec.to_builtins(events[1])["data"]
+    assert kinds(events) == ["customer.enrolled", "points.earned", "points.redeemed"]  # the grant, the capture
+    redeemed = msgspec.to_builtins(events[2])["data"]
     assert redeemed == {
         "customer_id": ann,
         "points": 120,
@@ -123,10 +135,120 @@ async def test_capture_emits_redeemed_and_expiry_emits_expired(program: ProgramF
     clock.set(START + timedelta(days=12))
     assert await ledger_jobs.expire_points(program.id, clock) == 1
     events = await published(program.id, clock)
-    assert kinds(events)[2:] == ["points.expiring_soon", "points.expired"]
-    soon, expired = (msgspec.to_builtins(event)["data"] for event in events[2:])
+    assert kinds(events)[3:] == ["points.expiring_soon", "points.expired"]
+    soon, expired = (msgspec.to_builtins(event)["data"] for event in events[3:])
     assert soon["points"] == 380 and soon["last_day"] == "2026-03-20"
     assert expired["points"] == 380 and expired["customer_id"] == ann
+
+
+async def lot_expiry(connection: asyncpg.Connection, program_id: str, entry_id: int) -> datetime | None:
+    expiry: datetime | None = await connection.fetchval(
+        "SELECT expires_at FROM lots WHERE program_id = $1 AND entry_id = $2", program_id, entry_id
+    )
+    return expiry
+
+
+def earned(events: list[AnyEvent]) -> list[PointsEarned]:
+    return [event.data for event in events if isinstance(event, PointsEarnedEvent)]
+
+
+async def test_a_grant_of_points_emits_points_earned_once_and_a_deduction_nothing(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    clock.set(START)
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 10))
+    ann = await enrol(program.id, "ann", clock)
+    gift = ledger.Adjustment(customer_id=ann, amount=500, reason="goodwill")
+    entry = await ledger.adjust(admin(program.id), gift, "g-1", clock)
+    clock.advance(timedelta(seconds=1))
+    assert await ledger.adjust(admin(program.id), gift, "g-1", clock) == entry  # replayed: no second event
+    deduct = ledger.Adjustment(customer_id=ann, amount=-200, reason="correction")
+    await ledger.adjust(admin(program.id), deduct, "d-1", clock)  # a debit: no event
+    credit = ledger.Adjustment(customer_id=ann, amount=300, unit=Unit.CREDIT, reason="store credit")
+    await ledger.adjust(admin(program.id), credit, "c-1", clock)  # store credit, not points: no event
+    with pytest.raises(NotFound):  # refused (and remembered): no event
+        await ledger.adjust(admin(program.id), msgspec.structs.replace(gift, customer_id="cus_nobody"), "g-2", clock)
+
+    events = await published(program.id, clock)
+    assert kinds(events) == ["customer.enrolled", "points.earned"]
+    assert events[1].customer_id == ann and events[1].timestamp == entry.posted_at
+    assert earned(events) == [
+        PointsEarned(
+            customer_id=ann,
+            points=500,
+            source="grant",
+            shop_id=None,
+            order_id=None,
+            entry_id=entry.id,
+            available_from=entry.posted_at,
+            expires_at=await lot_expiry(owner_connection, program.id, entry.id),
+        )
+    ]
+    assert msgspec.to_builtins(events[1])["data"]["shop_id"] is None  # present, null: not from an order
+
+
+async def test_grants_committed_together_emit_one_event_each(program: ProgramFixture, clock: ManualClock) -> None:
+    clock.set(START)
+    customers = [await enrol(program.id, f"c{number}", clock) for number in range(4)]
+    for customer in customers:  # a start, so that the deductions below have points
+        start = ledger.Adjustment(customer_id=customer, amount=1000, reason="start")
+        await ledger.adjust(admin(program.id), start, customer, clock)
+
+    async def adjust(number: int, customer: str, amount: int) -> tuple[str, int, WrittenEntry]:
+        adjustment = ledger.Adjustment(customer_id=customer, amount=amount, reason="batch")
+        return customer, amount, await ledger.adjust(admin(program.id), adjustment, f"b-{number}", clock)
+
+    # grants (several per statement), deductions (group commit) and replays of one key, all at once
+    work = [adjust(number, customers[number % 4], 10 + number if number % 3 else -5) for number in range(60)]
+    work += [adjust(1, customers[1], 11) for _ in range(5)]
+    done = await asyncio.gather(*work)
+    written = {entry.id: (customer, amount) for customer, amount, entry in done if amount > 0}
+    assert len(written) == 40
+
+    events = earned(await published(program.id, clock))
+    assert len(events) == 4 + 40
+    batch = {event.entry_id: (event.customer_id, event.points) for event in events[4:]}
+    assert batch == written
+    assert all(event.source == "grant" for event in events)
+
+
+async def test_grants_written_with_other_entries_emit_in_their_statement(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """Both ways of writing a batch (credit-only entries in one call, or mixed with debits),
+    with refused entries among them: an event for each grant written, and only for those."""
+    clock.set(START)
+    ann = await enrol(program.id, "ann", clock)
+    bob = await enrol(program.id, "bob", clock)
+    await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=100, reason="x"), "seed", clock)
+
+    def item(customer: str, amount: int, settings: ProgramLedgerSettings) -> EntryToWrite:
+        adjustment = ledger.Adjustment(customer_id=customer, amount=amount, reason="direct")
+        return EntryToWrite(ledger.adjustment_draft(adjustment, settings, clock.now()), "test")
+
+    async with transaction() as connection:
+        settings = await ledger_settings(connection, program.id)
+        credits = [item("cus_nobody", 5, settings), item(bob, 7, settings), item(ann, 8, settings)]
+        first = await write_entries(connection, program.id, credits, now=clock.now())
+        mixed = [item(ann, -10_000, settings), item(bob, 9, settings), item(ann, -50, settings), item(ann, 6, settings)]
+        second = await write_entries(connection, program.id, mixed, now=clock.now())
+    assert [type(outcome).__name__ for outcome in first + second] == [
+        "NotFound",
+        "WrittenEntry",
+        "WrittenEntry",
+        "InsufficientPoints",
+        "WrittenEntry",
+        "WrittenEntry",
+        "WrittenEntry",
+    ]
+    grants = [o for o in first + second if isinstance(o, WrittenEntry) and o.kind == "adjustment.grant"]
+    events = earned(await published(program.id, clock))[1:]  # after the seed's
+    credited = [grant.postings[-1] for grant in grants]  # customer:<id>:available
+    assert [(e.entry_id, e.customer_id, e.points) for e in events] == [
+        (grant.id, posting.account.split(":")[1], posting.amount)
+        for grant, posting in zip(grants, credited, strict=True)
+    ]
+    assert [e.available_from for e in events] == [g.posted_at for g in grants]
 
 
 async def test_win_back_once_per_lapse_and_cross_sell_once(program: ProgramFixture, clock: ManualClock) -> None:

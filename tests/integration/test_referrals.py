@@ -484,3 +484,45 @@ async def test_a_referral_settled_with_nothing_to_pay_emits_no_reward_event(
         "referral.redeemed",
         "referral.qualified",
     ]
+
+
+async def referral_points_earned(connection: asyncpg.Connection, program_id: str) -> list[dict[str, Any]]:
+    """The payloads of `points.earned` for referral rewards, outbox and feed, in emission order."""
+    rows = await connection.fetch(
+        "SELECT payload FROM (SELECT type, payload, position AS n FROM event_outbox WHERE program_id = $1"
+        " UNION ALL SELECT type, payload, seq - 1000000000 FROM events WHERE program_id = $1) e"
+        " WHERE type = 'points.earned' AND payload ->> 'source' = 'referral' ORDER BY n",
+        program_id,
+    )
+    return [msgspec.json.decode(row["payload"]) for row in rows]
+
+
+@pytest.mark.parametrize("referee_kind", ["points", "credit"])
+async def test_a_reward_of_points_emits_points_earned_for_its_beneficiary(
+    referee_kind: str, program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Each side rewarded with points hears of it as `points.earned` (source `referral`), in
+    the reward's transaction; store credit is not points and emits none."""
+    await setup(program, clock, referee_reward={"kind": referee_kind, "amount": 200}, milestones=[])
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    await redeem(program, clock, bob, await code_of(program, clock, ann))
+    qualifying = await buy(program, clock, bob, 2500)
+    assert await referral_points_earned(owner_connection, program.id) == []  # not before the reward
+    clock.set(qualifying.available_from)
+    assert await run_jobs(program, clock) == 1
+    [rewarded] = (await referrals.list_referrals(program.id, ann, 50, None)).items
+    by_role = {reward.role: reward for reward in rewarded.rewards}
+
+    def expected(role: str, customer: str, points: int) -> dict[str, Any]:
+        entry_id = by_role[role].entry_id
+        return {"customer_id": customer, "points": points, "source": "referral", "entry_id": entry_id}
+
+    wanted = [expected("referrer", ann, 500)] + ([expected("referee", bob, 200)] if referee_kind == "points" else [])
+    emitted = await referral_points_earned(owner_connection, program.id)
+    told = [{key: event[key] for key in ("customer_id", "points", "source", "entry_id")} for event in emitted]
+    assert sorted(told, key=lambda event: event["entry_id"]) == sorted(wanted, key=lambda event: event["entry_id"])
+    assert all(event["shop_id"] is None and event["order_id"] is None for event in emitted)
+    lot_expiry = expires_at(ExpiryRule(ExpiryPolicy.DAYS, 365), clock.now(), ZoneInfo("Europe/Amsterdam"))
+    assert {msgspec.convert(event["expires_at"], datetime, strict=False) for event in emitted} == {lot_expiry}
+    assert await run_jobs(program, clock) == 0
+    assert len(await referral_points_earned(owner_connection, program.id)) == len(wanted)  # paid once, told once

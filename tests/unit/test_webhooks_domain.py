@@ -11,7 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.domain.events import CATALOGUE, AnyEvent, EventType, check_payload, payload_schema, to_event
+from service.domain.events import (
+    CATALOGUE,
+    AnyEvent,
+    EventType,
+    PointsEarned,
+    check_payload,
+    payload_schema,
+    points_earned_by,
+    to_event,
+)
+from service.domain.ledger import AccountKind, EntryDraft, customer_account, system_account, transfer
+from service.domain.orders import award_draft
 from service.domain.webhooks import (
     RetryPolicy,
     headers,
@@ -190,3 +201,54 @@ def test_a_payload_must_be_its_types_struct() -> None:
     check_payload(EventType.POINTS_EXPIRED, entry.payload(customer_id="c", points=1, entry_id=1))
     with pytest.raises(TypeError):
         check_payload(EventType.POINTS_REDEEMED, entry.payload(customer_id="c", points=1, entry_id=1))
+
+
+AT = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)
+EXPIRES = datetime(2027, 3, 11, 23, 0, tzinfo=UTC)
+
+
+def credit(kind: str, source: AccountKind, to: AccountKind, amount: int = 40) -> EntryDraft:
+    return transfer(system_account(source), customer_account("cus_1", to), amount, kind=kind, lot_expires_at=EXPIRES)
+
+
+def test_grants_and_referral_rewards_of_points_announce_points_earned() -> None:
+    grant = credit("adjustment.grant", AccountKind.ISSUED, AccountKind.AVAILABLE)
+    assert points_earned_by(grant, 7, AT) == PointsEarned(
+        customer_id="cus_1",
+        points=40,
+        source="grant",
+        shop_id=None,
+        order_id=None,
+        entry_id=7,
+        available_from=AT,
+        expires_at=EXPIRES,
+    )
+    reward = credit("referral.reward", AccountKind.REFERRAL_REWARDS, AccountKind.AVAILABLE, 500)
+    earned = points_earned_by(reward, 8, AT)
+    assert earned is not None and (earned.source, earned.points, earned.entry_id) == ("referral", 500, 8)
+
+
+@pytest.mark.parametrize(
+    "draft",
+    [
+        transfer(  # a deduction
+            customer_account("cus_1", AccountKind.AVAILABLE),
+            system_account(AccountKind.ADJUSTMENTS),
+            40,
+            kind="adjustment.deduct",
+        ),
+        credit("adjustment.grant", AccountKind.CREDIT_ISSUED, AccountKind.CREDIT_AVAILABLE),  # store credit
+        credit("referral.reward", AccountKind.CREDIT_ISSUED, AccountKind.CREDIT_AVAILABLE),
+        award_draft("cus_1", 40, {}, EXPIRES),  # an order: its use case announces it, with the order
+        credit("order.release", AccountKind.ISSUED, AccountKind.AVAILABLE),
+    ],
+)
+def test_other_entries_announce_nothing(draft: EntryDraft) -> None:
+    assert points_earned_by(draft, 7, AT) is None
+
+
+def test_points_earned_always_carries_the_order_fields_null_when_not_from_an_order() -> None:
+    schema = payload_schema(EventType.POINTS_EARNED)["$defs"]["PointsEarned"]
+    assert {"source", "shop_id", "order_id"} <= set(schema["required"])
+    assert schema["properties"]["shop_id"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert schema["properties"]["order_id"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
