@@ -109,7 +109,8 @@ async def save_settings(
 ) -> None:
     await connection.execute(
         "INSERT INTO metric_settings (program_id, settings, updated_at) VALUES ($1, $2, $3)"
-        " ON CONFLICT (program_id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = EXCLUDED.updated_at",
+        " ON CONFLICT (program_id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = EXCLUDED.updated_at"
+        " WHERE metric_settings.settings IS DISTINCT FROM EXCLUDED.settings",  # the same settings again: no change
         program_id,
         msgspec.json.encode(settings).decode(),
         now,

@@ -115,6 +115,7 @@ async def update_customer(program_id: str, customer_id: str, change: ProfileChan
     if change.attributes is not msgspec.UNSET:
         check_attributes(change.attributes)
     assignments: list[str] = []
+    differences: list[str] = []
     values: list[object] = [program_id, customer_id]
     for field in ("email", "name", "attributes"):
         value = getattr(change, field)
@@ -124,13 +125,16 @@ async def update_customer(program_id: str, customer_id: str, change: ProfileChan
             value = msgspec.json.encode(value).decode()
         values.append(value)
         assignments.append(f"{field} = ${len(values)}")
+        differences.append(f"{field} IS DISTINCT FROM ${len(values)}")
 
     async def work(connection: asyncpg.Connection) -> Customer:
         if not assignments:
             return await get_customer(program_id, customer_id)
         parameters = [*values, clock.now()]  # built afresh on every attempt (retries)
+        # updated_at moves only with a value, so the same change again answers and stores the same
         row = await connection.fetchrow(
-            f"UPDATE customers SET {', '.join(assignments)}, updated_at = ${len(parameters)}"
+            f"UPDATE customers SET {', '.join(assignments)}, updated_at = CASE WHEN {' OR '.join(differences)}"
+            f" THEN ${len(parameters)} ELSE updated_at END"
             f" WHERE program_id = $1 AND id = $2 RETURNING {_COLUMNS}",
             *parameters,
         )

@@ -189,8 +189,11 @@ async def update_endpoint(
     async def work(connection: asyncpg.Connection) -> Endpoint:
         names = list(values)
         assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=3))
+        # updated_at moves only with a value, so the same change again answers and stores the same
+        changed = " OR ".join(f"{name} IS DISTINCT FROM ${index}" for index, name in enumerate(names, start=3))
         row = await connection.fetchrow(
-            f"UPDATE webhook_endpoints SET {assignments}{', ' if names else ''}updated_at = ${len(names) + 3}"
+            f"UPDATE webhook_endpoints SET {assignments}{', ' if names else ''}"
+            f"updated_at = CASE WHEN {changed or 'false'} THEN ${len(names) + 3} ELSE updated_at END"
             f" WHERE program_id = $1 AND id = $2 RETURNING {_ENDPOINT_COLUMNS}",
             program_id,
             endpoint_id,
