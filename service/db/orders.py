@@ -99,9 +99,17 @@ ORDER_COLUMNS = (
 
 
 async def insert_order(connection: asyncpg.Connection, program_id: str, values: dict[str, Any]) -> asyncpg.Record:
+    """Store an order and, in the same statement, count it in the customer's lifecycle rollup
+    (migration 0018: last order, orders, the one category of all their lines or NULL)."""
+    categories = {line.category for line in values["lines"]}
     row = await connection.fetchrow(
-        f"INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
-        f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}",
+        f"WITH o AS (INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
+        f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}),"
+        " lifecycle AS (INSERT INTO customer_lifecycle AS l (program_id, customer_id, last_order_at, orders, category)"
+        " SELECT $1, customer_id, placed_at, 1, $14 FROM o ON CONFLICT (program_id, customer_id) DO UPDATE SET"
+        " last_order_at = greatest(l.last_order_at, EXCLUDED.last_order_at), orders = l.orders + 1,"
+        " category = CASE WHEN l.category = EXCLUDED.category THEN l.category END)"
+        f" SELECT {ORDER_COLUMNS} FROM o",
         program_id,
         values["shop_id"],
         values["id"],
@@ -115,6 +123,7 @@ async def insert_order(connection: asyncpg.Connection, program_id: str, values: 
         values["award_entry_id"],
         values["release_at"],
         values["created_at"],
+        next(iter(categories)) if len(categories) == 1 else None,
     )
     assert row is not None
     return row

@@ -3,8 +3,28 @@
 recorded in `event_marks` in the transaction that emits it, so reruns and concurrent
 workers never emit it twice.
 
-The scans read the program's lots and orders on every run; with rollups of customer
-activity (planned) they would read those instead.
+A round reads what is due, not the program's history. Points expiring soon are read by
+expiry date (`lots_expiring`, the lots of the next `expiring_soon_days`). Win-back and
+cross-sell read the lifecycle rollup `customer_lifecycle` (migration 0018): one row per
+customer with an order (last order instant, order count, the one category of all their
+lines or NULL), written by the statement that stores the order, so it is exactly what
+grouping the orders gave, at every commit. Each row also says which event has been
+emitted for it (`win_back_emitted_for`: the last order whose lapse was told;
+`cross_sell_emitted`), set by the job in the transaction that emits, and the jobs read
+partial indexes that hold only the rows still owed an event: a round of win-back reads
+the customers whose last order is at or before the cutoff and whose lapse was not told
+(the active customers sit above the cutoff, the told ones left the index), a round of
+cross-sell the single-category customers with enough orders and no event yet.
+
+Why not a watermark ("customers whose last order crossed the cutoff since the last
+round") or a look-back window below the cutoff: an order that commits late, a backdated
+order (imports carry old `placed_at`), a round skipped while the jobs were down or a
+changed `win_back_days` would put a due customer below the window for good. The
+emitted-markers need no assumption about commit order or timing: a row is read until its
+event is out, however it got due. The markers only keep rows out of the index:
+`event_marks`, under the keys the jobs always used, still decides whether an event is
+emitted (a key already marked, by an earlier version or a concurrent worker, emits
+nothing, and its row is marked anyway so that it leaves the index).
 """
 
 from __future__ import annotations
@@ -45,16 +65,20 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> int:
+        # the lots of the window through lots_expiring, each looking up its account, and each
+        # warning its mark, by key: joined freely, the plan may walk every available account of
+        # the program, or every mark it ever wrote, whatever is due
         rows = await connection.fetch(
-            "SELECT * FROM ("
-            "  SELECT a.customer_id, (l.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date"
-            "   AS last_day, min(l.expires_at) AS expires_at, sum(l.remaining)::bigint AS points"
-            "  FROM lots l JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
-            "  JOIN programs p ON p.id = l.program_id"
-            "  WHERE l.program_id = $1 AND a.kind = 'available' AND l.remaining > 0"
-            "  AND l.expires_at > $2 AND l.expires_at <= $3 GROUP BY 1, 2) due"
-            " WHERE NOT EXISTS (SELECT FROM event_marks m WHERE m.program_id = $1"
-            "  AND m.key = 'expiring:' || due.customer_id || ':' || due.last_day::text)"
+            "WITH soon AS MATERIALIZED ("
+            "  SELECT (SELECT a.customer_id FROM accounts a WHERE a.program_id = l.program_id"
+            "   AND a.id = l.account_id AND a.kind = 'available') AS customer_id, l.expires_at, l.remaining"
+            "  FROM lots l WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at > $2 AND l.expires_at <= $3)"
+            " SELECT * FROM ("
+            "  SELECT s.customer_id, (s.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date"
+            "   AS last_day, min(s.expires_at) AS expires_at, sum(s.remaining)::bigint AS points"
+            "  FROM soon s JOIN programs p ON p.id = $1 WHERE s.customer_id IS NOT NULL GROUP BY 1, 2) due"
+            " WHERE (SELECT true FROM event_marks m WHERE m.program_id = $1"
+            "  AND m.key = 'expiring:' || due.customer_id || ':' || due.last_day::text) IS NULL"
             " ORDER BY due.expires_at LIMIT $4",
             program_id,
             now,
@@ -83,13 +107,9 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> int:
+        # the due rows whose lapse was not told, through customer_lifecycle_win_back (0018)
         rows = await connection.fetch(
-            "SELECT * FROM ("
-            "  SELECT customer_id, max(placed_at) AS last_order_at, count(*) AS orders,"
-            "   'win_back:' || customer_id || ':' || (extract(epoch FROM max(placed_at)) * 1000000)::bigint AS key"
-            "  FROM orders WHERE program_id = $1 GROUP BY customer_id HAVING max(placed_at) <= $2) lapsed"
-            " WHERE NOT EXISTS (SELECT FROM event_marks m WHERE m.program_id = $1 AND m.key = lapsed.key)"
-            " ORDER BY lapsed.last_order_at LIMIT $3",
+            "SELECT customer_id, last_order_at, orders, key FROM lifecycle_win_back_due($1, $2, $3)",
             program_id,
             now - timedelta(days=rules.win_back_days),
             BATCH,
@@ -106,6 +126,17 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             emitted += await emit_once(
                 connection, program_id, row["key"], kind, payload, row["customer_id"], occurred_at=now
             )
+        # told (now or before): out of the index, unless an order moved the last one meanwhile
+        if rows:
+            await connection.execute(
+                "UPDATE customer_lifecycle l SET win_back_emitted_for = x.last_order_at"
+                " FROM unnest($2::text[], $3::timestamptz[]) AS x(customer_id, last_order_at)"
+                " WHERE l.program_id = $1 AND l.customer_id = ANY($2::text[])"
+                " AND l.customer_id = x.customer_id AND l.last_order_at = x.last_order_at",
+                program_id,
+                [row["customer_id"] for row in rows],
+                [row["last_order_at"] for row in rows],
+            )
         return emitted
 
     return await in_transaction(work)
@@ -117,17 +148,9 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> int:
+        # single-category rows without the event, through customer_lifecycle_cross_sell (0018)
         rows = await connection.fetch(
-            "SELECT * FROM ("
-            "  SELECT o.customer_id, count(DISTINCT o.shop_id || '/' || o.id) AS orders,"
-            "   min(line ->> 'category') AS category"
-            "  FROM orders o CROSS JOIN LATERAL jsonb_array_elements(o.lines) AS line"
-            "  WHERE o.program_id = $1 GROUP BY o.customer_id"
-            "  HAVING count(DISTINCT o.shop_id || '/' || o.id) >= $2 AND count(DISTINCT line ->> 'category') = 1"
-            " ) single"
-            " WHERE NOT EXISTS (SELECT FROM event_marks m WHERE m.program_id = $1"
-            "  AND m.key = 'cross_sell:' || single.customer_id)"
-            " LIMIT $3",
+            "SELECT customer_id, category, orders FROM lifecycle_cross_sell_due($1, $2, $3)",
             program_id,
             rules.cross_sell_orders,
             BATCH,
@@ -140,9 +163,25 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             key = f"cross_sell:{row['customer_id']}"
             kind = EventType.CROSS_SELL_OPPORTUNITY
             emitted += await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
+        if rows:
+            await connection.execute(
+                "UPDATE customer_lifecycle SET cross_sell_emitted = true"
+                " WHERE program_id = $1 AND customer_id = ANY($2::text[])",
+                program_id,
+                [row["customer_id"] for row in rows],
+            )
         return emitted
 
     return await in_transaction(work)
+
+
+async def backfill(program_id: str) -> int:
+    """Rebuild a program's lifecycle rollup from its orders and event marks (what migration
+    0018 did; again after orders were stored without it); returns the customers."""
+    rebuilt: int = await in_transaction(
+        lambda connection: connection.fetchval("SELECT rebuild_customer_lifecycle($1)", program_id)
+    )
+    return rebuilt
 
 
 async def run_lifecycle_jobs(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
