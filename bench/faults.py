@@ -287,6 +287,11 @@ async def _call(client: httpx.AsyncClient, method: str, url: str, key: str, **kw
     return response.json()
 
 
+def _key(name: str) -> dict[str, str]:
+    """The Idempotency-Key of a set-up create (a new program each run: keys are per program)."""
+    return {"Idempotency-Key": f"setup-{name}"}
+
+
 def earning_rules() -> dict[str, Any]:
     """1 point per euro, beans count double, a launch campaign (+25, at most 100 a customer)."""
     today = datetime.now(UTC).date()
@@ -322,9 +327,13 @@ async def open_program(
     the earning rules; the program and the rules' answer."""
     program_id, admin = await asyncio.to_thread(app.create_program, name, currency)
     base = app.base_url
-    created = await _call(client, "POST", f"{base}/v1/shops", admin, json={"name": shop})
-    checkout = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": till, "scope": "checkout"})
-    finance = await _call(client, "POST", f"{base}/v1/api-keys", admin, json={"name": "audit", "scope": "finance"})
+    created = await _call(client, "POST", f"{base}/v1/shops", admin, json={"name": shop}, headers=_key("shop"))
+    checkout = await _call(
+        client, "POST", f"{base}/v1/api-keys", admin, json={"name": till, "scope": "checkout"}, headers=_key("till")
+    )
+    finance = await _call(
+        client, "POST", f"{base}/v1/api-keys", admin, json={"name": "audit", "scope": "finance"}, headers=_key("audit")
+    )
     published = await _call(
         client, "POST", f"{base}/v1/earning/rules", admin, json=rules, headers={"Idempotency-Key": rules_key}
     )

@@ -40,11 +40,25 @@ class Recorder:
         a return window of 0 days (14 by default) so the session need not wait for it.
         Returns the shop, the till's key and finance's key."""
         self.say("## Set-up by the program admin\n")
-        shop = self.call("Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"})
-        till = self.call(
-            "A key for the shop's till", "POST", "/v1/api-keys", admin, {"name": "till", "scope": "checkout"}
+        shop = self.call(
+            "Add a shop", "POST", "/v1/shops", admin, {"name": "Amsterdam roastery"}, **{"Idempotency-Key": "shop-ams"}
         )
-        audit = self.call("A key for finance", "POST", "/v1/api-keys", admin, {"name": "audit", "scope": "finance"})
+        till = self.call(
+            "A key for the shop's till",
+            "POST",
+            "/v1/api-keys",
+            admin,
+            {"name": "till", "scope": "checkout"},
+            **{"Idempotency-Key": "key-till"},
+        )
+        audit = self.call(
+            "A key for finance",
+            "POST",
+            "/v1/api-keys",
+            admin,
+            {"name": "audit", "scope": "finance"},
+            **{"Idempotency-Key": "key-audit"},
+        )
         expiry = {"policy": "days", "period": 365}
         self.call("Points expire a year after they are earned", "PUT", "/v1/ledger/expiry-policy", admin, expiry)
         returns = {"window_days": 0, "policy": "within_balance"}

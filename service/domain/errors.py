@@ -64,6 +64,17 @@ class IdempotencyKeyReused(DomainError):
     status = 409
 
 
+class ApiKeySecretShownOnce(DomainError):
+    """The Idempotency-Key made an API key in an earlier request, whose answer was the only one
+    to show the key's secret (only its hash is stored). `api_key` is that key without its
+    secret: use the secret from the first answer, or revoke the key and make another with a
+    new Idempotency-Key."""
+
+    problem_type = "api-key-secret-shown-once"
+    title = "The API key was made by an earlier request; its secret is shown only once"
+    status = 409
+
+
 class InsufficientPoints(DomainError):
     """The balance does not cover the request; `available` and `requested` say by how much."""
 

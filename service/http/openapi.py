@@ -160,6 +160,11 @@ def create_or_repeat(data_container: Any, description: str) -> dict[int, Respons
     }
 
 
+def conflicts(description: str) -> dict[int, ResponseSpec]:
+    """The problems of an operation taking a body, with its own words for its 409."""
+    return {**BODY_PROBLEM_RESPONSES, 409: _problem(description)}
+
+
 _TEXT = Schema(type=OpenAPIType.STRING)
 
 
@@ -211,5 +216,6 @@ __all__ = [
     "JournalOperation",
     "StructSchemaPlugin",
     "TableOperation",
+    "conflicts",
     "create_or_repeat",
 ]

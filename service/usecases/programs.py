@@ -5,20 +5,22 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
+import asyncpg
 import msgspec
 
 from service.db import credentials
 from service.db.ledger_accounts import open_system_accounts
 from service.db.tables import ApiKey, Program, Shop
-from service.db.transaction import autocommit, transaction
+from service.db.transaction import autocommit, in_transaction, transaction
 from service.domain import access
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.errors import InvalidInput, NotFound, Unauthorized
+from service.domain.errors import ApiKeySecretShownOnce, InvalidInput, NotFound, Unauthorized
 from service.domain.ids import new_id
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, ProgramSettings
 from service.domain.programs import Program as ProgramRecord
 from service.domain.programs import Shop as ShopRecord
+from service.usecases.idempotency import fingerprint, run_once
 
 _PROGRAM_COLUMNS = (
     Program.id,
@@ -58,15 +60,23 @@ async def get_program(program_id: str) -> ProgramRecord:
     return msgspec.convert(row, ProgramRecord)
 
 
-async def create_shop(program_id: str, name: str) -> ShopRecord:
-    """Add a sales channel to a program."""
-    shop_id = new_id("shp")
-    rows = (
-        await Shop.insert(Shop(program_id=program_id, id=shop_id, name=name))
-        .returning(Shop.id, Shop.name, Shop.created_at)
-        .run()
-    )
-    return msgspec.convert(rows[0], ShopRecord)
+async def create_shop(program_id: str, name: str, key: str | None = None) -> ShopRecord:
+    """Add a sales channel to a program; with an idempotency key, once per key (a retry
+    answers the shop made first)."""
+
+    async def work(connection: asyncpg.Connection) -> ShopRecord:
+        row = await connection.fetchrow(
+            "INSERT INTO shops (program_id, id, name) VALUES ($1, $2, $3) RETURNING id, name, created_at",
+            program_id,
+            new_id("shp"),
+            name,
+        )
+        assert row is not None
+        return msgspec.convert(dict(row), ShopRecord)
+
+    if key is None:
+        return await in_transaction(work)
+    return await run_once(program_id, key, fingerprint("create-shop", name), ShopRecord, work)
 
 
 async def list_shops(program_id: str) -> list[ShopRecord]:
@@ -83,37 +93,65 @@ async def shop_exists(program_id: str, shop_id: str) -> bool:
     return bool(await Shop.exists().where((Shop.program_id == program_id) & (Shop.id == shop_id)).run())
 
 
-async def create_api_key(program_id: str, name: str, scope: Scope, shop_id: str | None = None) -> CreatedApiKey:
+async def create_api_key(
+    program_id: str, name: str, scope: Scope, shop_id: str | None = None, key: str | None = None
+) -> CreatedApiKey:
     """Make a key, for every shop or (a checkout key) for one; its plain text is returned here
-    and never again."""
+    and never again. With an idempotency key, once per key: only the key's record (never its
+    plain text) is remembered, so a retry is refused with `ApiKeySecretShownOnce` naming it."""
     if scope is Scope.CUSTOMER:
         raise ValueError("customer access uses customer tokens, not API keys")
     access.check_key_shop(scope, shop_id)
-    if shop_id is not None and not await shop_exists(program_id, shop_id):
-        raise InvalidInput(f"shop {shop_id} does not exist", field="shop_id")
-    issued = access.issue_api_key(program_id)
-    rows = (
-        await ApiKey.insert(
-            ApiKey(
-                program_id=program_id,
-                id=issued.key_id,
-                name=name,
-                scope=scope.value,
-                shop_id=shop_id,
-                secret_hash=issued.secret_hash,
-            )
+    plain_texts: dict[str, str] = {}  # key id -> plain text, of the keys this call made
+
+    async def work(connection: asyncpg.Connection) -> ApiKeyRecord:
+        if shop_id is not None and not await connection.fetchval(
+            "SELECT true FROM shops WHERE program_id = $1 AND id = $2", program_id, shop_id
+        ):
+            raise InvalidInput(f"shop {shop_id} does not exist", field="shop_id")
+        issued = access.issue_api_key(program_id)
+        row = await connection.fetchrow(
+            "INSERT INTO api_keys (program_id, id, name, scope, shop_id, secret_hash) VALUES ($1, $2, $3, $4, $5, $6)"
+            " RETURNING id, name, scope, shop_id, created_at, revoked_at",
+            program_id,
+            issued.key_id,
+            name,
+            scope.value,
+            shop_id,
+            issued.secret_hash,
         )
-        .returning(ApiKey.created_at)
-        .run()
-    )
+        assert row is not None
+        plain_texts[issued.key_id] = issued.plain_text
+        return msgspec.convert(dict(row), ApiKeyRecord)
+
+    if key is None:
+        record = await in_transaction(work)
+    else:
+        request = fingerprint("create-api-key", [name, scope.value, shop_id])
+        record = await run_once(program_id, key, request, ApiKeyRecord, work)
+    if record.id not in plain_texts:  # made by an earlier request with this key
+        current = await _key_record(program_id, record.id) or record
+        raise ApiKeySecretShownOnce(
+            f"API key {record.id} was made by an earlier request with this Idempotency-Key, and its secret"
+            f" is shown only in that request's answer; use that secret, or revoke {record.id} and make"
+            " another key with a new Idempotency-Key",
+            field="Idempotency-Key",
+            api_key=msgspec.to_builtins(current),
+        )
     return CreatedApiKey(
-        id=issued.key_id,
-        name=name,
-        scope=scope,
-        shop_id=shop_id,
-        created_at=rows[0]["created_at"],
-        key=issued.plain_text,
+        id=record.id,
+        name=record.name,
+        scope=record.scope,
+        shop_id=record.shop_id,
+        created_at=record.created_at,
+        key=plain_texts[record.id],
     )
+
+
+async def _key_record(program_id: str, key_id: str) -> ApiKeyRecord | None:
+    where = (ApiKey.program_id == program_id) & (ApiKey.id == key_id)
+    row = await ApiKey.select(*_KEY_COLUMNS).where(where).first().run()
+    return None if row is None else msgspec.convert(row, ApiKeyRecord)
 
 
 async def list_api_keys(program_id: str) -> list[ApiKeyRecord]:

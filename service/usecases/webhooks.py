@@ -118,10 +118,14 @@ async def create_endpoint(
     description: str,
     clock: Clock,
     policy: DestinationPolicy = PUBLIC_ONLY,
+    key: str | None = None,
 ) -> NewEndpoint:
     """Register an endpoint for these event types; it gets events published from now on.
-    Its host name is not resolved here (answers change): the dispatcher checks every send."""
+    Its host name is not resolved here (answers change): the dispatcher checks every send.
+    With an idempotency key, once per key: a retry answers the endpoint made first, with its
+    secret (kept in plain text anyway, to sign deliveries), as a retried rotation does."""
     check_url(url, policy)
+    types = _unique_types(event_types)
     secret = new_secret()
 
     async def work(connection: asyncpg.Connection) -> NewEndpoint:
@@ -133,13 +137,16 @@ async def create_endpoint(
             new_id("whe", int(now.timestamp() * 1000)),
             url,
             description,
-            _unique_types(event_types),
+            types,
             secret,
             now,
         )
         return NewEndpoint(endpoint=_endpoint(row, ""), secret=secret)
 
-    return await in_transaction(work)
+    if key is None:
+        return await in_transaction(work)
+    request = fingerprint("create-webhook-endpoint", [url, types, description])
+    return await run_once(program_id, key, request, NewEndpoint, work)
 
 
 async def list_endpoints(program_id: str) -> list[Endpoint]:

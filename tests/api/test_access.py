@@ -303,7 +303,7 @@ async def test_a_new_key_works_and_revoking_twice_keeps_the_first_time(
     created = await client.post(
         "/v1/api-keys",
         json={"name": "temporary", "scope": "finance"},
-        headers=program.auth("admin"),
+        headers={**program.auth("admin"), "Idempotency-Key": "temporary"},
     )
     assert created.status_code == 201, created.text
     new_key = created.json()["key"]

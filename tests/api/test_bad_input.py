@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class Endpoint:
     valid: dict[str, Any]
     fields: tuple[str, ...]
     required: dict[str, str] = field(default_factory=dict)  # body -> field it lacks
+    keyed: bool = False  # needs an Idempotency-Key header (a new one each time here)
 
 
 CUSTOMERS = Endpoint(
@@ -44,7 +46,7 @@ PATCH_CUSTOMER = Endpoint(
     {"name": "Ann B."},
     ("email", "name", "attributes"),
 )
-SHOPS = Endpoint("POST", "/v1/shops", "admin", {"name": "Second shop"}, ("name",), {"{}": "name"})
+SHOPS = Endpoint("POST", "/v1/shops", "admin", {"name": "Second shop"}, ("name",), {"{}": "name"}, keyed=True)
 API_KEYS = Endpoint(
     "POST",
     "/v1/api-keys",
@@ -52,11 +54,13 @@ API_KEYS = Endpoint(
     {"name": "integration", "scope": "checkout"},
     ("name", "scope"),
     {'{"name": "integration"}': "scope", '{"scope": "admin"}': "name"},
+    keyed=True,
 )
 ENDPOINTS = [CUSTOMERS, PATCH_CUSTOMER, SHOPS, API_KEYS]
 ENDPOINT_IDS = [f"{e.method} {e.path}" for e in ENDPOINTS]
 
 Send = Callable[..., Awaitable[httpx.Response]]
+KEYS = itertools.count()
 
 
 @pytest.fixture
@@ -87,6 +91,8 @@ def send(client: httpx.AsyncClient, program: ProgramFixture, customer: dict[str,
         headers = program.auth(endpoint.scope)
         if content_type is not None:
             headers["Content-Type"] = content_type
+        if endpoint.keyed:
+            headers["Idempotency-Key"] = f"bad-input-{next(KEYS)}"
         return await client.request(
             endpoint.method,
             endpoint.path.format(customer=customer["id"]),

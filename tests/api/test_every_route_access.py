@@ -46,7 +46,8 @@ async def test_every_route_admits_only_its_scopes(
     enrolled = await client.post("/v1/customers", json={"external_id": "ann"}, headers=till)
     token = await client.post(f"/v1/customers/{enrolled.json()['id']}/tokens", headers=till)
     short = await client.post(f"/v1/customers/{enrolled.json()['id']}/tokens", params={"ttl_seconds": 60}, headers=till)
-    made = await client.post("/v1/api-keys", json={"name": "gone", "scope": "admin"}, headers=program.auth("admin"))
+    admin = {**program.auth("admin"), "Idempotency-Key": "gone"}
+    made = await client.post("/v1/api-keys", json={"name": "gone", "scope": "admin"}, headers=admin)
     revoked = made.json()["key"]
     await client.delete(f"/v1/api-keys/{made.json()['id']}", headers=program.auth("admin"))
     credentials = {
@@ -83,7 +84,7 @@ async def test_every_route_of_a_shop_refuses_a_key_of_another_shop(
     made = await client.post(
         "/v1/api-keys",
         json={"name": "till", "scope": "checkout", "shop_id": program.shop_id},
-        headers=program.auth("admin"),
+        headers={**program.auth("admin"), "Idempotency-Key": "till"},
     )
     till = {"Authorization": f"Bearer {made.json()['key']}"}
     shop_routes = [

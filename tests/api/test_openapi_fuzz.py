@@ -109,7 +109,9 @@ async def world(http: httpx.AsyncClient, clock: ManualClock) -> World:
     await _ok(await http.put("/v1/tiers", json=LADDER, headers={**admin, "Idempotency-Key": "tiers"}))
     await _ok(await http.put("/v1/referrals/settings", json=REFERRALS, headers={**admin, "Idempotency-Key": "refs"}))
     hooks = {"url": "https://crm.example.com/hooks", "event_types": ["customer.enrolled"]}
-    endpoint = await _ok(await http.post("/v1/webhooks/endpoints", json=hooks, headers=admin))
+    endpoint = await _ok(
+        await http.post("/v1/webhooks/endpoints", json=hooks, headers={**admin, "Idempotency-Key": "hooks"})
+    )
     customers = [
         (await _ok(await http.post("/v1/customers", json={"external_id": name}, headers=till)))["id"]
         for name in ("ann", "bob", "cat")
@@ -126,7 +128,8 @@ async def world(http: httpx.AsyncClient, clock: ManualClock) -> World:
     ]
     await _ok(await http.post("/v1/metrics/predicted-ltv/fit", headers=admin))
     code = await _ok(await http.get(f"/v1/customers/{ann}/referral-code", headers=till))
-    spare = await _ok(await http.post("/v1/api-keys", json={"name": "spare", "scope": "checkout"}, headers=admin))
+    spare_key = {"name": "spare", "scope": "checkout"}
+    spare = await _ok(await http.post("/v1/api-keys", json=spare_key, headers={**admin, "Idempotency-Key": "spare"}))
     accounts = await _ok(await http.get("/v1/finance/accounts", headers=program.auth("finance")))
     token = await _ok(await http.post(f"/v1/customers/{customers[1]}/tokens", headers=till))
     return World(

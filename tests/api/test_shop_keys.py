@@ -31,11 +31,10 @@ class Shops:
 @pytest.fixture
 async def shops(client: httpx.AsyncClient, program: ProgramFixture) -> Shops:
     admin = program.auth("admin")
-    other = await client.post("/v1/shops", json={"name": "Web shop"}, headers=admin)
+    other = await client.post("/v1/shops", json={"name": "Web shop"}, headers={**admin, "Idempotency-Key": "web"})
     assert other.status_code == 201, other.text
-    made = await client.post(
-        "/v1/api-keys", json={"name": "till 1", "scope": "checkout", "shop_id": program.shop_id}, headers=admin
-    )
+    till = {"name": "till 1", "scope": "checkout", "shop_id": program.shop_id}
+    made = await client.post("/v1/api-keys", json=till, headers={**admin, "Idempotency-Key": "till-1"})
     assert made.status_code == 201, made.text
     return Shops(
         own=program.shop_id,
@@ -73,7 +72,8 @@ async def test_a_shop_bound_key_is_listed_with_its_shop_and_others_with_none(
     assert by_name["till 1"]["shop_id"] == shops.own
     assert by_name["till 1"]["id"] == shops.key_id
     assert {by_name[scope]["shop_id"] for scope in ("checkout", "admin", "finance")} == {None}
-    made = await client.post("/v1/api-keys", json={"name": "wide", "scope": "checkout"}, headers=program.auth("admin"))
+    admin = {**program.auth("admin"), "Idempotency-Key": "wide"}
+    made = await client.post("/v1/api-keys", json={"name": "wide", "scope": "checkout"}, headers=admin)
     assert made.status_code == 201 and made.json()["shop_id"] is None
     assert (await client.get("/v1/program", headers=shops.till)).status_code == 200
 
@@ -99,7 +99,8 @@ async def test_a_key_is_bound_only_to_a_shop_of_the_program_and_only_if_checkout
 ) -> None:
     body = {**body, "shop_id": body["shop_id"].format(own=program.shop_id, theirs=other_program.shop_id)}
     before = await snapshot(owner_connection, program.id)
-    response = await client.post("/v1/api-keys", json=body, headers=program.auth("admin"))
+    admin = {**program.auth("admin"), "Idempotency-Key": "bound"}
+    response = await client.post("/v1/api-keys", json=body, headers=admin)
     assert_names_field(assert_problem(response, 422, "invalid-input"), "shop_id")
     assert await snapshot(owner_connection, program.id) == before, case
 

@@ -3,6 +3,7 @@ the catalogue over HTTP."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -26,6 +27,12 @@ from tests.webhook_receiver import LOOPBACK_ALLOWED, answers, receiver
 
 ENDPOINTS = "/v1/webhooks/endpoints"
 CONFIG = DispatchConfig(timeout_s=0.5, destinations=LOOPBACK_ALLOWED)
+KEYS = itertools.count()
+
+
+def keyed(headers: dict[str, str]) -> dict[str, str]:
+    """The headers with a new Idempotency-Key: each create here is a new request."""
+    return {**headers, "Idempotency-Key": f"endpoint-{next(KEYS)}"}
 
 
 def app_with(settings: Settings, database: str, clock: ManualClock, **webhook_settings: bool) -> Litestar:
@@ -62,7 +69,7 @@ async def public_only_client(public_only_app: Litestar) -> AsyncIterator[httpx.A
 
 async def make_endpoint(client: httpx.AsyncClient, program: ProgramFixture, **body: Any) -> dict[str, Any]:
     body = {"url": "https://crm.example.com/hooks", "event_types": ["customer.enrolled"]} | body
-    response = await client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    response = await client.post(ENDPOINTS, json=body, headers=keyed(program.auth("admin")))
     assert response.status_code == 201, response.text
     made: dict[str, Any] = response.json()
     return made
@@ -113,7 +120,7 @@ async def test_endpoints_are_created_listed_changed_and_deleted(
 async def test_a_bad_endpoint_is_refused_naming_the_field(
     client: httpx.AsyncClient, program: ProgramFixture, body: dict[str, Any], field: str
 ) -> None:
-    response = await client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    response = await client.post(ENDPOINTS, json=body, headers=keyed(program.auth("admin")))
     assert_names_field(assert_problem(response, 422, "invalid-input"), field)
     assert (await client.get(ENDPOINTS, headers=program.auth("admin"))).json() == []
 
@@ -154,7 +161,7 @@ async def test_an_endpoint_into_private_networks_is_refused_and_nothing_is_store
     public_only_client: httpx.AsyncClient, program: ProgramFixture, url: str
 ) -> None:
     body = {"url": url, "event_types": ["customer.enrolled"]}
-    response = await public_only_client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    response = await public_only_client.post(ENDPOINTS, json=body, headers=keyed(program.auth("admin")))
     problem = assert_problem(response, 422, "invalid-input")
     assert_names_field(problem, "url")
     assert (await public_only_client.get(ENDPOINTS, headers=program.auth("admin"))).json() == []
@@ -162,7 +169,7 @@ async def test_an_endpoint_into_private_networks_is_refused_and_nothing_is_store
 
 async def test_the_refusal_names_the_address(public_only_client: httpx.AsyncClient, program: ProgramFixture) -> None:
     body = {"url": "http://169.254.169.254/latest/meta-data/", "event_types": ["customer.enrolled"]}
-    response = await public_only_client.post(ENDPOINTS, json=body, headers=program.auth("admin"))
+    response = await public_only_client.post(ENDPOINTS, json=body, headers=keyed(program.auth("admin")))
     assert response.json()["detail"] == "destination address 169.254.169.254 is not allowed"
 
 
@@ -188,7 +195,7 @@ async def test_allowing_private_destinations_still_refuses_link_local_and_metada
         await make_endpoint(loopback_client, program, url=url)
     for url in ("http://169.254.169.254/", "http://[fe80::1]/", "http://0.0.0.0/", "http://100.100.100.200/"):
         body = {"url": url, "event_types": ["customer.enrolled"]}
-        response = await loopback_client.post(ENDPOINTS, json=body, headers=admin)
+        response = await loopback_client.post(ENDPOINTS, json=body, headers=keyed(admin))
         assert_names_field(assert_problem(response, 422, "invalid-input"), "url")
     assert len((await loopback_client.get(ENDPOINTS, headers=admin)).json()) == 4
 
@@ -200,7 +207,7 @@ async def test_https_only_refuses_http_urls(
     transport = httpx.ASGITransport(app=strict)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         body = {"url": "http://crm.example.com/hooks", "event_types": ["customer.enrolled"]}
-        refused = assert_problem(await client.post(ENDPOINTS, json=body, headers=program.auth("admin")), 422)
+        refused = assert_problem(await client.post(ENDPOINTS, json=body, headers=keyed(program.auth("admin"))), 422)
         assert refused["field"] == "url" and "https://" in refused["detail"]
         await make_endpoint(client, program, url="https://crm.example.com/hooks")
 
@@ -230,7 +237,7 @@ async def test_only_admins_manage_endpoints_and_other_programs_see_nothing(
     made = await make_endpoint(client, program)
     assert_problem(await client.get(ENDPOINTS, headers=program.auth("checkout")), 403, "forbidden")
     body = {"url": "https://x.example/h", "event_types": ["customer.enrolled"]}
-    assert_problem(await client.post(ENDPOINTS, json=body, headers=program.auth("finance")), 403, "forbidden")
+    assert_problem(await client.post(ENDPOINTS, json=body, headers=keyed(program.auth("finance"))), 403, "forbidden")
     elsewhere = other_program.auth("admin")
     assert_problem(await client.get(f"{ENDPOINTS}/{made['id']}", headers=elsewhere), 404, "not-found")
     assert (await client.get(ENDPOINTS, headers=elsewhere)).json() == []

@@ -15,8 +15,8 @@ from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
-from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
-from service.http.params import ShopRef
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, conflicts
+from service.http.params import IdempotencyKey, ShopRef
 from service.usecases import programs
 
 
@@ -30,6 +30,13 @@ class ApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Name
     scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)$")]
     shop_id: ShopRef | None = None
+
+
+KEY_CREATE_CONFLICTS = conflicts(
+    "`api-key-secret-shown-once`: a retry (the same Idempotency-Key and request) of a create that made a key;"
+    " `api_key` is that key without its secret, which is shown only once. `idempotency-key-reused`: the key"
+    " was used for another request"
+)
 
 
 class ProgramController(Controller):
@@ -48,9 +55,11 @@ class ShopController(Controller):
     guards = [requires(Scope.ADMIN)]
 
     @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
-    async def create_shop(self, data: JSONBody[ShopRequest], principal: NamedDependency[Principal]) -> Shop:
-        """Add a sales channel."""
-        return await programs.create_shop(principal.program_id, data.name)
+    async def create_shop(
+        self, data: JSONBody[ShopRequest], idempotency_key: IdempotencyKey, principal: NamedDependency[Principal]
+    ) -> Shop:
+        """Add a sales channel; a retry with the same key answers the shop made first."""
+        return await programs.create_shop(principal.program_id, data.name, idempotency_key)
 
     @get(responses=PROBLEM_RESPONSES)
     async def list_shops(self, principal: NamedDependency[Principal]) -> list[Shop]:
@@ -63,10 +72,15 @@ class ApiKeyController(Controller):
     tags = ["program"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
-    async def create_key(self, data: JSONBody[ApiKeyRequest], principal: NamedDependency[Principal]) -> CreatedApiKey:
-        """Make a key; the response is the only time its plain text is shown."""
-        return await programs.create_api_key(principal.program_id, data.name, Scope(data.scope), data.shop_id)
+    @post(status_code=HTTP_201_CREATED, responses=KEY_CREATE_CONFLICTS)
+    async def create_key(
+        self, data: JSONBody[ApiKeyRequest], idempotency_key: IdempotencyKey, principal: NamedDependency[Principal]
+    ) -> CreatedApiKey:
+        """Make a key; the response is the only time its plain text is shown, so a retry with the
+        same key is a 409 `api-key-secret-shown-once` naming the key made first."""
+        return await programs.create_api_key(
+            principal.program_id, data.name, Scope(data.scope), data.shop_id, idempotency_key
+        )
 
     @get(responses=PROBLEM_RESPONSES)
     async def list_keys(self, principal: NamedDependency[Principal]) -> list[ApiKeyRecord]:

@@ -91,11 +91,13 @@ class WebhookController(Controller):
     async def create(
         self,
         data: JSONBody[EndpointRequest],
+        idempotency_key: IdempotencyKey,
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
         settings: NamedDependency[Settings],
     ) -> EndpointCreatedResponse:
-        """Register an endpoint; it receives the events of its types published from now on."""
+        """Register an endpoint; it receives the events of its types published from now on. A
+        retry with the same key answers the endpoint made first, with the same secret."""
         made = await webhooks.create_endpoint(
             principal.program_id,
             data.url,
@@ -103,6 +105,7 @@ class WebhookController(Controller):
             data.description,
             clock,
             webhooks.destination_policy(settings),
+            idempotency_key,
         )
         endpoint = made.endpoint
         return EndpointCreatedResponse(
