@@ -100,7 +100,8 @@ ORDER_COLUMNS = (
 
 async def insert_order(connection: asyncpg.Connection, program_id: str, values: dict[str, Any]) -> asyncpg.Record:
     """Store an order and, in the same statement, count it in the customer's lifecycle rollup
-    (migration 0018: last order, orders, the one category of all their lines or NULL)."""
+    (migration 0018: last order, orders, the one category of all their lines or NULL). The row
+    has the order's columns and `customer_orders`: the customer's orders, this one included."""
     categories = {line.category for line in values["lines"]}
     row = await connection.fetchrow(
         f"WITH o AS (INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
@@ -108,8 +109,8 @@ async def insert_order(connection: asyncpg.Connection, program_id: str, values: 
         " lifecycle AS (INSERT INTO customer_lifecycle AS l (program_id, customer_id, last_order_at, orders, category)"
         " SELECT $1, customer_id, placed_at, 1, $14 FROM o ON CONFLICT (program_id, customer_id) DO UPDATE SET"
         " last_order_at = greatest(l.last_order_at, EXCLUDED.last_order_at), orders = l.orders + 1,"
-        " category = CASE WHEN l.category = EXCLUDED.category THEN l.category END)"
-        f" SELECT {ORDER_COLUMNS} FROM o",
+        " category = CASE WHEN l.category = EXCLUDED.category THEN l.category END RETURNING l.orders)"
+        f" SELECT {ORDER_COLUMNS}, (SELECT orders FROM lifecycle) AS customer_orders FROM o",
         program_id,
         values["shop_id"],
         values["id"],

@@ -197,12 +197,11 @@ async def emit_order_events(
     connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, expiry: datetime | None
 ) -> None:
     """In the transaction that stores an order: `purchase.first` or `purchase.repeat` (by
-    whether the customer had an order before; their orders take turns on a lock), and
-    `points.earned` when it earned points."""
+    whether the customer had an order before: `customer_orders`, which `insert_order` read from
+    the customer's lifecycle row as it counted the order; their orders take turns on a lock),
+    and `points.earned` when it earned points."""
     customer_id = order["customer_id"]
-    count = await connection.fetchval(
-        "SELECT count(*) FROM orders WHERE program_id = $1 AND customer_id = $2", program_id, customer_id
-    )
+    count = order["customer_orders"]
     lines = msgspec.json.decode(order["lines"])
     purchase = Purchase(
         customer_id=customer_id,
