@@ -70,12 +70,18 @@ $$;
 -- placed before this migration, and a repair on demand: run it again after a deploy in
 -- which an instance without the rollup kept storing orders). The marks' keys are those
 -- the jobs emit under (service/usecases/lifecycle.py).
+--
+-- Safe while orders are being placed: it upserts row by row and merges with what is there
+-- rather than deleting first (no lock on the whole program's rows, no duplicate key when a
+-- new customer's first order commits meanwhile). The merge only moves each column the way
+-- more orders would (the later last order, the larger count, a category only kept if both
+-- agree), and the rows the jobs marked told stay told, so an order committed during the
+-- rebuild is never undone by it.
 CREATE FUNCTION rebuild_customer_lifecycle(p_program text) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     rebuilt integer;
 BEGIN
-    DELETE FROM customer_lifecycle WHERE program_id = p_program;
-    INSERT INTO customer_lifecycle
+    INSERT INTO customer_lifecycle AS l
         (program_id, customer_id, last_order_at, orders, category, win_back_emitted_for, cross_sell_emitted)
     SELECT p_program, a.customer_id, a.last_order_at, a.orders, a.category,
            CASE WHEN EXISTS (SELECT FROM event_marks m WHERE m.program_id = p_program
@@ -90,7 +96,13 @@ BEGIN
              CROSS JOIN LATERAL (SELECT count(DISTINCT l ->> 'category') AS n, min(l ->> 'category') AS category
                                    FROM jsonb_array_elements(o.lines) AS l) c
              WHERE o.program_id = p_program
-             GROUP BY o.customer_id) a;
+             GROUP BY o.customer_id) a
+    ON CONFLICT (program_id, customer_id) DO UPDATE SET
+        last_order_at = greatest(l.last_order_at, EXCLUDED.last_order_at),
+        orders = greatest(l.orders, EXCLUDED.orders),
+        category = CASE WHEN l.category = EXCLUDED.category THEN l.category END,
+        win_back_emitted_for = coalesce(EXCLUDED.win_back_emitted_for, l.win_back_emitted_for),
+        cross_sell_emitted = l.cross_sell_emitted OR EXCLUDED.cross_sell_emitted;
     GET DIAGNOSTICS rebuilt = ROW_COUNT;
     RETURN rebuilt;
 END

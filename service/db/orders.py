@@ -98,6 +98,26 @@ ORDER_COLUMNS = (
 )
 
 
+# The lifecycle row a customer's order creates: this order alone, unless the customer has
+# orders the rollup never counted (stored by an instance older than migration 0018 during a
+# rolling deploy): then those too, so `purchase.first` is never told twice. The history is
+# read only when there is no row (CASE evaluates the branch taken), and the order the
+# statement inserts is not in its snapshot.
+_EARLIER = "FROM orders h WHERE h.program_id = $1 AND h.customer_id = o.customer_id"
+_EARLIER_LINES = (
+    "FROM orders h CROSS JOIN LATERAL jsonb_array_elements(h.lines) AS line"
+    " WHERE h.program_id = $1 AND h.customer_id = o.customer_id"
+)
+_FIRST_ROW = (
+    f"CASE WHEN cur.customer_id IS NULL THEN greatest(o.placed_at, (SELECT max(h.placed_at) {_EARLIER}))"
+    " ELSE o.placed_at END,"
+    f" CASE WHEN cur.customer_id IS NULL THEN 1 + (SELECT count(*) {_EARLIER})::integer ELSE 1 END,"
+    " CASE WHEN cur.customer_id IS NULL AND $14::text IS NOT NULL THEN"
+    f" (SELECT CASE WHEN bool_and(line ->> 'category' = $14) IS NOT FALSE THEN $14 END {_EARLIER_LINES})"
+    " ELSE $14 END"
+)
+
+
 async def insert_order(connection: asyncpg.Connection, program_id: str, values: dict[str, Any]) -> asyncpg.Record:
     """Store an order and, in the same statement, count it in the customer's lifecycle rollup
     (migration 0018: last order, orders, the one category of all their lines or NULL). The row
@@ -107,7 +127,9 @@ async def insert_order(connection: asyncpg.Connection, program_id: str, values: 
         f"WITH o AS (INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
         f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}),"
         " lifecycle AS (INSERT INTO customer_lifecycle AS l (program_id, customer_id, last_order_at, orders, category)"
-        " SELECT $1, customer_id, placed_at, 1, $14 FROM o ON CONFLICT (program_id, customer_id) DO UPDATE SET"
+        f" SELECT $1, o.customer_id, {_FIRST_ROW} FROM o LEFT JOIN customer_lifecycle AS cur"
+        " ON cur.program_id = $1 AND cur.customer_id = o.customer_id"
+        " ON CONFLICT (program_id, customer_id) DO UPDATE SET"
         " last_order_at = greatest(l.last_order_at, EXCLUDED.last_order_at), orders = l.orders + 1,"
         " category = CASE WHEN l.category = EXCLUDED.category THEN l.category END RETURNING l.orders)"
         f" SELECT {ORDER_COLUMNS}, (SELECT orders FROM lifecycle) AS customer_orders FROM o",

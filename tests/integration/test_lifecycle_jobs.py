@@ -189,6 +189,45 @@ async def test_the_rollup_is_the_orders_and_the_backfill_rebuilds_it_with_the_ma
     )
 
 
+async def test_orders_the_rollup_never_counted_are_counted_by_the_customers_next_order(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Orders stored by an instance without the rollup (a rolling deploy): the customer's next
+    order makes their row from all their orders, so `purchase.first` is not told twice; a
+    rebuild run meanwhile merges with what orders wrote and never undoes an order."""
+    await setup_program(program, clock)
+    ann, bob = [await enrol(program.id, name, clock) for name in ("ann", "bob")]
+    await place(program, ann, "A-1", basket("coffee", placed_at=START - timedelta(days=2)), clock)
+    await place(program, ann, "A-2", basket("coffee", placed_at=START - timedelta(days=1)), clock)
+    await place(program, bob, "B-1", basket("tea", "cake"), clock)
+    await owner_connection.execute("DELETE FROM customer_lifecycle WHERE program_id = $1", program.id)
+
+    await place(program, ann, "A-3", basket("coffee", placed_at=START - timedelta(days=5)), clock)  # backdated
+    await place(program, bob, "B-2", basket("tea"), clock)
+    definition = [tuple(row) for row in await owner_connection.fetch(DEFINITION, program.id)]
+    assert [tuple(row)[:4] for row in await owner_connection.fetch(ROLLUP, program.id)] == definition
+    assert definition == [(ann, START - timedelta(days=1), 3, "coffee"), (bob, START, 2, None)]
+    purchases = await payloads(program, clock, "purchase.first") + await payloads(program, clock, "purchase.repeat")
+    assert sorted((p["customer_id"], p["order_id"], p["order_number"]) for p in purchases) == sorted(
+        [(ann, "A-1", 1), (ann, "A-2", 2), (ann, "A-3", 3), (bob, "B-1", 1), (bob, "B-2", 2)]
+    )
+
+    # a rebuild that read the orders before an order's row moved on keeps the later row
+    await owner_connection.execute(
+        "UPDATE customer_lifecycle SET orders = orders + 1, last_order_at = $3"
+        " WHERE program_id = $1 AND customer_id = $2",
+        program.id,
+        ann,
+        START + timedelta(days=1),
+    )
+    assert await lifecycle.backfill(program.id) == 2
+    assert await owner_connection.fetchrow(
+        "SELECT orders, last_order_at FROM customer_lifecycle WHERE program_id = $1 AND customer_id = $2",
+        program.id,
+        ann,
+    ) == (4, START + timedelta(days=1))
+
+
 # Rows the transaction has read so far: tuples returned by sequential scans of its tables and
 # entries returned by its index scans (pg_stat_get_xact_*: this transaction's own counts).
 ROWS_READ = (
