@@ -57,6 +57,12 @@ class LifecycleRules(msgspec.Struct, frozen=True, kw_only=True):
 
 
 BATCH = 1000
+# The rows of customers $2 (of program $1), locked in customer order before a job's UPDATE
+# marks them told: the two jobs (on two workers) then lock shared rows in the same order.
+_LOCKED_IN_ORDER = (
+    "(SELECT customer_id FROM customer_lifecycle WHERE program_id = $1 AND customer_id = ANY($2::text[])"
+    " ORDER BY customer_id FOR NO KEY UPDATE) AS locked"
+)
 
 
 async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
@@ -130,8 +136,8 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
         if rows:
             await connection.execute(
                 "UPDATE customer_lifecycle l SET win_back_emitted_for = x.last_order_at"
-                " FROM unnest($2::text[], $3::timestamptz[]) AS x(customer_id, last_order_at)"
-                " WHERE l.program_id = $1 AND l.customer_id = ANY($2::text[])"
+                f" FROM unnest($2::text[], $3::timestamptz[]) AS x(customer_id, last_order_at), {_LOCKED_IN_ORDER}"
+                " WHERE l.program_id = $1 AND l.customer_id = locked.customer_id"
                 " AND l.customer_id = x.customer_id AND l.last_order_at = x.last_order_at",
                 program_id,
                 [row["customer_id"] for row in rows],
@@ -165,8 +171,8 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             emitted += await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
         if rows:
             await connection.execute(
-                "UPDATE customer_lifecycle SET cross_sell_emitted = true"
-                " WHERE program_id = $1 AND customer_id = ANY($2::text[])",
+                f"UPDATE customer_lifecycle l SET cross_sell_emitted = true FROM {_LOCKED_IN_ORDER}"
+                " WHERE l.program_id = $1 AND l.customer_id = locked.customer_id",
                 program_id,
                 [row["customer_id"] for row in rows],
             )
