@@ -241,6 +241,9 @@ async def risk_customers(
     )
 
 
+CHURN_RED_MARK = "churn-risk-red"  # event_marks key: <this>:<customer>:<last purchase day>
+
+
 async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) -> int:
     """Emit `customer.churn_risk_red` for customers whose light is red, once per lapse (a
     purchase starts a new one). Customers who never bought are left out: they cannot churn."""
@@ -250,15 +253,15 @@ async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) 
     while True:
         async with transaction() as connection:
             rules, today = await _context(connection, program_id, now)
-            found = await rows.risk_inputs(connection, program_id, today, after, batch)
+            # customers already told of their current lapse are left out by the query, so a
+            # round costs a statement per customer newly red, not per customer red
+            found = await rows.risk_inputs(connection, program_id, today, after, batch, untold=CHURN_RED_MARK)
             for row in found:
-                if row["days_inactive"] is None:
-                    continue
                 risk = churn_risk(_signals(row), rules)
                 if risk.colour is not Colour.RED:
                     continue
                 last_purchase = today - timedelta(days=row["days_inactive"])
-                key = f"churn-risk-red:{row['customer_id']}:{last_purchase.isoformat()}"
+                key = f"{CHURN_RED_MARK}:{row['customer_id']}:{last_purchase.isoformat()}"
                 red = ChurnRiskRed(
                     customer_id=row["customer_id"], days_since_last_order=row["days_inactive"], rule=risk.rule
                 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
+import pytest
 
 from service.domain.clock import ManualClock
 from service.usecases import orders, signals
@@ -50,3 +52,37 @@ async def test_red_once_per_lapse(
     clock.set(START + timedelta(days=121))
     assert await signals.emit_churn_risk_red(program.id, clock) == 1  # a new lapse
     assert len(await red_events(owner_connection, program.id)) == 2
+
+
+async def test_a_round_tells_only_the_newly_red(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customers already told of their lapse cost a round nothing: it emits (and writes marks)
+    for the newly red only, not once more for every customer who is still red."""
+    await setup_program(program, clock)
+    till = checkout(program.id)
+    for number in range(12):
+        customer = await enrol(program.id, f"c-{number}", clock)
+        placement = orders.OrderPlacement(order_id=f"O-{number}", customer_id=customer, order=basket())
+        await orders.place_order(till, program.shop_id, placement, clock)
+    late = await enrol(program.id, "late", clock)
+    clock.set(START + timedelta(days=10))
+    placement = orders.OrderPlacement(order_id="late", customer_id=late, order=basket(clock.now()))
+    await orders.place_order(till, program.shop_id, placement, clock)
+
+    attempts: list[str] = []
+    counted = signals.emit_once
+
+    async def counting(connection: asyncpg.Connection, program_id: str, key: str, *args: Any, **kwargs: Any) -> int:
+        attempts.append(key)
+        return await counted(connection, program_id, key, *args, **kwargs)
+
+    monkeypatch.setattr(signals, "emit_once", counting)
+    clock.set(START + timedelta(days=60))
+    assert await signals.emit_churn_risk_red(program.id, clock) == 12
+    assert len(attempts) == 12
+    clock.set(START + timedelta(days=70))
+    assert await signals.emit_churn_risk_red(program.id, clock) == 1  # only "late" turned red
+    assert len(attempts) == 13
+    assert await signals.emit_churn_risk_red(program.id, clock) == 0
+    assert len(attempts) == 13
