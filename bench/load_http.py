@@ -1,6 +1,6 @@
 """HTTP load on the served app next to pgbench's TPC-B, on one PostgreSQL in one run.
 
-    .venv/bin/python -m bench.load_http [--seconds 10] [--clients 32] [--max-requests 200000]
+    .venv/bin/python -m bench.load_http [--seconds 10] [--clients 32] [--max-requests 200000] [--app-processes 1]
 
 Starts `loyalty serve` on a fresh embedded PostgreSQL under /tmp (as `bench.faults` does:
 own port, rate limits off, no demo program), sets up a program over HTTP (shop, keys,
@@ -8,7 +8,8 @@ earning rules with a category multiplier and an active campaign, a tier ladder v
 `PUT /v1/tiers`, 1,000 customers, customer tokens, points for the redeemers), then runs
 these phases one after the other, each for `--seconds` (after a one-second warm-up) or
 `--max-requests` requests, whichever comes first, at `--clients` concurrent loopback
-clients with one keep-alive connection each:
+clients with one keep-alive connection each (with `--app-processes N`, N serve processes on the
+one PostgreSQL, the clients split evenly over them, jobs in the first only):
 
 1. awards: `POST /v1/shops/{shop}/orders`, a new order of 2 to 5 lines each time;
 2. pgbench TPC-B-like (`-M prepared -c <clients> -j 2`, scale `--scale`) on a database of
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +42,7 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from bench.faults import Postgres, Program, Scenario, order_body, scenario
+from bench.faults import App, Postgres, Program, Scenario, order_body, scenario
 from bench.ledger_throughput import RESULTS, CpuMeter, _percentile, _pgbench, _pgbench_binary, _recreate, _run
 
 PGBENCH_DATABASE = "pgbench_http"
@@ -147,6 +149,27 @@ def _app_cpu(pid: int) -> float | None:
     return float(times.user + times.system)
 
 
+def _apps_cpu(apps: Sequence[App]) -> float | None:
+    used = [_app_cpu(app.pid) for app in apps]
+    return None if any(u is None for u in used) else sum(u for u in used if u is not None)
+
+
+@contextlib.asynccontextmanager
+async def more_processes(sc: Scenario, extra: int) -> AsyncIterator[list[App]]:
+    """The scenario's app and `extra` more serve processes on its embedded PostgreSQL (they
+    join the server the first one started; jobs run in the first only); stopped after."""
+    apps = [App(sc.root, {"LOYALTY_RUN_JOBS": "false"}) for _ in range(extra)]
+    try:
+        for app in apps:
+            app.start()
+        for app in apps:
+            await app.wait_ready(sc.client)
+        yield [sc.app, *apps]
+    finally:
+        for app in apps:
+            app.stop()
+
+
 def summarise(name: str, kind: Kind, clients: int, seconds: float, ok: int, cpu: tuple[float | None, float]) -> Result:
     """A Result from what a phase recorded."""
     done = len(kind.latencies)
@@ -171,8 +194,11 @@ Recorder = Callable[[str, int, float], None]
 Step = Callable[[HttpConnection, int, Recorder], Awaitable[None]]
 
 
-async def drive(port: int, clients: int, step: Step, seconds: float, limit: int) -> tuple[dict[str, Kind], float]:
-    """Run `step` in `clients` loops until `seconds` pass or `limit` steps are done."""
+async def drive(
+    ports: Sequence[int], clients: int, step: Step, seconds: float, limit: int
+) -> tuple[dict[str, Kind], float]:
+    """Run `step` in `clients` loops until `seconds` pass or `limit` steps are done; client i
+    talks to the app process on ports[i % len(ports)]."""
     kinds: dict[str, Kind] = {}
     steps = {"done": 0}
 
@@ -180,7 +206,7 @@ async def drive(port: int, clients: int, step: Step, seconds: float, limit: int)
         kinds.setdefault(name, Kind()).record(status, took, ok=200 if name in ("capture", "balance") else 201)
 
     async def loop(index: int, deadline: float) -> None:
-        connection = HttpConnection(port)
+        connection = HttpConnection(ports[index % len(ports)])
         try:
             while time.monotonic() < deadline and steps["done"] < limit:
                 steps["done"] += 1
@@ -293,13 +319,13 @@ async def _grant(client: httpx.AsyncClient, base: str, key: str, customer: str) 
 # --- Phases -----------------------------------------------------------------------------
 
 
-async def http_phase(sc: Scenario, step: Step, args: argparse.Namespace) -> list[Result]:
-    """Warm up for a second, then measure one kind of work."""
-    port = sc.app.port
-    await drive(port, args.clients, step, 1.0, args.max_requests)
-    app_before, client_before = _app_cpu(sc.app.pid), _client_cpu()
-    kinds, seconds = await drive(port, args.clients, step, args.seconds, args.max_requests)
-    app_after, client_used = _app_cpu(sc.app.pid), _client_cpu() - client_before
+async def http_phase(apps: Sequence[App], step: Step, args: argparse.Namespace) -> list[Result]:
+    """Warm up for a second, then measure one kind of work (app CPU: all the processes')."""
+    ports = [app.port for app in apps]
+    await drive(ports, args.clients, step, 1.0, args.max_requests)
+    app_before, client_before = _apps_cpu(apps), _client_cpu()
+    kinds, seconds = await drive(ports, args.clients, step, args.seconds, args.max_requests)
+    app_after, client_used = _apps_cpu(apps), _client_cpu() - client_before
     app_used = app_after - app_before if app_before is not None and app_after is not None else None
     results = []
     for name, kind in kinds.items():
@@ -386,6 +412,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each phase (default 10)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument(
+        "--app-processes", type=int, default=1, help="serve processes on one database, clients split over them"
+    )
     parser.add_argument("--max-requests", type=int, default=200_000, help="bound on the steps of a phase")
     parser.add_argument("--customers", type=int, default=1000, help="customers enrolled (default 1000)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
@@ -393,6 +422,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.seconds > 300 or args.clients < 1 or args.max_requests < 1 or args.customers < 10:
         parser.error("--seconds in (0, 300], --clients and --max-requests at least 1, --customers at least 10")
+    if not 1 <= args.app_processes <= 8:
+        parser.error("--app-processes in [1, 8]")
     return args
 
 
@@ -403,10 +434,11 @@ async def run(args: argparse.Namespace) -> int:
         readers = redeemers = min(200, len(sc.program.customers) // 2)
         workload = await prepare(sc, readers, redeemers)
         print(f"set up {len(sc.program.customers)} customers; measuring {args.seconds:g} s per phase", flush=True)
-        results = await http_phase(sc, workload.award, args)
-        pgbench = await pgbench_phase(sc.postgres, args)
-        results += await http_phase(sc, workload.redeem, args)
-        results += await http_phase(sc, workload.balance, args)
+        async with more_processes(sc, args.app_processes - 1) as apps:
+            results = await http_phase(apps, workload.award, args)
+            pgbench = await pgbench_phase(sc.postgres, args)
+            results += await http_phase(apps, workload.redeem, args)
+            results += await http_phase(apps, workload.balance, args)
     print()
     print(table(results, pgbench))
     outcome = verdict(results, pgbench)
