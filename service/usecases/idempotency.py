@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 
 from service.db.idempotency import lock_keys, remember, replay
-from service.db.transaction import transaction, with_retry
+from service.db.transaction import in_transaction, transaction, with_retry
 from service.domain.errors import DomainError
 
 T = TypeVar("T")
@@ -78,3 +78,17 @@ async def run_once(
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome
+
+
+async def run_once_if_keyed(
+    program_id: str,
+    key: str | None,
+    request_fingerprint: Callable[[], bytes],
+    result_type: type[T],
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """`run_once` under `key`; without one (callers inside the service: the CLI, the demo
+    seeding) the work runs once in a transaction of its own."""
+    if key is None:
+        return await in_transaction(work)
+    return await run_once(program_id, key, request_fingerprint(), result_type, work)

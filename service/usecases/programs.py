@@ -11,7 +11,7 @@ import msgspec
 from service.db import credentials
 from service.db.ledger_accounts import open_system_accounts
 from service.db.tables import ApiKey, Program, Shop
-from service.db.transaction import autocommit, in_transaction, transaction
+from service.db.transaction import autocommit, transaction
 from service.domain import access
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
@@ -20,7 +20,7 @@ from service.domain.ids import new_id
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, ProgramSettings
 from service.domain.programs import Program as ProgramRecord
 from service.domain.programs import Shop as ShopRecord
-from service.usecases.idempotency import fingerprint, run_once
+from service.usecases.idempotency import fingerprint, run_once_if_keyed
 
 _PROGRAM_COLUMNS = (
     Program.id,
@@ -74,9 +74,7 @@ async def create_shop(program_id: str, name: str, key: str | None = None) -> Sho
         assert row is not None
         return msgspec.convert(dict(row), ShopRecord)
 
-    if key is None:
-        return await in_transaction(work)
-    return await run_once(program_id, key, fingerprint("create-shop", name), ShopRecord, work)
+    return await run_once_if_keyed(program_id, key, lambda: fingerprint("create-shop", name), ShopRecord, work)
 
 
 async def list_shops(program_id: str) -> list[ShopRecord]:
@@ -124,11 +122,10 @@ async def create_api_key(
         plain_texts[issued.key_id] = issued.plain_text
         return msgspec.convert(dict(row), ApiKeyRecord)
 
-    if key is None:
-        record = await in_transaction(work)
-    else:
-        request = fingerprint("create-api-key", [name, scope.value, shop_id])
-        record = await run_once(program_id, key, request, ApiKeyRecord, work)
+    request = [name, scope.value, shop_id]
+    record = await run_once_if_keyed(
+        program_id, key, lambda: fingerprint("create-api-key", request), ApiKeyRecord, work
+    )
     if record.id not in plain_texts:  # made by an earlier request with this key
         current = await _key_record(program_id, record.id) or record
         raise ApiKeySecretShownOnce(

@@ -18,7 +18,7 @@ from service.domain.errors import Conflict, InvalidInput, NotFound
 from service.domain.events import AnyEvent, EventType
 from service.domain.ids import new_id
 from service.domain.webhooks import new_secret, rotate
-from service.usecases.idempotency import fingerprint, run_once
+from service.usecases.idempotency import fingerprint, run_once, run_once_if_keyed
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,10 +143,10 @@ async def create_endpoint(
         )
         return NewEndpoint(endpoint=_endpoint(row, ""), secret=secret)
 
-    if key is None:
-        return await in_transaction(work)
-    request = fingerprint("create-webhook-endpoint", [url, types, description])
-    return await run_once(program_id, key, request, NewEndpoint, work)
+    request = [url, types, description]
+    return await run_once_if_keyed(
+        program_id, key, lambda: fingerprint("create-webhook-endpoint", request), NewEndpoint, work
+    )
 
 
 async def list_endpoints(program_id: str) -> list[Endpoint]:
