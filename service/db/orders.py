@@ -67,6 +67,39 @@ async def order_context(connection: asyncpg.Connection, program_id: str, shop_id
     return row
 
 
+async def order_inputs(
+    connection: asyncpg.Connection,
+    program_id: str,
+    shop_id: str,
+    customer_id: str,
+    placed_at: datetime,
+    now: datetime,
+) -> asyncpg.Record:
+    """In one call (migration 0020), what placing an order reads before computing its award,
+    the customer's pending account and tier and pending referral locked first: the shop's
+    `shop_name`, the ledger and return settings (`settings_from_row`, `returns_from_row`),
+    `rules` in force at `placed_at` (NULL if none), `campaign_bonus` (the bonus each campaign
+    gave the customer and they kept, read only if a campaign in force has a customer cap),
+    `tier_config`, `tier` (the customer's row, NULL or all NULL without one) and
+    `tier_grants` in force at `now`, `referral` (the customer's pending referral) and
+    `referral_settings`. NotFound without the shop or the customer."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT * FROM order_inputs($1, $2, $3, $4, $5, $6)",
+        program_id,
+        shop_id,
+        customer_id,
+        customer_account(customer_id, AccountKind.PENDING).code,
+        placed_at,
+        now,
+    )
+    assert row is not None  # the function returns one row
+    if row["shop_name"] is None:
+        raise NotFound(f"shop {shop_id} not found", field="shop_id")
+    if not row["customer_found"]:
+        raise NotFound(f"customer {customer_id} not found", field="customer_id")
+    return row
+
+
 async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: str) -> str:
     name: str | None = await connection.fetchval(
         "SELECT name FROM shops WHERE program_id = $1 AND id = $2", program_id, shop_id
@@ -74,22 +107,6 @@ async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: st
     if name is None:
         raise NotFound(f"shop {shop_id} not found", field="shop_id")
     return name
-
-
-async def campaign_bonus_so_far(connection: asyncpg.Connection, program_id: str, customer_id: str) -> dict[str, int]:
-    """Bonus points each campaign has granted the customer over all their orders and they kept
-    after refunds: `bonus_kept` (service/domain/earning.py) of each order's bonus, from the
-    order's refunded net value (numeric: bonus * refunded_net may not fit a bigint)."""
-    rows = await connection.fetch(
-        "SELECT b.key AS campaign, sum(CASE WHEN o.refunded_net = 0 THEN b.value::bigint"
-        " WHEN o.refunded_net >= o.net THEN 0"
-        " ELSE b.value::bigint - div(b.value::numeric * o.refunded_net, o.net) END)::bigint AS points"
-        " FROM orders o CROSS JOIN LATERAL jsonb_each_text(o.award -> 'campaign_bonus') AS b"
-        " WHERE o.program_id = $1 AND o.customer_id = $2 GROUP BY b.key",
-        program_id,
-        customer_id,
-    )
-    return {row["campaign"]: row["points"] for row in rows}
 
 
 ORDER_COLUMNS = (

@@ -70,7 +70,13 @@ def _convert(row: asyncpg.Record, kind: type[Any]) -> Any:
 
 async def load_settings(connection: asyncpg.Connection, program_id: str) -> ReferralSettings:
     """The program's settings, or the defaults (disabled) if none were set."""
-    raw = await connection.fetchval("SELECT settings FROM referral_settings WHERE program_id = $1", program_id)
+    return settings_from_json(
+        await connection.fetchval("SELECT settings FROM referral_settings WHERE program_id = $1", program_id)
+    )
+
+
+def settings_from_json(raw: str | None) -> ReferralSettings:
+    """The settings stored in `referral_settings.settings`, or the defaults (disabled)."""
     return ReferralSettings() if raw is None else msgspec.json.decode(raw, type=ReferralSettings)
 
 
@@ -228,15 +234,16 @@ _REFERRAL_COLUMNS = (
 )
 
 
-def _referral(row: asyncpg.Record | None) -> ReferralRow | None:
-    return None if row is None else _convert(row, ReferralRow)
+def referral_from_row(row: asyncpg.Record | None) -> ReferralRow | None:
+    """A `referrals` row (None, or a composite of NULLs, is no row)."""
+    return None if row is None or row["id"] is None else _convert(row, ReferralRow)
 
 
 async def referral_of_referee(connection: asyncpg.Connection, program_id: str, referee_id: str) -> ReferralRow | None:
     row = await connection.fetchrow(
         f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE program_id = $1 AND referee_id = $2", program_id, referee_id
     )
-    return _referral(row)
+    return referral_from_row(row)
 
 
 async def recent_count(connection: asyncpg.Connection, program_id: str, referrer_id: str, since: datetime) -> int:
@@ -263,22 +270,9 @@ async def insert_referral(connection: asyncpg.Connection, program_id: str, value
         values["redeemed_at"],
         values["redeemed_by"],
     )
-    referral = _referral(row)
+    referral = referral_from_row(row)
     assert referral is not None
     return referral
-
-
-async def lock_pending_of_referee(
-    connection: asyncpg.Connection, program_id: str, referee_id: str
-) -> ReferralRow | None:
-    """The referee's pending referral, locked (a referral in another state is not touched)."""
-    row = await connection.fetchrow(
-        f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE program_id = $1 AND referee_id = $2"
-        " AND status = 'pending' FOR UPDATE",
-        program_id,
-        referee_id,
-    )
-    return _referral(row)
 
 
 async def lock_of_order(
@@ -292,7 +286,7 @@ async def lock_of_order(
         shop_id,
         order_id,
     )
-    return _referral(row)
+    return referral_from_row(row)
 
 
 async def qualify(
@@ -314,7 +308,7 @@ async def qualify(
         now,
         due_at,
     )
-    referral = _referral(row)
+    referral = referral_from_row(row)
     assert referral is not None
     return referral
 
@@ -352,7 +346,7 @@ async def claim_due(connection: asyncpg.Connection, program_id: str, now: dateti
         program_id,
         now,
     )
-    return _referral(row)
+    return referral_from_row(row)
 
 
 async def lock_referrer(connection: asyncpg.Connection, program_id: str, referrer_id: str) -> None:

@@ -3,6 +3,7 @@ qualifying measure read from orders."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -42,6 +43,11 @@ class TierGrant(msgspec.Struct, frozen=True, kw_only=True):
 
 async def load_config(connection: asyncpg.Connection, program_id: str) -> TierConfig | None:
     raw = await connection.fetchval("SELECT config FROM tier_configs WHERE program_id = $1", program_id)
+    return config_from_json(raw)
+
+
+def config_from_json(raw: str | None) -> TierConfig | None:
+    """The ladder stored in `tier_configs.config`, if any."""
     return None if raw is None else msgspec.json.decode(raw, type=TierConfig)
 
 
@@ -73,7 +79,12 @@ async def load_tier(
         program_id,
         customer_id,
     )
-    return None if row is None else msgspec.convert(dict(row), CustomerTier)
+    return tier_from_row(row)
+
+
+def tier_from_row(row: asyncpg.Record | None) -> CustomerTier | None:
+    """A `customer_tiers` row (None, or a composite of NULLs, is no row)."""
+    return None if row is None or row["customer_id"] is None else msgspec.convert(dict(row), CustomerTier)
 
 
 async def save_tier(connection: asyncpg.Connection, program_id: str, tier: CustomerTier, now: datetime) -> None:
@@ -180,6 +191,10 @@ async def grants_in_force(
         customer_id,
         now,
     )
+    return grants_from_rows(rows)
+
+
+def grants_from_rows(rows: Sequence[asyncpg.Record]) -> list[TierGrant]:
     return [msgspec.convert(dict(row), TierGrant) for row in rows]
 
 

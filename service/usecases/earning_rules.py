@@ -104,9 +104,14 @@ async def rules_in_force(connection: asyncpg.Connection, program_id: str, at: da
         program_id,
         at,
     )
-    if row is None:
+    return rules_found(None if row is None else row["rules"], at)
+
+
+def rules_found(raw: str | None, at: datetime) -> EarningRules:
+    """The rules in force at `at` as stored (`earning_rule_sets.rules`); NotFound if none were."""
+    if raw is None:
         raise NotFound(f"no earning rules were in force at {at.isoformat()}", field="order.placed_at")
-    return _published(row).rules
+    return msgspec.json.decode(raw, type=EarningRules)
 
 
 async def quote(program_id: str, order: Order, tier_multiplier_bp: int = NEUTRAL_BP) -> Award:

@@ -38,7 +38,7 @@ from service.domain.orders import (
     split_clawback,
 )
 from service.usecases import metrics, referrals, tiers
-from service.usecases.earning_rules import rules_in_force
+from service.usecases.earning_rules import rules_found
 from service.usecases.idempotency import derived_key, fingerprint, run_once
 from service.usecases.ledger_settings import settings_from_row
 from service.usecases.lifecycle import emit_order_events
@@ -143,18 +143,16 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         if order.placed_at > now + FUTURE_TOLERANCE:
             raise InvalidInput("placed_at is in the future", field="order.placed_at")
         program_id = principal.program_id
-        context = await _not_yet(rows.order_context(connection, program_id, shop_id))
-        shop, settings, returns = context["name"], settings_from_row(context), rows.returns_from_row(context)
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
-        await _not_yet(
-            rows.lock_customer_balances(connection, program_id, placement.customer_id, [AccountKind.PENDING])
+        inputs = await _not_yet(
+            rows.order_inputs(connection, program_id, shop_id, placement.customer_id, order.placed_at, now)
         )
-        rules = await rules_in_force(connection, program_id, order.placed_at)
-        so_far = None
-        if any(campaign.customer_cap is not None for campaign in rules.campaigns):
-            so_far = await rows.campaign_bonus_so_far(connection, program_id, placement.customer_id)
-        tier = await tiers.tier_for_order(connection, program_id, placement.customer_id, settings.zone, now)
+        shop, settings, returns = inputs["shop_name"], settings_from_row(inputs), rows.returns_from_row(inputs)
+        rules = rules_found(inputs["rules"], order.placed_at)
+        bonus = inputs["campaign_bonus"]
+        so_far = None if bonus is None else msgspec.json.decode(bonus, type=dict[str, int])
+        tier = await tiers.tier_for_order(connection, program_id, placement.customer_id, inputs, now)
         award = calculate_award(
             order, rules, zone=settings.zone, tier_multiplier_bp=tiers.multiplier_bp(tier), bonus_so_far=so_far
         )
@@ -186,7 +184,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "created_at": now,
             },
         )
-        await referrals.qualify_on_order(connection, program_id, row)
+        await referrals.qualify_on_order(connection, program_id, row, inputs)
         await emit_order_events(connection, program_id, row, lot_expiry)
         cause = f"order {placement.order_id} at shop {shop_id}"
         await tiers.after_order(connection, program_id, tier, settings.zone, now, cause)

@@ -398,13 +398,16 @@ async def list_referrals(program_id: str, customer_id: str, limit: int, cursor: 
 # --- Hooks in the order's transactions -------------------------------------------------
 
 
-async def qualify_on_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record) -> None:
-    """Inside place_order: a pending referral of the customer becomes `qualified` by an order
-    at or above the minimum; its rewards are due when the order's return window ends."""
-    referral = await rows.lock_pending_of_referee(connection, program_id, order["customer_id"])
+async def qualify_on_order(
+    connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, inputs: asyncpg.Record
+) -> None:
+    """Inside place_order: a pending referral of the customer (locked by `order_inputs`, which
+    also read the settings) becomes `qualified` by an order at or above the minimum; its
+    rewards are due when the order's return window ends."""
+    referral = rows.referral_from_row(inputs["referral"])
     if referral is None:
         return
-    settings = await rows.load_settings(connection, program_id)
+    settings = rows.settings_from_json(inputs["referral_settings"])
     if not qualifies(order["net"], settings):
         return
     now = order["created_at"]

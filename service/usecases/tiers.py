@@ -90,8 +90,15 @@ async def _current(
         tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
         if tier is not None:
             return tier, True
+    return await _first_tier(connection, program_id, customer_id, config, zone, now), False
+
+
+async def _first_tier(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, config: TierConfig, zone: ZoneInfo, now: datetime
+) -> CustomerTier:
+    """A tier row for a customer who has none: at the level they qualify for now."""
     level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
-    new = CustomerTier(
+    return CustomerTier(
         customer_id=customer_id,
         earned_code=level.code,
         effective_code=config.levels[0].code,  # what it was before any row: the base level
@@ -99,7 +106,6 @@ async def _current(
         review_at=_review(config, level.code, now, zone),
         grace_ends_at=None,
     )
-    return new, False
 
 
 async def _settle(
@@ -157,15 +163,20 @@ class OrderTier(msgspec.Struct, kw_only=True):
 
 
 async def tier_for_order(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, zone: ZoneInfo, now: datetime
+    connection: asyncpg.Connection, program_id: str, customer_id: str, inputs: asyncpg.Record, now: datetime
 ) -> OrderTier | None:
-    """The customer's tier for an order at `now`, locked; None if the program has no tiers."""
-    config = await rows.load_config(connection, program_id)
+    """The customer's tier for an order at `now`, from what `order_inputs` read (the ladder,
+    the customer's row, locked, and the grants in force); None if the program has no tiers."""
+    config = rows.config_from_json(inputs["tier_config"])
     if config is None:
         return None
-    tier, stored = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
-    grants = await rows.grants_in_force(connection, program_id, customer_id, now)
-    return OrderTier(config=config, tier=tier, stored=stored, grants=grants)
+    grants = rows.grants_from_rows(inputs["tier_grants"])
+    tier = rows.tier_from_row(inputs["tier"])
+    if tier is not None:
+        return OrderTier(config=config, tier=tier, stored=True, grants=grants)
+    zone = ZoneInfo(inputs["time_zone"])
+    first = await _first_tier(connection, program_id, customer_id, config, zone, now)
+    return OrderTier(config=config, tier=first, stored=False, grants=grants)
 
 
 def multiplier_bp(state: OrderTier | None) -> int:
