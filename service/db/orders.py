@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.db.tiers import Window
 from service.domain.earning import Refund
 from service.domain.errors import NotFound
 from service.domain.ledger import AccountKind, customer_account
@@ -135,11 +136,23 @@ _FIRST_ROW = (
 )
 
 
-async def insert_order(connection: asyncpg.Connection, program_id: str, values: dict[str, Any]) -> asyncpg.Record:
+async def insert_order(
+    connection: asyncpg.Connection, program_id: str, values: dict[str, Any], tier_window: Window | None
+) -> asyncpg.Record:
     """Store an order and, in the same statement, count it in the customer's lifecycle rollup
     (migration 0018: last order, orders, the one category of all their lines or NULL). The row
-    has the order's columns and `customer_orders`: the customer's orders, this one included."""
+    has the order's columns, `customer_orders` (the customer's orders, this one included) and
+    `tier_measure`: the customer's measure over `tier_window`, this order included (NULL
+    without a window). The statement's snapshot does not hold the order it inserts, so the
+    order's own share is added to the sum of the others."""
     categories = {line.category for line in values["lines"]}
+    measure = "NULL::bigint"
+    if tier_window is not None:
+        since = "($15::timestamptz IS NULL OR {}.placed_at >= $15)"
+        measure = (
+            f"(SELECT coalesce(sum({tier_window.value('h')}), 0) {_EARLIER} AND {since.format('h')})"
+            f" + CASE WHEN {since.format('o')} THEN {tier_window.value('o')} ELSE 0 END"
+        )
     row = await connection.fetchrow(
         f"WITH o AS (INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
         f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}),"
@@ -149,7 +162,8 @@ async def insert_order(connection: asyncpg.Connection, program_id: str, values: 
         " ON CONFLICT (program_id, customer_id) DO UPDATE SET"
         " last_order_at = greatest(l.last_order_at, EXCLUDED.last_order_at), orders = l.orders + 1,"
         " category = CASE WHEN l.category = EXCLUDED.category THEN l.category END RETURNING l.orders)"
-        f" SELECT {ORDER_COLUMNS}, (SELECT orders FROM lifecycle) AS customer_orders FROM o",
+        f" SELECT {ORDER_COLUMNS}, (SELECT orders FROM lifecycle) AS customer_orders,"
+        f" ({measure})::bigint AS tier_measure FROM o",
         program_id,
         values["shop_id"],
         values["id"],
@@ -164,6 +178,7 @@ async def insert_order(connection: asyncpg.Connection, program_id: str, values: 
         values["release_at"],
         values["created_at"],
         next(iter(categories)) if len(categories) == 1 else None,
+        *(() if tier_window is None else (tier_window.since,)),
     )
     assert row is not None
     return row

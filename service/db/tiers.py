@@ -138,13 +138,24 @@ async def changes(connection: asyncpg.Connection, program_id: str, customer_id: 
     return [msgspec.convert(dict(row), TierChange) for row in rows]
 
 
+class Window(msgspec.Struct, frozen=True, kw_only=True):
+    """What a tier is measured on: the basis, over the orders placed since `since` (None: all)."""
+
+    basis: Basis
+    since: datetime | None
+
+    def value(self, row: str) -> str:
+        """The measure of a row of `orders` named `row` in SQL, net of refunds."""
+        earned, taken_back = ("points", "clawed_back") if self.basis is Basis.POINTS else ("net", "refunded_net")
+        return f"{row}.{earned} - {row}.{taken_back}"
+
+
 async def measure(
     connection: asyncpg.Connection, program_id: str, customer_id: str, basis: Basis, since: datetime | None
 ) -> int:
     """Qualifying points or net spend of the customer's orders placed since `since`, net of refunds."""
-    expression = "points - clawed_back" if basis is Basis.POINTS else "net - refunded_net"
     value: int = await connection.fetchval(
-        f"SELECT coalesce(sum({expression}), 0)::bigint FROM orders"
+        f"SELECT coalesce(sum({Window(basis=basis, since=since).value('orders')}), 0)::bigint FROM orders"
         " WHERE program_id = $1 AND customer_id = $2 AND ($3::timestamptz IS NULL OR placed_at >= $3)",
         program_id,
         customer_id,

@@ -152,7 +152,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         rules = rules_found(inputs["rules"], order.placed_at)
         bonus = inputs["campaign_bonus"]
         so_far = None if bonus is None else msgspec.json.decode(bonus, type=dict[str, int])
-        tier = await tiers.tier_for_order(connection, program_id, placement.customer_id, inputs, now)
+        tier = tiers.tier_for_order(placement.customer_id, inputs, now)
         award = calculate_award(
             order, rules, zone=settings.zone, tier_multiplier_bp=tiers.multiplier_bp(tier), bonus_so_far=so_far
         )
@@ -183,11 +183,12 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "release_at": release_at(order.placed_at, returns.window_days, settings.zone),
                 "created_at": now,
             },
+            tiers.order_window(tier, settings.zone, now),
         )
         await referrals.qualify_on_order(connection, program_id, row, inputs)
         await emit_order_events(connection, program_id, row, lot_expiry)
         cause = f"order {placement.order_id} at shop {shop_id}"
-        await tiers.after_order(connection, program_id, tier, settings.zone, now, cause)
+        await tiers.after_order(connection, program_id, tier, row["tier_measure"], settings.zone, now, cause)
         # last: the metric counts are shared by the customers of a shard, so they are held
         # for the shortest time before the commit
         await metrics.after_order(connection, program_id, row)

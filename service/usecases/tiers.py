@@ -90,15 +90,8 @@ async def _current(
         tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
         if tier is not None:
             return tier, True
-    return await _first_tier(connection, program_id, customer_id, config, zone, now), False
-
-
-async def _first_tier(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, config: TierConfig, zone: ZoneInfo, now: datetime
-) -> CustomerTier:
-    """A tier row for a customer who has none: at the level they qualify for now."""
     level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
-    return CustomerTier(
+    new = CustomerTier(
         customer_id=customer_id,
         earned_code=level.code,
         effective_code=config.levels[0].code,  # what it was before any row: the base level
@@ -106,6 +99,7 @@ async def _first_tier(
         review_at=_review(config, level.code, now, zone),
         grace_ends_at=None,
     )
+    return new, False
 
 
 async def _settle(
@@ -162,11 +156,11 @@ class OrderTier(msgspec.Struct, kw_only=True):
         return self.config.level(higher(self.config, codes)).earn_multiplier_bp
 
 
-async def tier_for_order(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, inputs: asyncpg.Record, now: datetime
-) -> OrderTier | None:
+def tier_for_order(customer_id: str, inputs: asyncpg.Record, now: datetime) -> OrderTier | None:
     """The customer's tier for an order at `now`, from what `order_inputs` read (the ladder,
-    the customer's row, locked, and the grants in force); None if the program has no tiers."""
+    the customer's row, locked, and the grants in force); None if the program has no tiers.
+    Without a row the customer starts at the base level: the order's measure
+    (`after_order`) then moves them to the level they qualify for, as measuring first would."""
     config = rows.config_from_json(inputs["tier_config"])
     if config is None:
         return None
@@ -174,9 +168,18 @@ async def tier_for_order(
     tier = rows.tier_from_row(inputs["tier"])
     if tier is not None:
         return OrderTier(config=config, tier=tier, stored=True, grants=grants)
-    zone = ZoneInfo(inputs["time_zone"])
-    first = await _first_tier(connection, program_id, customer_id, config, zone, now)
+    base = config.levels[0].code
+    first = CustomerTier(
+        customer_id=customer_id, earned_code=base, effective_code=base, since=now, review_at=None, grace_ends_at=None
+    )
     return OrderTier(config=config, tier=first, stored=False, grants=grants)
+
+
+def order_window(state: OrderTier | None, zone: ZoneInfo, now: datetime) -> rows.Window | None:
+    """What the order's statement measures for the tier (see `after_order`); None without tiers."""
+    if state is None:
+        return None
+    return rows.Window(basis=state.config.basis, since=window_start(state.config.window, now, zone))
 
 
 def multiplier_bp(state: OrderTier | None) -> int:
@@ -188,17 +191,20 @@ async def after_order(
     connection: asyncpg.Connection,
     program_id: str,
     state: OrderTier | None,
+    measured: int | None,
     zone: ZoneInfo,
     now: datetime,
     cause: str,
 ) -> None:
-    """Upgrade at once if the order (stored by now) crossed a threshold, inside the order's
-    transaction; an order that makes a customer in their grace period qualify again ends
-    the grace period. The row is written only when something changed."""
+    """Upgrade at once if the order crossed a threshold, inside the order's transaction; an
+    order that makes a customer in their grace period qualify again ends the grace period.
+    `measured` is the customer's measure over `order_window`, this order included. The row
+    is written only when something changed."""
     if state is None:
         return
+    assert measured is not None  # the order's statement measures whenever there are tiers
     config, tier = state.config, state.tier
-    level = qualified(config, await _measure(connection, program_id, tier.customer_id, config, zone, now))
+    level = qualified(config, measured)
     dirty = not state.stored
     if config.rank(level.code) > config.rank(tier.earned_code):
         tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None

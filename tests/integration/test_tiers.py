@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from service.domain.clock import ManualClock
-from service.domain.earning import Refund
+from service.domain.earning import Order, OrderLine, Refund
 from service.domain.errors import InvalidInput
 from service.domain.tiers import TierConfig
 from service.usecases import orders, tiers
@@ -220,3 +220,38 @@ async def test_changing_the_ladder_with_customers_in_tiers(program: ProgramFixtu
     with pytest.raises(InvalidInput) as bad:
         await configure(program, clock, levels=[ladder[1], ladder[0]])
     assert bad.value.field == "levels[0].threshold"
+
+
+async def test_an_order_measures_the_tier_over_the_window_with_itself_and_history_before_the_ladder(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """The order's own statement measures the tier (its share added to the orders before it):
+    orders placed before tiers existed count if they are in the window, an order placed
+    before the window (a late upload) does not, and the first order under the ladder earns at
+    the base level and moves the customer to the level the measure reaches."""
+    clock.set(START - timedelta(days=400))
+    rules = msgspec.convert({"currency": "EUR", "points_per_unit": 10, "unit_minor": 100}, RulesDraft)
+    await publish_rules(admin(program.id), rules, "rules", clock)
+    ann = await enrol(program.id, "ann", clock)
+    await buy(program, clock, ann, net=8000)  # 800 points, out of the window at START
+    clock.set(START - timedelta(days=60))
+    await buy(program, clock, ann, net=2000)  # 200 points, in it
+    clock.set(START)
+    await configure(program, clock)
+    first = await buy(program, clock, ann, net=1500)
+    assert first.points == 150  # at the base level: no tier row yet
+    progress = await tiers.tier_progress(program.id, ann, clock)
+    assert (progress.tier.code, progress.measure) == ("silver", 350)
+    assert await kinds(program, ann) == [("upgrade", "bronze", "silver")]
+
+    late = Order(
+        currency="EUR",
+        placed_at=START - timedelta(days=399),
+        lines=(OrderLine(sku="beans", category="coffee", unit_price=10_000, quantity=1),),
+    )
+    placement = orders.OrderPlacement(order_id="late", customer_id=ann, order=late)
+    view = await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
+    assert view.points == 1200  # at silver, but placed before the window: 350 + 1200 would be gold
+    progress = await tiers.tier_progress(program.id, ann, clock)
+    assert (progress.tier.code, progress.measure) == ("silver", 350)
+    assert await kinds(program, ann) == [("upgrade", "bronze", "silver")]
