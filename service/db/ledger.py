@@ -7,7 +7,10 @@ Credit-only entries (grants: see `credited_only`) have nothing to decide against
 account's state, so a batch of them is one call of `append_credit_entries` (migration
 0010): balances, entries, postings, lots, seal-queue rows and idempotency records in one
 statement; with `write_credits_once` it also claims the idempotency keys, so a grant in
-a transaction of its own is one round trip.
+a transaction of its own is one round trip. A call of one such entry of two postings (a
+grant, an order's award) takes `append_credit_entry` (migration 0019) instead: the same
+rows, answer and locks, from plain statements with scalar arguments, which for one entry
+cost about a third less server CPU than the batch-shaped statement.
 
 An entry that announces points earned (`points_earned_by`: a grant or a referral reward of
 points) has its `points.earned` appended to the event outbox by the statement that writes
@@ -16,7 +19,7 @@ an entry not written (refused, or a replayed idempotency key) emits nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -208,6 +211,9 @@ async def write_entries(
     fingerprint per item), each outcome is remembered under its key in the same statement."""
     credited = [_credited_only(item) for item in items]
     if items and all(account is not None for account in credited):
+        if len(items) == 1 and _one_credit_lines(items[0]) is not None:
+            row = await _append_one_credit(connection, program_id, items[0], now, keys[0] if keys else None)
+            return [_credit_outcome(items[0], credited[0], row)]
         arguments = [program_id, now, *_credit_arguments(items, credited, keys)]
         announced = _credit_announcements(items, now)
         if announced:
@@ -541,7 +547,10 @@ def _credit_arguments(
     ]
 
 
-def _credit_outcome(item: EntryToWrite, account: AccountRef | None, row: asyncpg.Record) -> WrittenEntry | NotFound:
+_Answer = asyncpg.Record | Mapping[str, Any]  # a row of append_credit_entries (or the same for one entry)
+
+
+def _credit_outcome(item: EntryToWrite, account: AccountRef | None, row: _Answer) -> WrittenEntry | NotFound:
     """The entry append_credit_entries wrote for item (or the refusal of a missing account)."""
     assert account is not None
     if row["entry_id"] is None:
@@ -561,6 +570,87 @@ def _credit_outcome(item: EntryToWrite, account: AccountRef | None, row: asyncpg
             )
         ],
     )
+
+
+# --- One credit-only entry of two postings: plain statements, scalar arguments ----------
+
+_APPEND_ONE_CREDIT = (
+    "SELECT * FROM append_credit_entry($1::text, $2::timestamptz, $3::text, $4::text, $5::text,"
+    " $6::timestamptz, $7::text, $8::smallint, $9::bigint, $10::bigint, $11::text, $12::text, $13::bigint,"
+    " $14::text, $15::bytea, $16::integer, $17::bytea, $18::boolean, $19::text, $20::text, $21::integer,"
+    " $22::text, $23::text, $24::text, $25::text)"
+)
+
+
+def _one_credit_lines(item: EntryToWrite) -> tuple[int, int] | None:
+    """For a credit-only item of one customer posting and one system posting, the lines
+    (from 0) of the customer's and the system's; None for any other shape (those take
+    append_credit_entries)."""
+    postings = item.draft.postings
+    if len(postings) != 2:
+        return None
+    first, second = (posting.account.is_customer for posting in postings)
+    if first == second:
+        return None
+    return (0, 1) if first else (1, 0)
+
+
+async def _append_one_credit(
+    connection: asyncpg.Connection,
+    program_id: str,
+    item: EntryToWrite,
+    now: datetime,
+    key: tuple[str, bytes] | None,
+    claim: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Write one credit-only item of two postings with `append_credit_entry` (migration
+    0019), which writes exactly what `append_credit_entries` writes for it; with `claim`
+    (time zone, expiry policy and period: the settings the draft was made with) it also
+    claims the key, as `write_credits_once` does.
+    Its answer as `append_credit_entries` gives it for the item (one row, postings by line)."""
+    lines = _one_credit_lines(item)
+    assert lines is not None, "only a credit-only entry of two postings takes this path"
+    draft = item.draft
+    customer_line, system_line = lines
+    customer, system = draft.postings[customer_line], draft.postings[system_line]
+    system_id = (await system_account_ids(connection, program_id))[system.account.kind]
+    status: int | None = None
+    refusal: bytes | None = None
+    if key is not None:
+        status, refusal = encode_outcome(_missing(customer.account))
+    event: tuple[str | None, ...] = (None, None, None, None)
+    for announced in _credit_announcements([item], now):  # at most one
+        payload = msgspec.json.encode(announced.payload).decode()
+        event = (announced.event_id, announced.type.value, announced.customer_id, payload)
+    row = await connection.fetchrow(
+        _APPEND_ONE_CREDIT,
+        program_id,
+        now,
+        draft.kind,
+        item.actor,
+        msgspec.json.encode(draft.metadata).decode(),
+        draft.lot_expires_at,
+        customer.account.code,
+        customer_line + 1,
+        customer.amount,
+        system_id,
+        system.account.code,
+        system.account.unit.value,
+        system.amount,
+        None if key is None else key[0],
+        None if key is None else key[1],
+        status,
+        refusal,
+        claim is not None,
+        *(claim or (None, None, None)),
+        *event,
+    )
+    assert row is not None
+    account_ids = [system_id, system_id]
+    balances_after: list[int | None] = [None, None]
+    account_ids[customer_line] = row["account_id"]
+    balances_after[customer_line] = row["balance_after"]
+    return {**dict(row), "account_ids": account_ids, "balances_after": balances_after}
 
 
 async def write_credits_once(
@@ -585,32 +675,34 @@ async def write_credits_once(
     if not all(account is not None for account in credited):
         raise ValueError("write_credits_once writes credit-only entries only")
     keys = [(key, fingerprint) for key, fingerprint, _ in requests]
-    arguments = [
-        program_id,
-        now,
-        *_credit_arguments(items, credited, keys),
-        time_zone,
-        expiry.policy.value,
-        expiry.period,
-    ]
-    announced = _credit_announcements(items, now)
+    settings = [time_zone, expiry.policy.value, expiry.period]
+    rows: Sequence[_Answer]
     try:
-        if announced:
-            rows = await connection.fetch(_CLAIM_CREDITS_ANNOUNCING, *arguments, *announcement_columns(announced))
+        if len(requests) == 1 and _one_credit_lines(items[0]) is not None:
+            rows = [await _append_one_credit(connection, program_id, items[0], now, keys[0], settings)]
         else:
-            rows = await connection.fetch(_CLAIM_CREDITS, *arguments)
+            arguments = [program_id, now, *_credit_arguments(items, credited, keys), *settings]
+            announced = _credit_announcements(items, now)
+            if announced:
+                rows = await connection.fetch(_CLAIM_CREDITS_ANNOUNCING, *arguments, *announcement_columns(announced))
+            else:
+                rows = await connection.fetch(_CLAIM_CREDITS, *arguments)
     except asyncpg.PostgresError as error:
         if error.sqlstate == SETTINGS_CHANGED:
             raise SettingsChanged(str(error)) from None
         raise
-    outcomes: list[WrittenEntry | DomainError] = []
-    for (key, fingerprint, item), account, row in zip(requests, credited, rows, strict=True):
-        if row["entry_id"] is not None:
-            outcomes.append(_credit_outcome(item, account, row))
-        else:
-            stored: Stored = (bytes(row["fingerprint"]), row["status_code"], bytes(row["response"]))
-            outcomes.append(replay(stored, key, fingerprint, WrittenEntry))
-    return outcomes
+    return [_claimed_outcome(r, a, row) for r, a, row in zip(requests, credited, rows, strict=True)]
+
+
+def _claimed_outcome(
+    request: tuple[str, bytes, EntryToWrite], account: AccountRef | None, row: _Answer
+) -> WrittenEntry | DomainError:
+    """The outcome of one claimed request: the entry written, or the record under its key."""
+    key, fingerprint, item = request
+    if row["entry_id"] is not None:
+        return _credit_outcome(item, account, row)
+    stored: Stored = (bytes(row["fingerprint"]), row["status_code"], bytes(row["response"]))
+    return replay(stored, key, fingerprint, WrittenEntry)
 
 
 async def write_entry(
