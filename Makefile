@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve test lint unit jobs bench faults clean-db
+.PHONY: serve test lint unit jobs bench instructions faults clean-db
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ unit: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.ledger_throughput
+
+instructions: $(INSTALLED)  ## server instructions per grant and per TPC-B transaction (callgrind; needs valgrind; ~30 s)
+	$(BIN)/python -m bench.instructions
 
 faults: $(INSTALLED)  ## kill the app, restart PostgreSQL, exhaust the pool, each under load (~1 min; docs/performance.md)
 	$(BIN)/python -m bench.faults all
