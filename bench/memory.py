@@ -117,10 +117,10 @@ async def award_run(sc: Scenario, sampler: Sampler, args: argparse.Namespace, re
     """Warm up, then awards for `--award-seconds` with RSS sampled; before, end, peak, after."""
     awards = Awards(sc.program, buyers=list(sc.program.customers), redeemers=[], tokens=[])
     port, pid = sc.app.port, sc.app.pid
-    await drive(port, args.clients, awards.award, args.warmup, args.max_requests)
+    await drive([port], args.clients, awards.award, args.warmup, args.max_requests)
     before = rss_bytes(pid)
     sampler.start()
-    kinds, took = await drive(port, args.clients, awards.award, args.award_seconds, args.max_requests)
+    kinds, took = await drive([port], args.clients, awards.award, args.award_seconds, args.max_requests)
     await sampler.stop()
     end, peak = rss_bytes(pid), sampler.peak
     await asyncio.sleep(args.settle)
