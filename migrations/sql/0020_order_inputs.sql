@@ -12,6 +12,10 @@
 -- releasing the lock is seen (one statement would read everything in the snapshot of its
 -- start, before the wait). A missing shop or customer, or no rules in force, ends the
 -- function early with the columns read so far (the caller names what is missing).
+--
+-- Only plain columns come back, no row types (a later ALTER TABLE would change their shape
+-- under the driver's cached description of them): of the customer's tier row its five
+-- columns, of the grants in force their tier codes, of the pending referral its id.
 CREATE FUNCTION order_inputs(
     p_program_id text, p_shop_id text, p_customer_id text, p_pending_code text,
     p_placed_at timestamptz, p_now timestamptz
@@ -21,8 +25,9 @@ CREATE FUNCTION order_inputs(
     customer_found boolean,
     rules jsonb, rules_published_by text, rules_published_at timestamptz,
     campaign_bonus jsonb,
-    tier_config jsonb, tier customer_tiers, tier_grants tier_grants[],
-    referral referrals, referral_settings jsonb
+    tier_config jsonb, tier_earned_code text, tier_effective_code text, tier_since timestamptz,
+    tier_review_at timestamptz, tier_grace_ends_at timestamptz, tier_grant_codes text[],
+    referral_id text, referral_settings jsonb
 )
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -67,21 +72,25 @@ BEGIN
 
     SELECT c.config INTO tier_config FROM tier_configs c WHERE c.program_id = p_program_id;
     IF tier_config IS NOT NULL THEN
-        SELECT t.* INTO tier FROM customer_tiers t
+        SELECT t.earned_code, t.effective_code, t.since, t.review_at, t.grace_ends_at
+          INTO tier_earned_code, tier_effective_code, tier_since, tier_review_at, tier_grace_ends_at
+          FROM customer_tiers t
          WHERE t.program_id = p_program_id AND t.customer_id = p_customer_id FOR UPDATE;
         IF NOT FOUND THEN
             -- a customer's first tier row: lock the customer so two first orders take turns
             PERFORM FROM customers c WHERE c.program_id = p_program_id AND c.id = p_customer_id FOR NO KEY UPDATE;
-            SELECT t.* INTO tier FROM customer_tiers t
+            SELECT t.earned_code, t.effective_code, t.since, t.review_at, t.grace_ends_at
+              INTO tier_earned_code, tier_effective_code, tier_since, tier_review_at, tier_grace_ends_at
+              FROM customer_tiers t
              WHERE t.program_id = p_program_id AND t.customer_id = p_customer_id FOR UPDATE;
         END IF;
-        SELECT coalesce(array_agg(g ORDER BY g.ends_at DESC), '{}') INTO tier_grants
+        SELECT coalesce(array_agg(g.tier_code ORDER BY g.ends_at DESC), '{}') INTO tier_grant_codes
           FROM tier_grants g
          WHERE g.program_id = p_program_id AND g.customer_id = p_customer_id
            AND g.starts_at <= p_now AND g.ends_at > p_now;
     END IF;
 
-    SELECT r.* INTO referral FROM referrals r
+    SELECT r.id INTO referral_id FROM referrals r
      WHERE r.program_id = p_program_id AND r.referee_id = p_customer_id AND r.status = 'pending' FOR UPDATE;
     IF FOUND THEN
         SELECT s.settings INTO referral_settings FROM referral_settings s WHERE s.program_id = p_program_id;

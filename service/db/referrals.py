@@ -234,16 +234,15 @@ _REFERRAL_COLUMNS = (
 )
 
 
-def referral_from_row(row: asyncpg.Record | None) -> ReferralRow | None:
-    """A `referrals` row (None, or a composite of NULLs, is no row)."""
-    return None if row is None or row["id"] is None else _convert(row, ReferralRow)
+def _referral(row: asyncpg.Record | None) -> ReferralRow | None:
+    return None if row is None else _convert(row, ReferralRow)
 
 
 async def referral_of_referee(connection: asyncpg.Connection, program_id: str, referee_id: str) -> ReferralRow | None:
     row = await connection.fetchrow(
         f"SELECT {_REFERRAL_COLUMNS} FROM referrals WHERE program_id = $1 AND referee_id = $2", program_id, referee_id
     )
-    return referral_from_row(row)
+    return _referral(row)
 
 
 async def recent_count(connection: asyncpg.Connection, program_id: str, referrer_id: str, since: datetime) -> int:
@@ -270,7 +269,7 @@ async def insert_referral(connection: asyncpg.Connection, program_id: str, value
         values["redeemed_at"],
         values["redeemed_by"],
     )
-    referral = referral_from_row(row)
+    referral = _referral(row)
     assert referral is not None
     return referral
 
@@ -286,7 +285,7 @@ async def lock_of_order(
         shop_id,
         order_id,
     )
-    return referral_from_row(row)
+    return _referral(row)
 
 
 async def qualify(
@@ -308,7 +307,7 @@ async def qualify(
         now,
         due_at,
     )
-    referral = referral_from_row(row)
+    referral = _referral(row)
     assert referral is not None
     return referral
 
@@ -346,7 +345,7 @@ async def claim_due(connection: asyncpg.Connection, program_id: str, now: dateti
         program_id,
         now,
     )
-    return referral_from_row(row)
+    return _referral(row)
 
 
 async def lock_referrer(connection: asyncpg.Connection, program_id: str, referrer_id: str) -> None:

@@ -3,7 +3,6 @@ qualifying measure read from orders."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -79,12 +78,7 @@ async def load_tier(
         program_id,
         customer_id,
     )
-    return tier_from_row(row)
-
-
-def tier_from_row(row: asyncpg.Record | None) -> CustomerTier | None:
-    """A `customer_tiers` row (None, or a composite of NULLs, is no row)."""
-    return None if row is None or row["customer_id"] is None else msgspec.convert(dict(row), CustomerTier)
+    return None if row is None else msgspec.convert(dict(row), CustomerTier)
 
 
 async def save_tier(connection: asyncpg.Connection, program_id: str, tier: CustomerTier, now: datetime) -> None:
@@ -202,10 +196,6 @@ async def grants_in_force(
         customer_id,
         now,
     )
-    return grants_from_rows(rows)
-
-
-def grants_from_rows(rows: Sequence[asyncpg.Record]) -> list[TierGrant]:
     return [msgspec.convert(dict(row), TierGrant) for row in rows]
 
 

@@ -404,15 +404,15 @@ async def qualify_on_order(
     """Inside place_order: a pending referral of the customer (locked by `order_inputs`, which
     also read the settings) becomes `qualified` by an order at or above the minimum; its
     rewards are due when the order's return window ends."""
-    referral = rows.referral_from_row(inputs["referral"])
-    if referral is None:
+    referral_id = inputs["referral_id"]
+    if referral_id is None:
         return
     settings = rows.settings_from_json(inputs["referral_settings"])
     if not qualifies(order["net"], settings):
         return
     now = order["created_at"]
     qualified = await rows.qualify(
-        connection, program_id, referral.id, order["shop_id"], order["id"], order["release_at"], now
+        connection, program_id, referral_id, order["shop_id"], order["id"], order["release_at"], now
     )
     await _emit(connection, program_id, EventType.REFERRAL_QUALIFIED, qualified, now)
 

@@ -111,15 +111,15 @@ async def _settle(
     kind: str,
     cause: str,
     *,
-    grants: list[TierGrant] | None = None,
+    granted: list[str] | None = None,
     dirty: bool = True,
 ) -> None:
     """Recompute the effective tier (earned, or a grant in force if higher), record a change,
     save (unless nothing changed and the caller says the stored row is current: dirty=False).
-    `grants` are those in force at `now` if the caller has them."""
-    if grants is None:
-        grants = await rows.grants_in_force(connection, program_id, tier.customer_id, now)
-    effective = higher(config, [tier.earned_code, *(grant.tier_code for grant in grants)])
+    `granted` are the tier codes of the grants in force at `now` if the caller has them."""
+    if granted is None:
+        granted = [g.tier_code for g in await rows.grants_in_force(connection, program_id, tier.customer_id, now)]
+    effective = higher(config, [tier.earned_code, *granted])
     if effective != tier.effective_code:
         if kind in ("upgrade", "downgrade"):  # the ladder decides the word
             kind = "upgrade" if config.rank(effective) > config.rank(tier.effective_code) else "downgrade"
@@ -140,19 +140,20 @@ async def _settle(
 
 class OrderTier(msgspec.Struct, kw_only=True):
     """A customer's tier as their order finds it, read once for the whole order: the ladder,
-    their tier row (locked: their orders take turns) or a new one, the grants in force."""
+    their tier row (locked: their orders take turns) or a new one, the tier codes of the
+    grants in force."""
 
     config: TierConfig
     tier: CustomerTier
     stored: bool
-    grants: list[TierGrant]
+    granted: list[str]
 
     @property
     def multiplier_bp(self) -> int:
         """The earn multiplier at the order: of the tier earned before it (the base level
         without a stored row), or of a grant in force if higher."""
         earned = self.tier.earned_code if self.stored else self.config.levels[0].code
-        codes = [earned, *(grant.tier_code for grant in self.grants)]
+        codes = [earned, *self.granted]
         return self.config.level(higher(self.config, codes)).earn_multiplier_bp
 
 
@@ -164,15 +165,22 @@ def tier_for_order(customer_id: str, inputs: asyncpg.Record, now: datetime) -> O
     config = rows.config_from_json(inputs["tier_config"])
     if config is None:
         return None
-    grants = rows.grants_from_rows(inputs["tier_grants"])
-    tier = rows.tier_from_row(inputs["tier"])
-    if tier is not None:
-        return OrderTier(config=config, tier=tier, stored=True, grants=grants)
+    granted = list(inputs["tier_grant_codes"])
+    if inputs["tier_earned_code"] is not None:
+        stored = CustomerTier(
+            customer_id=customer_id,
+            earned_code=inputs["tier_earned_code"],
+            effective_code=inputs["tier_effective_code"],
+            since=inputs["tier_since"],
+            review_at=inputs["tier_review_at"],
+            grace_ends_at=inputs["tier_grace_ends_at"],
+        )
+        return OrderTier(config=config, tier=stored, stored=True, granted=granted)
     base = config.levels[0].code
     first = CustomerTier(
         customer_id=customer_id, earned_code=base, effective_code=base, since=now, review_at=None, grace_ends_at=None
     )
-    return OrderTier(config=config, tier=first, stored=False, grants=grants)
+    return OrderTier(config=config, tier=first, stored=False, granted=granted)
 
 
 def order_window(state: OrderTier | None, zone: ZoneInfo, now: datetime) -> rows.Window | None:
@@ -224,7 +232,7 @@ async def after_order(
             now,
         )
         dirty = True
-    await _settle(connection, program_id, config, tier, now, "upgrade", cause, grants=state.grants, dirty=dirty)
+    await _settle(connection, program_id, config, tier, now, "upgrade", cause, granted=state.granted, dirty=dirty)
 
 
 def _next_review(current: datetime | None, zone: ZoneInfo, now: datetime) -> datetime | None:
