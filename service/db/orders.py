@@ -80,10 +80,11 @@ async def order_inputs(
     the customer's pending account and tier and pending referral locked first: the shop's
     `shop_name`, the ledger and return settings (`settings_from_row`, `returns_from_row`),
     `rules` in force at `placed_at` (NULL if none), `campaign_bonus` (the bonus each campaign
-    gave the customer and they kept, read only if a campaign in force has a customer cap),
-    `tier_config`, `tier` (the customer's row, NULL or all NULL without one) and
-    `tier_grants` in force at `now`, `referral` (the customer's pending referral) and
-    `referral_settings`. NotFound without the shop or the customer."""
+    gave the customer and they kept, read only if a campaign of those rules has a customer
+    cap), `tier_config`, the customer's tier row as `tier_earned_code` (NULL without one),
+    `tier_effective_code`, `tier_since`, `tier_review_at` and `tier_grace_ends_at`,
+    `tier_grant_codes` of the grants in force at `now`, `referral_id` (the customer's pending
+    referral) and `referral_settings`. NotFound without the shop or the customer."""
     row: asyncpg.Record | None = await connection.fetchrow(
         "SELECT * FROM order_inputs($1, $2, $3, $4, $5, $6)",
         program_id,
