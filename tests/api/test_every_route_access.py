@@ -23,7 +23,7 @@ PARAMETER = re.compile(r"\{[^}:]+(:[^}]+)?\}")
 
 def protected_routes(app: Litestar) -> list[tuple[str, str, frozenset[Scope]]]:
     """(method, path with parameters filled in, scopes) of every route that is not public."""
-    found = []
+    found: list[tuple[str, str, frozenset[Scope]]] = []
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or any(route.path.startswith(public) for public in PUBLIC_PATHS):
             continue
@@ -65,7 +65,7 @@ async def test_every_route_admits_only_its_scopes(
         "malformed key": {"Authorization": f"Bearer lk.{program.id}.key_x.not-the-secret"},
     }
     for method, path, scopes in routes:
-        body = {} if method in ("POST", "PUT", "PATCH") else None
+        body: dict[str, object] | None = {} if method in ("POST", "PUT", "PATCH") else None
         for name, headers in invalid.items():
             response = await client.request(method, path, json=body, headers=headers)
             assert response.status_code == 401, (method, path, name, response.text)
@@ -94,7 +94,7 @@ async def test_every_route_of_a_shop_refuses_a_key_of_another_shop(
     ]
     assert len(shop_routes) >= 3  # place, read and refund an order
     for method, path, _ in shop_routes:
-        body = {} if method in ("POST", "PUT", "PATCH") else None
+        body: dict[str, object] | None = {} if method in ("POST", "PUT", "PATCH") else None
         response = await client.request(method, path, json=body, headers=till)
         assert response.status_code == 403, (method, path, response.text)
         assert assert_problem(response, 403, "forbidden")["field"] == "shop_id"

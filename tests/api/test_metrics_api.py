@@ -62,7 +62,7 @@ async def test_retention_series_json_csv_and_chart(
     client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
 ) -> None:
     await shop(client, program, clock)
-    params = {"from": "2026-02-01", "to": "2026-05-31", "window_days": 30}
+    params: dict[str, str | int] = {"from": "2026-02-01", "to": "2026-05-31", "window_days": 30}
     response = await client.get("/v1/metrics/retention", params=params, headers=program.auth("finance"))
     assert response.status_code == 200, response.text
     body = response.json()

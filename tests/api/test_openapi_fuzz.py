@@ -15,7 +15,7 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.routes import HTTPRoute
-from schemathesis import Case, GenerationMode
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     CheckContext,
     content_type_conformance,
@@ -48,6 +48,9 @@ from tests.api.support import PROBLEM_JSON
 from tests.api.test_referrals_api import SETTINGS as REFERRALS
 from tests.api.test_tiers_api import LADDER
 from tests.conftest import make_program
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 EXAMPLES = 15  # per operation
 MODES = [GenerationMode.POSITIVE, GenerationMode.POSITIVE, GenerationMode.NEGATIVE]  # two valid requests to one invalid
@@ -178,7 +181,7 @@ def _known(value: Any, known: dict[str, list[Any]], data: st.DataObject, depth: 
             _known(item, known, data, depth + 1)
 
 
-def _with_known_values(case: Case, known: dict[str, list[Any]], data: st.DataObject) -> None:
+def _with_known_values(case: OpenApiCase, known: dict[str, list[Any]], data: st.DataObject) -> None:
     """Often, a path parameter or body field names an object that exists, and an
     idempotency key is new."""
     for name, value in (case.path_parameters or {}).items():
@@ -190,7 +193,7 @@ def _with_known_values(case: Case, known: dict[str, list[Any]], data: st.DataObj
         case.headers["Idempotency-Key"] = data.draw(st.sampled_from([fresh, case.headers["Idempotency-Key"]]))
 
 
-def _problem_names_field(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def _problem_names_field(ctx: CheckContext, response: Response, case: OpenApiCase) -> bool | None:
     """Errors are problem+json; an invalid-input problem names the field."""
     if response.status_code < 400:
         return None
@@ -213,7 +216,7 @@ CHECKS = [
 ]
 
 
-async def _send(http: httpx.AsyncClient, case: Case) -> httpx.Response:
+async def _send(http: httpx.AsyncClient, case: OpenApiCase) -> httpx.Response:
     """Send the case to the app in this event loop (where the database pool lives), as the bytes
     Schemathesis' own transport would send: it serializes a case for `requests`."""
     kwargs = case.as_transport_kwargs(base_url="http://test")
@@ -226,9 +229,14 @@ async def _send(http: httpx.AsyncClient, case: Case) -> httpx.Response:
         data=kwargs.get("data"),
         cookies=kwargs.get("cookies"),
     ).prepare()
-    return await http.request(
-        prepared.method or "GET", prepared.url or "", headers=dict(prepared.headers), content=prepared.body
-    )
+    # `requests` keeps a header value as given (str or bytes) and sends a str one as Latin-1
+    headers = [
+        (name.encode("ascii"), value if isinstance(value, bytes) else value.encode("latin-1"))
+        for name, value in prepared.headers.items()
+    ]
+    body = prepared.body
+    assert body is None or isinstance(body, bytes | str), f"a body that is not encoded whole: {body!r}"
+    return await http.request(prepared.method or "GET", prepared.url or "", headers=headers, content=body)
 
 
 @pytest.mark.parametrize(("method", "path", "scopes"), OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS])

@@ -8,20 +8,15 @@ from tests.api.orders_support import order_body
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
 
-LADDER = {
-    "basis": "spend",
-    "window": "calendar_year",
-    "levels": [
-        {"code": "member", "name": "Member", "threshold": 0},
-        {
-            "code": "insider",
-            "name": "Insider",
-            "threshold": 1000,
-            "earn_multiplier_bp": 20000,
-            "perks": ["early access"],
-        },
-    ],
+MEMBER = {"code": "member", "name": "Member", "threshold": 0}
+INSIDER = {
+    "code": "insider",
+    "name": "Insider",
+    "threshold": 1000,
+    "earn_multiplier_bp": 20000,
+    "perks": ["early access"],
 }
+LADDER = {"basis": "spend", "window": "calendar_year", "levels": [MEMBER, INSIDER]}
 
 
 async def test_ladder_progress_grants_and_the_app(client: httpx.AsyncClient, program: ProgramFixture, ann: str) -> None:
@@ -61,7 +56,7 @@ async def test_ladder_progress_grants_and_the_app(client: httpx.AsyncClient, pro
 
 async def test_a_bad_ladder_names_the_field(client: httpx.AsyncClient, program: ProgramFixture) -> None:
     admin = {**program.auth("admin"), "Idempotency-Key": "bad"}
-    falling = {**LADDER, "levels": [LADDER["levels"][0], {**LADDER["levels"][1], "threshold": 0}]}  # type: ignore[index]
+    falling = {**LADDER, "levels": [MEMBER, {**INSIDER, "threshold": 0}]}
     assert_names_field(
         assert_problem(await client.put("/v1/tiers", json=falling, headers=admin), 422), "levels[1].threshold"
     )

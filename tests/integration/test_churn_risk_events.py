@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 
+from service.db.events import emit_once
 from service.domain.clock import ManualClock
+from service.domain.events import EventType
 from service.usecases import orders, signals
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import checkout, enrol
@@ -71,11 +73,19 @@ async def test_a_round_tells_only_the_newly_red(
     await orders.place_order(till, program.shop_id, placement, clock)
 
     attempts: list[str] = []
-    counted = signals.emit_once
 
-    async def counting(connection: asyncpg.Connection, program_id: str, key: str, *args: Any, **kwargs: Any) -> int:
+    async def counting(
+        connection: asyncpg.Connection,
+        program_id: str,
+        key: str,
+        type: EventType,
+        payload: msgspec.Struct,
+        customer_id: str | None = None,
+        *,
+        occurred_at: datetime,
+    ) -> bool:
         attempts.append(key)
-        return await counted(connection, program_id, key, *args, **kwargs)
+        return await emit_once(connection, program_id, key, type, payload, customer_id, occurred_at=occurred_at)
 
     monkeypatch.setattr(signals, "emit_once", counting)
     clock.set(START + timedelta(days=60))

@@ -171,8 +171,8 @@ async def test_campaign_caps_count_only_the_bonus_kept_through_orders_and_refund
             expected = calculate_award(order, rules, zone=ZoneInfo("Europe/Amsterdam"), bonus_so_far=kept())
             order_id = f"o{number}-{customer}"
             placement = orders.OrderPlacement(order_id=order_id, customer_id=customer, order=order)
-            view = await orders.place_order(till, program.shop_id, placement, clock)
-            assert view.points == expected.total and view.breakdown == expected.breakdown
+            placed_view = await orders.place_order(till, program.shop_id, placement, clock)
+            assert placed_view.points == expected.total and placed_view.breakdown == expected.breakdown
             placed.append((order_id, order.net, expected.campaign_bonus))
         elif placed:
             order_id, net, _ = placed[step % len(placed)]
@@ -181,7 +181,8 @@ async def test_campaign_caps_count_only_the_bonus_kept_through_orders_and_refund
                 continue
             amount = data.draw(st.integers(1, left))
             refund = Refund(amount=amount)
-            view = await orders.refund_order(till, program.shop_id, order_id, f"r{number}", refund, clock)
-            refunded[order_id] = view.refunded_net
+            refund_view = await orders.refund_order(till, program.shop_id, order_id, f"r{number}", refund, clock)
+            assert refund_view.refunded_net == refunded.get(order_id, 0) + amount
+            refunded[order_id] = refund_view.refunded_net
         for name, total in kept().items():
             assert 0 <= total <= caps[name]
