@@ -440,8 +440,12 @@ _CREDIT_PARAMETERS = (
     " $10::smallint[], $11::text[], $12::bigint[], $13::integer[], $14::text[], $15::bytea[], $16::integer[],"
     " $17::bytea[]"
 )
-_APPEND_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS})"
-_CLAIM_CREDITS = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS}, true, $18, $19, $20)"
+# The function answers a claimed batch's used keys first, then the rest: its rows are put
+# back in the requests' order (`ord`), which is how the callers pair them with the requests.
+_APPEND_CALL = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS})"
+_CLAIM_CALL = f"SELECT * FROM append_credit_entries({_CREDIT_PARAMETERS}, true, $18, $19, $20)"
+_APPEND_CREDITS = f"{_APPEND_CALL} ORDER BY ord"
+_CLAIM_CREDITS = f"{_CLAIM_CALL} ORDER BY ord"
 SETTINGS_CHANGED = "LY001"  # SQLSTATE: the program's ledger settings are not the drafts'
 
 
@@ -462,8 +466,8 @@ def _announcing(call: str, first: int) -> str:
     )
 
 
-_APPEND_CREDITS_ANNOUNCING = _announcing(_APPEND_CREDITS, 18)
-_CLAIM_CREDITS_ANNOUNCING = _announcing(_CLAIM_CREDITS, 21)
+_APPEND_CREDITS_ANNOUNCING = _announcing(_APPEND_CALL, 18)
+_CLAIM_CREDITS_ANNOUNCING = _announcing(_CLAIM_CALL, 21)
 
 
 def _credit_announcements(items: Sequence[EntryToWrite], now: datetime) -> list[Announcement]:

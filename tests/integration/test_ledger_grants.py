@@ -367,6 +367,37 @@ async def test_write_credits_once_answers_used_keys_and_unknown_customers_in_one
     await sound(owner_connection, program.id)
 
 
+async def test_write_credits_once_answers_each_request_with_its_own_outcome_whatever_the_order(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """A used key behind new ones: the function answers used keys first, so the answers are
+    paired with the requests by their position, not by the order of the rows."""
+    ann = await enrol(program.id, "ann", clock)
+    settings = await known_settings(program.id)
+    now = clock.now()
+
+    async def call(requests: list[tuple[str, bytes, EntryToWrite]]) -> list[WrittenEntry | DomainError]:
+        async with autocommit() as connection:
+            return await write_credits_once(
+                connection, program.id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
+            )
+
+    first = await call([("u1", b"1", grant(ann, 4)), ("u2", b"2", grant(ann, 5))])
+    second = await call(
+        [
+            ("n1", b"3", grant(ann, 6)),
+            ("u2", b"2", grant(ann, 5)),
+            ("n2", b"4", grant(ann, 7)),
+            ("u1", b"1", grant(ann, 4)),
+        ]
+    )
+    assert second[1] == first[1] and second[3] == first[0]
+    fresh = written([second[0], second[2]])
+    assert [entry.postings[1].amount for entry in fresh] == [6, 7]
+    assert [entry.postings[1].balance_after for entry in fresh] == [15, 22]
+    await sound(owner_connection, program.id)
+
+
 async def test_settings_changed_elsewhere_are_seen_before_the_grant_is_written(
     program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
 ) -> None:
