@@ -550,7 +550,9 @@ async def reward_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     now = clock.now()
     return await drain(
         lambda connection: rows.claim_due(connection, program_id, now),
-        lambda connection, referral: _pay(connection, program_id, referral, now),
+        # paid at the instant of its own transaction, not the run's first: a tier reward's
+        # settling must count the grants made meanwhile (see tiers.review_due)
+        lambda connection, referral: _pay(connection, program_id, referral, clock.now()),
         limit,
     )
 

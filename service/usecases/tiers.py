@@ -400,6 +400,10 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     async def review(connection: asyncpg.Connection, customer_id: str) -> None:
         config = await rows.load_config(connection, program_id)
         tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
+        # the instant of this customer's review, read once their row is locked, not the run's
+        # first: a grant made while the run went through earlier customers started after the
+        # run began, and settling at that instant would not count it as in force
+        now = clock.now()
         due = tier and tier.review_at and (tier.grace_ends_at or tier.review_at) <= now
         if config is None or tier is None or not due:
             return  # reviewed by another worker meanwhile
@@ -462,8 +466,10 @@ async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
     now = clock.now()
     customers = await in_transaction(lambda connection: rows.ended_grants(connection, program_id, now, limit))
     for customer_id in customers:
+        # each customer at the instant they are settled, not the run's first: a grant made
+        # meanwhile starts after the run began and is in force (see review_due)
         close = functools.partial(
-            _close_grants, program_id=program_id, customer_id=customer_id, now=now, cause="granted tier ended"
+            _close_grants, program_id=program_id, customer_id=customer_id, now=clock.now(), cause="granted tier ended"
         )
         await in_transaction(close)
     return len(customers)

@@ -12,6 +12,8 @@ import asyncpg
 import msgspec
 import pytest
 
+from service.db import tiers as tier_rows
+from service.db.transaction import in_transaction
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine, Refund
 from service.domain.errors import InvalidInput
@@ -195,6 +197,34 @@ async def test_a_granted_tier_is_a_floor_until_it_ends(program: ProgramFixture, 
     assert await tiers.end_grants(program.id, clock) == 1
     assert await tiers.end_grants(program.id, clock) == 0
     assert await kinds(program, ann) == [("grant", "bronze", "gold"), ("grant_ended", "gold", "silver")]
+
+
+async def test_a_grant_made_while_the_grant_job_runs_is_not_taken_away_by_it(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job reads the customers whose grant ended, then settles them one by one; a grant
+    made in between (a request a minute into the run) is in force when the job reaches the
+    customer, so the job's settling keeps it: it must not judge it by the instant the run began."""
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    await tiers.grant_tier(
+        admin(program.id), ann, tiers.GrantRequest(tier_code="silver", days=1, reason="a"), "s", clock
+    )
+    clock.advance(timedelta(days=2))  # the silver grant has ended
+    listed = tier_rows.ended_grants
+
+    async def listed_then_a_grant_arrives(*args: Any) -> list[str]:
+        customers = await listed(*args)
+        clock.advance(timedelta(minutes=1))
+        request = tiers.GrantRequest(tier_code="gold", days=10, reason="b")
+        await tiers.grant_tier(admin(program.id), ann, request, "g", clock)
+        return customers
+
+    monkeypatch.setattr(tier_rows, "ended_grants", listed_then_a_grant_arrives)
+    assert await tiers.end_grants(program.id, clock) == 1
+    stored = await in_transaction(lambda connection: tier_rows.load_tier(connection, program.id, ann))
+    assert stored is not None and stored.effective_code == "gold"
+    assert await kinds(program, ann) == [("grant", "bronze", "silver"), ("grant", "silver", "gold")]
 
 
 async def test_changing_the_ladder_with_customers_in_tiers(program: ProgramFixture, clock: ManualClock) -> None:
