@@ -7,9 +7,9 @@
 -- pending referral (locked) and the referral settings.
 --
 -- The locks come first and in the order the statements used to take them (pending
--- account, tier row or customer, referral), and every later read is its own statement: in
--- a VOLATILE function each takes a fresh snapshot, so what a lock holder committed before
--- releasing the lock is seen (one statement would read everything in the snapshot of its
+-- account, the ladder's advisory lock (shared), tier row or customer, referral), and every
+-- later read is its own statement: in a VOLATILE function each takes a fresh snapshot, so
+-- what a lock holder committed before releasing the lock is seen (one statement would read everything in the snapshot of its
 -- start, before the wait). A missing shop or customer, or no rules in force, ends the
 -- function early with the columns read so far (the caller names what is missing).
 --
@@ -70,6 +70,11 @@ BEGIN
                  GROUP BY b.key) AS kept;
     END IF;
 
+    -- the ladder is read under the shared side of the lock tiers.configure holds while it
+    -- changes it: an order never measures against a ladder replaced under it (and so never
+    -- puts a customer back in a removed level), and a change waits for the orders reading
+    -- the old ladder, so it sees the tier rows they write
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('tier-config:' || p_program_id, 0));
     SELECT c.config INTO tier_config FROM tier_configs c WHERE c.program_id = p_program_id;
     IF tier_config IS NOT NULL THEN
         SELECT t.earned_code, t.effective_code, t.since, t.review_at, t.grace_ends_at

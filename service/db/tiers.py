@@ -45,6 +45,23 @@ async def load_config(connection: asyncpg.Connection, program_id: str) -> TierCo
     return config_from_json(raw)
 
 
+# A ladder change holds this advisory lock alone while it replaces the ladder and moves the
+# customers of removed levels; whatever settles a customer's tier by the ladder holds it
+# shared while it reads the ladder and writes the customer (an order: in `order_inputs`,
+# migration 0020), so nobody settles a customer by a ladder replaced under them.
+_LADDER_LOCK = "SELECT pg_advisory_xact_lock{}(hashtextextended('tier-config:' || $1, 0))"
+
+
+async def lock_ladder_to_change(connection: asyncpg.Connection, program_id: str) -> None:
+    await connection.execute(_LADDER_LOCK.format(""), program_id)
+
+
+async def load_config_to_settle(connection: asyncpg.Connection, program_id: str) -> TierConfig | None:
+    """The ladder, read under the shared side of the ladder's lock, held to the commit."""
+    await connection.execute(_LADDER_LOCK.format("_shared"), program_id)
+    return await load_config(connection, program_id)
+
+
 def config_from_json(raw: str | None) -> TierConfig | None:
     """The ladder stored in `tier_configs.config`, if any."""
     return None if raw is None else msgspec.json.decode(raw, type=TierConfig)

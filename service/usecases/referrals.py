@@ -327,6 +327,10 @@ async def redeem(
         found = await rows.lock_code(connection, program_id, code)
         if found is None or found.retired_at is not None:
             raise NotFound(f"no referral code {code}", field="code")
+        # the referee's pending account is what their orders lock first (order_inputs): the
+        # redemption takes turns with their orders, so it counts an order committed meanwhile,
+        # and an order placed meanwhile sees the referral it makes (and qualifies it)
+        await order_rows.lock_customer_balances(connection, program_id, referee_id, [AccountKind.PENDING])
         referee = await rows.customer(connection, program_id, referee_id, lock=True)
         if referee is None:
             raise NotFound(f"customer {referee_id} not found", field="customer_id")

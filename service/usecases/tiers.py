@@ -254,7 +254,7 @@ async def configure(principal: Principal, config: TierConfig, key: str, clock: C
     async def work(connection: asyncpg.Connection) -> TierSettings:
         now = clock.now()
         program_id = principal.program_id
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('tier-config:' || $1, 0))", program_id)
+        await rows.lock_ladder_to_change(connection, program_id)
         version = await rows.save_config(connection, program_id, config, principal.actor, now)
         zone = (await ledger_settings(connection, program_id)).zone
         codes = [level.code for level in config.levels]
@@ -304,7 +304,7 @@ async def grant_in(
     field: str = "tier_code",
 ) -> TierGrant:
     """Grant a tier inside the caller's transaction (an admin's grant, a referral reward)."""
-    config = _required(await rows.load_config(connection, program_id))
+    config = _required(await rows.load_config_to_settle(connection, program_id))
     if config.rank(request.tier_code) < 0:
         raise InvalidInput(f"no tier {request.tier_code!r} is configured", field=field)
     zone = (await ledger_settings(connection, program_id)).zone
@@ -341,7 +341,7 @@ async def _close_grants(
 ) -> None:
     """Close the customer's grants that have ended by `now` (first ending the grant `ending`
     now, if given) and recompute their tier."""
-    config = await rows.load_config(connection, program_id)
+    config = await rows.load_config_to_settle(connection, program_id)
     tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
     if ending is not None:
         await rows.end_grant(connection, program_id, ending, now)
@@ -398,7 +398,7 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     now = clock.now()
 
     async def review(connection: asyncpg.Connection, customer_id: str) -> None:
-        config = await rows.load_config(connection, program_id)
+        config = await rows.load_config_to_settle(connection, program_id)
         tier = await rows.load_tier(connection, program_id, customer_id, lock=True)
         # the instant of this customer's review, read once their row is locked, not the run's
         # first: a grant made while the run went through earlier customers started after the
