@@ -69,6 +69,8 @@ CHART: Mapping[AccountKind, KindSpec] = {
     AccountKind.CREDIT_REDEEMED: KindSpec(Unit.CREDIT, Side.CREDIT, False),
 }
 CUSTOMER_KINDS = tuple(kind for kind, spec in CHART.items() if spec.per_customer)
+# What customers hold, the program's liability; not what a customer owes it after a refund.
+HELD_BY_CUSTOMERS = tuple(kind for kind in CUSTOMER_KINDS if kind is not AccountKind.OWED)
 SYSTEM_KINDS = tuple(kind for kind, spec in CHART.items() if not spec.per_customer)
 HOLD_ACCOUNTS: Mapping[Unit, tuple[AccountKind, AccountKind, AccountKind]] = {
     # unit -> (spendable, held, where captured value goes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from enum import StrEnum
+from fractions import Fraction
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -144,7 +145,7 @@ def retention(period: Period, counts: RetentionCounts, window_days: int, target_
     """The seed rate, the strict rate and churn from the counts; null rates when B = 0.
 
     The seed says healthy programs retain *more than* the target, so a period meets it
-    when the seed rate is strictly above the target.
+    when the seed rate (exact, before rounding) is strictly above the target.
     """
     rate = _pct(counts.e - counts.n, counts.b)
     return Retention(
@@ -160,7 +161,11 @@ def retention(period: Period, counts: RetentionCounts, window_days: int, target_
         strict_rate_pct=_pct(counts.retained, counts.b),
         churn_rate_pct=_pct(counts.lost, counts.b),
         target_pct=target_pct,
-        meets_target=None if rate is None else rate > target_pct,
+        # the exact rate, not the rounded one shown (85.001 % is more than 85 %), against the
+        # target as written (84.99, not the binary float just below it)
+        meets_target=None
+        if rate is None
+        else Fraction(counts.e - counts.n, counts.b) * 100 > Fraction(str(target_pct)),
     )
 
 

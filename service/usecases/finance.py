@@ -17,6 +17,7 @@ from service.db.piccolo_conf import DB
 from service.db.transaction import autocommit, snapshot
 from service.domain.chain import ChainBreak
 from service.domain.errors import InvalidInput, NotFound
+from service.domain.ledger import HELD_BY_CUSTOMERS
 
 FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 
@@ -228,7 +229,8 @@ async def statement(
 ) -> Statement:
     """Postings of one account in [start, end) with the running balance, a page at a time."""
     _check_period(start, end)
-    after = _parse_cursor(cursor) if cursor else (start - timedelta(microseconds=1), 0, 0)
+    # before every posting at `start` (entry ids are positive), after every posting before it
+    after = _parse_cursor(cursor) if cursor else (start, 0, 0)
     async with snapshot() as connection:
         account = await _balance_as_of(connection, program_id, account_id, end - timedelta(microseconds=1))
         opening = await connection.fetchval(
@@ -362,9 +364,11 @@ async def liability(program_id: str, as_of: datetime) -> Liability:
             " CROSS JOIN LATERAL (SELECT p.balance_after FROM postings p WHERE p.program_id = a.program_id"
             "   AND p.account_id = a.id AND p.posted_at <= $2 ORDER BY p.posted_at DESC, p.entry_id DESC,"
             "   p.line DESC LIMIT 1) AS last"
-            " WHERE a.program_id = $1 GROUP BY c.shop_id, a.unit ORDER BY c.shop_id NULLS FIRST",
+            " WHERE a.program_id = $1 AND a.kind = ANY($3::text[])"
+            " GROUP BY c.shop_id, a.unit ORDER BY c.shop_id NULLS FIRST",
             program_id,
             as_of,
+            [kind.value for kind in HELD_BY_CUSTOMERS],
         )
     assert program is not None
     value = program["point_value_minor"]

@@ -46,6 +46,19 @@ def test_the_seeds_worked_example() -> None:
     assert retention(MARCH, counts, 90, 95.0).meets_target is False
 
 
+def test_the_target_check_uses_the_exact_rate_not_the_rounded_one() -> None:
+    # (85001 - 0) / 100000 = 85.001 %: more than 85 %, though it shows as 85.0
+    above = retention(MARCH, RetentionCounts(b=100_000, e=85_001, n=0, retained=85_001, reactivated=0), 90, 85.0)
+    assert (above.rate_pct, above.meets_target) == (85.0, True)
+    # 84.996 % shows as 85.0 and is not more than 85 %
+    below = retention(MARCH, RetentionCounts(b=250_000, e=212_490, n=0, retained=212_490, reactivated=0), 90, 85.0)
+    assert (below.rate_pct, below.meets_target) == (85.0, False)
+    exact = retention(MARCH, RetentionCounts(b=20, e=17, n=0, retained=17, reactivated=0), 90, 85.0)
+    assert (exact.rate_pct, exact.meets_target) == (85.0, False)  # exactly the target is not more
+    written = retention(MARCH, RetentionCounts(b=10_000, e=8_499, n=0, retained=8_499, reactivated=0), 90, 84.99)
+    assert (written.rate_pct, written.meets_target) == (84.99, False)
+
+
 def test_no_customers_at_the_start_gives_null_rates() -> None:
     figures = retention(MARCH, RetentionCounts(b=0, e=5, n=5, retained=0, reactivated=0), 90, 85.0)
     assert (figures.rate_pct, figures.strict_rate_pct, figures.churn_rate_pct, figures.meets_target) == (

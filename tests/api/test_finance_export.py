@@ -1,0 +1,54 @@
+"""The journal export over HTTP: the period is half-open, and CSV and NDJSON carry metadata
+with commas, quotes, newlines and non-ASCII text intact."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+
+import httpx
+
+from service.domain.clock import ManualClock
+from tests.api.support import enrol_customer
+from tests.conftest import ProgramFixture
+
+AWKWARD = 'a, "quoted"\nnew line; café ☕ 😀 \u2028 end'
+
+
+async def test_journal_export_escapes_metadata_and_keeps_the_period_half_open(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    ann = await enrol_customer(client, program, "ann")
+    admin = program.auth("admin")
+    grant = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 10, "reason": AWKWARD},
+        headers={**admin, "Idempotency-Key": "g-1"},
+    )
+    assert grant.status_code == 201, grant.text
+    clock.advance(timedelta(seconds=5))
+    second = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 5, "reason": "plain"},
+        headers={**admin, "Idempotency-Key": "g-2"},
+    )
+    assert second.status_code == 201, second.text
+    finance = program.auth("finance")
+    first_at, second_at = grant.json()["posted_at"], second.json()["posted_at"]
+
+    period = {"from": first_at, "to": second_at}  # the second entry is at `to`: excluded
+    ndjson = await client.get("/v1/finance/journal", params=period, headers=finance)
+    records = [json.loads(line) for line in ndjson.content.decode("utf-8").split("\n") if line]
+    assert {r["entry_id"] for r in records} == {int(grant.json()["id"])}
+    assert [r["metadata"].get("reason") for r in records] == [AWKWARD, AWKWARD]
+
+    exported = await client.get("/v1/finance/journal", params={**period, "format": "csv"}, headers=finance)
+    rows = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8"), newline="")))
+    assert [json.loads(row["metadata"])["reason"] for row in rows] == [AWKWARD, AWKWARD]
+    assert [int(row["entry_id"]) for row in rows] == [int(grant.json()["id"])] * 2
+
+    both = {"from": first_at, "to": (clock.now() + timedelta(seconds=1)).isoformat()}
+    everything = await client.get("/v1/finance/journal", params={**both, "format": "csv"}, headers=finance)
+    assert len(list(csv.DictReader(io.StringIO(everything.content.decode("utf-8"), newline="")))) == 4
