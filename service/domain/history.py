@@ -9,7 +9,7 @@ shop, refund, reason). Dates are local dates in the program's time zone.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -260,6 +260,9 @@ def history_item(entry: EntryFacts, words: Wording) -> HistoryItem:
 # --- Cursor ---------------------------------------------------------------------------
 
 
+_FIRST_INSTANT, _LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+
+
 def encode_cursor(posted_at: datetime, entry_id: int) -> str:
     """An opaque cursor: the history continues with entries before this one."""
     raw = f"{posted_at.isoformat()}|{entry_id}".encode()
@@ -274,6 +277,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         posted_at, entry_id = datetime.fromisoformat(posted), int(entry)
     except ValueError:
         raise InvalidInput("malformed cursor", field="cursor") from None
-    if posted_at.tzinfo is None or not 1 <= entry_id <= MAX_ROW_ID:
+    if posted_at.utcoffset() is None or not 1 <= entry_id <= MAX_ROW_ID:
+        raise InvalidInput("malformed cursor", field="cursor")
+    if not _FIRST_INSTANT <= posted_at < _LAST_INSTANT:  # the database could not take it
         raise InvalidInput("malformed cursor", field="cursor")
     return posted_at, entry_id

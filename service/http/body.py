@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ClientException, SerializationException
+from litestar.exceptions import ClientException, SerializationException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
@@ -39,10 +40,34 @@ async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], rout
             status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         )
     try:
-        await connection.json()
+        document = await connection.json()
     except SerializationException as error:
         raise ClientException(str(error)) from None
     except UnicodeDecodeError:
         raise ClientException("the request body is not valid UTF-8") from None
     except RecursionError:
         raise ClientException("the JSON document is nested too deeply") from None
+    coerced = _coerced(document, data.annotation)
+    if coerced is not None:
+        raise ValidationException(
+            detail="the body does not fit the schema",
+            extra=[{"message": str(coerced), "key": "data", "source": "body"}],
+        )
+
+
+def _coerced(document: Any, annotation: Any) -> msgspec.ValidationError | None:
+    """The error of a value of another JSON type that Litestar's lax conversion would take
+    ("5" for an integer, "false" or 0 for a boolean, 5.0 for an integer), or None.
+
+    Litestar converts the body with `strict=False`, so the schema's types alone would not be
+    enforced; errors both conversions find are left to Litestar, which reports them as before.
+    """
+    try:
+        msgspec.convert(document, annotation, strict=True, str_keys=True)
+    except msgspec.ValidationError as error:
+        try:
+            msgspec.convert(document, annotation, strict=False, str_keys=True)
+        except msgspec.ValidationError:
+            return None
+        return error
+    return None

@@ -17,9 +17,11 @@ from service.db.piccolo_conf import DB
 from service.db.transaction import autocommit, snapshot
 from service.domain.chain import ChainBreak
 from service.domain.errors import InvalidInput, NotFound
+from service.domain.ids import MAX_ROW_ID
 from service.domain.ledger import HELD_BY_CUSTOMERS
 
 FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+MAX_LINE = 2**15 - 1  # a posting's line is a smallint
 
 
 def _check_instant(instant: datetime, field: str) -> None:
@@ -217,11 +219,19 @@ def _cursor(line: StatementLine) -> str:
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, int, int]:
+    """The (posted_at, entry id, line) a statement cursor stands for; InvalidInput naming
+    `cursor` otherwise, also for values the database cannot take (an instant without an
+    offset or out of range, an entry id past bigint, a line past smallint)."""
     try:
         posted, entry, line = cursor.split("|")
-        return datetime.fromisoformat(posted), int(entry), int(line)
+        after = datetime.fromisoformat(posted), int(entry), int(line)
     except ValueError:
         raise InvalidInput("malformed cursor", field="cursor") from None
+    posted_at, entry_id, line_number = after
+    in_range = 0 <= entry_id <= MAX_ROW_ID and 0 <= line_number <= MAX_LINE
+    if posted_at.utcoffset() is None or not FIRST_INSTANT <= posted_at < LAST_INSTANT or not in_range:
+        raise InvalidInput("malformed cursor", field="cursor")
+    return after
 
 
 async def statement(

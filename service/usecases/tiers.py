@@ -389,8 +389,15 @@ async def tier_progress(program_id: str, customer_id: str, clock: Clock) -> Tier
 
 
 async def tier_history(program_id: str, customer_id: str) -> list[TierChange]:
-    """Every change of the customer's tier, newest first, with its cause."""
-    return await in_transaction(lambda connection: rows.changes(connection, program_id, customer_id))
+    """Every change of the customer's tier, newest first, with its cause; NotFound for a
+    customer who is not the program's (as for their tier), not an empty history."""
+
+    async def work(connection: asyncpg.Connection) -> list[TierChange]:
+        if not await metric_rows.customer_exists(connection, program_id, customer_id):
+            raise NotFound(f"customer {customer_id} not found", field="customer_id")
+        return await rows.changes(connection, program_id, customer_id)
+
+    return await in_transaction(work)
 
 
 async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:

@@ -265,7 +265,7 @@ async def rotate_secret(
 def _parse_seq_cursor(cursor: str | None, field: str) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:  # "²" is a digit int() refuses
         raise InvalidInput(f"{field} is not a cursor this list returned", field=field)
     return int(cursor)
 
