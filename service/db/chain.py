@@ -26,6 +26,28 @@ _ENTRY_CONTENT = (
 )
 
 
+# What the hash leaves out but balances as of an instant and statements read: each posting's
+# time (its entry's), and on a customer account its balance_after and account_version (the
+# running sum of the account's amounts and the count of its postings, in version order).
+# The first sealed entry whose postings do not follow from what is hashed, by seq.
+_FIRST_UNDERIVED = (
+    "SELECT s.seq, s.entry_id, d.reason FROM ("
+    " SELECT p.entry_id, CASE"
+    " WHEN p.posted_at IS DISTINCT FROM e.posted_at THEN 'a posting''s time does not match its entry''s'"
+    " WHEN a.customer_id IS NULL AND (p.balance_after IS NOT NULL OR p.account_version IS NOT NULL)"
+    "  OR a.customer_id IS NOT NULL AND (p.balance_after IS DISTINCT FROM sum(p.amount) OVER running"
+    "   OR p.account_version IS DISTINCT FROM row_number() OVER running)"
+    " THEN 'a balance after does not match the amounts posted before it' END AS reason"
+    " FROM postings p JOIN entries e ON e.program_id = p.program_id AND e.id = p.entry_id"
+    " LEFT JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
+    " WHERE p.program_id = $1"
+    " WINDOW running AS (PARTITION BY p.account_id ORDER BY p.account_version, p.entry_id, p.line"
+    " ROWS UNBOUNDED PRECEDING)"
+    ") AS d JOIN entry_seals s ON s.program_id = $1 AND s.entry_id = d.entry_id"
+    " WHERE d.reason IS NOT NULL ORDER BY s.seq LIMIT 1"
+)
+
+
 def _sealed_entry(row: asyncpg.Record) -> SealedEntry:
     return SealedEntry(
         id=row["id"],
@@ -88,8 +110,10 @@ async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int
 async def iter_chain_breaks(
     connection: asyncpg.Connection, program_id: str, page: int = 2000
 ) -> AsyncIterator[ChainBreak | tuple[int, int]]:
-    """Walk the chain in seq order, recomputing every hash; yield breaks and finally (sealed, last seq)."""
+    """Walk the chain in seq order, recomputing every hash; yield breaks and finally (sealed, last seq).
+    A sealed entry whose postings' unhashed columns do not follow from what is hashed breaks it too."""
     previous, seq, count = GENESIS, 0, 0
+    underived = await connection.fetchrow(_FIRST_UNDERIVED, program_id)
     while True:
         seals = await connection.fetch(
             "SELECT seq, entry_id, entry_hash, chain_hash FROM entry_seals"
@@ -120,5 +144,8 @@ async def iter_chain_breaks(
             previous = chain_hash(previous, digest)
             if previous != bytes(seal["chain_hash"]):
                 yield ChainBreak(seq, seal["entry_id"], "chain hash does not follow from the previous link")
+                return
+            if underived is not None and underived["seq"] == seq:
+                yield ChainBreak(seq, seal["entry_id"], underived["reason"])
                 return
     yield (count, seq)

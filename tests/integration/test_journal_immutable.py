@@ -319,6 +319,32 @@ TAMPERING = {
         "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"forged\"') WHERE program_id = $1 AND id = $2",
         "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"b\"') WHERE program_id = $1 AND id = $2",
     ),
+    # not hashed, but what balances as of an instant and statements read: verification
+    # checks that each follows from what is hashed (the entry's time, the amounts before it)
+    "posting time": (
+        "postings",
+        "postings_append_only",
+        "UPDATE postings SET posted_at = posted_at - interval '30 days' WHERE program_id = $1 AND entry_id = $2"
+        " AND line = 2",
+        "UPDATE postings SET posted_at = posted_at + interval '30 days' WHERE program_id = $1 AND entry_id = $2"
+        " AND line = 2",
+    ),
+    "balance after": (
+        "postings",
+        "postings_append_only",
+        "UPDATE postings SET balance_after = balance_after + 1000 WHERE program_id = $1 AND entry_id = $2"
+        " AND balance_after IS NOT NULL",
+        "UPDATE postings SET balance_after = balance_after - 1000 WHERE program_id = $1 AND entry_id = $2"
+        " AND balance_after IS NOT NULL",
+    ),
+    "account version": (
+        "postings",
+        "postings_append_only",
+        "UPDATE postings SET account_version = account_version + 1 WHERE program_id = $1 AND entry_id = $2"
+        " AND account_version IS NOT NULL",
+        "UPDATE postings SET account_version = account_version - 1 WHERE program_id = $1 AND entry_id = $2"
+        " AND account_version IS NOT NULL",
+    ),
 }
 
 
@@ -344,3 +370,49 @@ async def test_changing_a_sealed_entry_breaks_the_chain_there(
     report = await verify_chain(journal.program_id)
     assert report.valid and report.first_break is None, report
     await ledger_invariants(owner_connection, journal.program_id)
+
+
+async def without_triggers(connection: asyncpg.Connection, *statements: str, program_id: str, entry_id: int) -> None:
+    """Statements run as a superuser with every trigger (foreign keys included) off."""
+    async with connection.transaction():
+        await connection.execute("SET LOCAL session_replication_role = replica")
+        for statement in statements:
+            await connection.execute(statement, program_id, entry_id)
+
+
+REMOVALS = {
+    "entry deleted, seal kept": (
+        [f"DELETE FROM {table} WHERE program_id = $1 AND entry_id = $2" for table in ("lot_allocations", "postings")]
+        + ["DELETE FROM entries WHERE program_id = $1 AND id = $2"],
+        2,
+        "missing",
+    ),
+    "entry and seal deleted": (
+        [
+            f"DELETE FROM {table} WHERE program_id = $1 AND entry_id = $2"
+            for table in ("lot_allocations", "postings", "entry_seals")
+        ]
+        + ["DELETE FROM entries WHERE program_id = $1 AND id = $2"],
+        3,
+        "sequence jumps",
+    ),
+    "seals swapped": (
+        [
+            "UPDATE entry_seals SET seq = seq + 1000 WHERE program_id = $1 AND seq IN (2, 3) AND $2 > 0",
+            "UPDATE entry_seals SET seq = 5 - (seq - 1000) WHERE program_id = $1 AND seq IN (1002, 1003) AND $2 > 0",
+        ],
+        2,
+        "does not follow",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(REMOVALS))
+async def test_removing_or_reordering_sealed_entries_breaks_the_chain(
+    journal: Journal, owner_connection: asyncpg.Connection, what: str
+) -> None:
+    statements, seq, reason = REMOVALS[what]
+    await without_triggers(owner_connection, *statements, program_id=journal.program_id, entry_id=journal.entry_ids[1])
+    report = await verify_chain(journal.program_id)
+    assert not report.valid and report.first_break is not None, report
+    assert report.first_break.seq == seq and reason in report.first_break.reason, report.first_break
