@@ -470,7 +470,8 @@ WITH r AS (
            coalesce(sum(clawed_back) FILTER (WHERE kind = 'credit'), 0)::bigint AS credit_clawed_back,
            coalesce(sum(forgiven) FILTER (WHERE kind = 'points'), 0)::bigint AS points_forgiven,
            coalesce(sum(forgiven) FILTER (WHERE kind = 'credit'), 0)::bigint AS credit_forgiven,
-           count(*) FILTER (WHERE kind = 'tier' AND clawed_back_at IS NOT NULL) AS tier_grants_ended
+           count(*) FILTER (WHERE kind = 'tier' AND tier_grant_id IS NOT NULL AND clawed_back_at IS NOT NULL)
+               AS tier_grants_ended
       FROM referral_rewards
      WHERE program_id = $1 AND ($2::text IS NULL OR (beneficiary_id = $2 AND role <> 'referee'))
 ), c AS (

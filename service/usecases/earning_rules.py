@@ -121,6 +121,11 @@ async def quote(program_id: str, order: Order, tier_multiplier_bp: int = NEUTRAL
     async def work(connection: asyncpg.Connection) -> Award:
         rules = await rules_in_force(connection, program_id, order.placed_at)
         zone = await connection.fetchval("SELECT time_zone FROM programs WHERE id = $1", program_id)
-        return calculate_award(order, rules, zone=ZoneInfo(zone), tier_multiplier_bp=tier_multiplier_bp)
+        try:
+            return calculate_award(order, rules, zone=ZoneInfo(zone), tier_multiplier_bp=tier_multiplier_bp)
+        except InvalidInput as refusal:  # the order's fields are under `order` in the quote's body
+            if refusal.field is not None and refusal.field != "tier_multiplier_bp":
+                refusal.field = f"order.{refusal.field}"
+            raise
 
     return await in_transaction(work)

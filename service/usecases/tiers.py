@@ -113,20 +113,22 @@ async def _settle(
     *,
     granted: list[str] | None = None,
     dirty: bool = True,
+    previous: TierConfig | None = None,
 ) -> None:
     """Recompute the effective tier (earned, or a grant in force if higher), record a change,
     save (unless nothing changed and the caller says the stored row is current: dirty=False).
-    `granted` are the tier codes of the grants in force at `now` if the caller has them."""
+    `granted` are the tier codes of the grants in force at `now` if the caller has them;
+    `previous` is the ladder before a change that may have removed the customer's level."""
     if granted is None:
         granted = [g.tier_code for g in await rows.grants_in_force(connection, program_id, tier.customer_id, now)]
     effective = higher(config, [tier.earned_code, *granted])
     if effective != tier.effective_code:
+        up = _moved_up(config, tier.effective_code, effective, previous)
         if kind in ("upgrade", "downgrade"):  # the ladder decides the word
-            kind = "upgrade" if config.rank(effective) > config.rank(tier.effective_code) else "downgrade"
+            kind = "upgrade" if up else "downgrade"
         await rows.record_change(
             connection, program_id, tier.customer_id, tier.effective_code, effective, kind, cause, now
         )
-        up = config.rank(effective) > config.rank(tier.effective_code)
         changed = TierChanged(
             customer_id=tier.customer_id, from_tier=tier.effective_code, to_tier=effective, reason=cause
         )
@@ -255,33 +257,35 @@ async def configure(principal: Principal, config: TierConfig, key: str, clock: C
         now = clock.now()
         program_id = principal.program_id
         await rows.lock_ladder_to_change(connection, program_id)
+        previous = await rows.load_config(connection, program_id)
         version = await rows.save_config(connection, program_id, config, principal.actor, now)
         zone = (await ledger_settings(connection, program_id)).zone
         codes = [level.code for level in config.levels]
+        cause = f"configuration version {version}"
         for customer_id in await rows.customers_outside(connection, program_id, codes):
             tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
             if config.rank(tier.earned_code) < 0:
                 level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
                 tier.earned_code, tier.since, tier.grace_ends_at = level.code, now, None
                 tier.review_at = _review(config, level.code, now, zone)
-            if config.rank(tier.effective_code) < 0:
-                tier.effective_code = tier.earned_code  # recorded below against the removed code
-                await rows.record_change(
-                    connection,
-                    program_id,
-                    customer_id,
-                    None,
-                    tier.earned_code,
-                    "configuration",
-                    f"configuration version {version}",
-                    now,
-                )
-            await _settle(
-                connection, program_id, config, tier, now, "configuration", f"configuration version {version}"
-            )
+            # a customer moved out of a removed level is a change like any other, recorded
+            # and told, its direction judged by the ladder the level was in
+            await _settle(connection, program_id, config, tier, now, "configuration", cause, previous=previous)
         return TierSettings(version=version, config=config)
 
     return await run_once(principal.program_id, key, fingerprint("tiers", config), TierSettings, work)
+
+
+def _moved_up(config: TierConfig, from_code: str, to_code: str, previous: TierConfig | None) -> bool:
+    """Whether a move between levels is up: by the ladder's order; from a level the ladder
+    no longer has, by the previous ladder's order if it has both, else by their thresholds."""
+    if config.rank(from_code) >= 0:
+        return config.rank(to_code) > config.rank(from_code)
+    if previous is None or previous.rank(from_code) < 0:
+        return False
+    if previous.rank(to_code) >= 0:
+        return previous.rank(to_code) > previous.rank(from_code)
+    return config.level(to_code).threshold > previous.level(from_code).threshold
 
 
 async def get_settings(program_id: str) -> TierSettings:

@@ -104,3 +104,29 @@ async def test_quote_without_rules_and_bad_orders(client: httpx.AsyncClient, pro
     assert "quantity" in bad.json()["field"]
     denied = await client.post("/v1/earning/rules", json=RULES, headers={**checkout, "Idempotency-Key": "k"})
     assert denied.status_code == 403
+
+
+async def test_a_quote_refused_by_the_rules_names_the_field_of_its_order(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    """The quote's body is {"order": {...}}: a currency the rules do not earn on, or a line's
+    discount above its value, is a 422 naming `order.currency` or `order.lines[i].discount`
+    (as a missing version names `order.placed_at`), not a field the body does not have."""
+    clock.set(datetime(2026, 10, 1, 8, tzinfo=UTC))
+    created = await client.post(
+        "/v1/earning/rules", json=RULES, headers={**program.auth("admin"), "Idempotency-Key": "r"}
+    )
+    assert created.status_code == 201, created.text
+    checkout = program.auth("checkout")
+    placed = datetime(2026, 10, 2, 8, tzinfo=UTC)
+    dollars = await client.post(
+        "/v1/earning/quote", json={"order": {**order(placed, ("tea", 100, 1)), "currency": "USD"}}, headers=checkout
+    )
+    assert dollars.status_code == 422, dollars.text
+    assert dollars.json()["field"] == "order.currency"
+    line = {"sku": "x", "category": "tea", "unit_price": 100, "quantity": 1, "discount": 101}
+    too_much = await client.post(
+        "/v1/earning/quote", json={"order": {**order(placed), "lines": [line]}}, headers=checkout
+    )
+    assert too_much.status_code == 422, too_much.text
+    assert too_much.json()["field"] == "order.lines[0].discount"

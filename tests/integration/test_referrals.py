@@ -526,3 +526,26 @@ async def test_a_reward_of_points_emits_points_earned_for_its_beneficiary(
     assert {msgspec.convert(event["expires_at"], datetime, strict=False) for event in emitted} == {lot_expiry}
     assert await run_jobs(program, clock) == 0
     assert len(await referral_points_earned(owner_connection, program.id)) == len(wanted)  # paid once, told once
+
+
+async def test_a_tier_reward_never_granted_is_not_counted_as_a_grant_ended(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """A tier reward whose tier left the ladder is recorded with a note and not granted; when
+    its referral is cancelled there is no grant to end, so the stats count no tier grant
+    paid and none ended (never more grants ended than granted)."""
+    await setup(program, clock, referrer_reward={"kind": "tier", "tier_code": "gold", "tier_days": 30}, milestones=[])
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    await redeem(program, clock, bob, await code_of(program, clock, ann))
+    qualifying = await buy(program, clock, bob, 2500)
+    ladder = LADDER | {"levels": LADDER["levels"][:1]}  # gold removed
+    await tiers.configure(admin(program.id), msgspec.convert(ladder, TierConfig), "ladder-2", clock)
+    clock.set(qualifying.available_from)
+    assert await run_jobs(program, clock) == 1
+    [rewarded] = (await referrals.list_referrals(program.id, ann, 50, None)).items
+    [tier_reward] = [reward for reward in rewarded.rewards if reward.kind == "tier"]
+    assert tier_reward.tier_grant_id is None and tier_reward.note is not None
+    till = checkout(program.id)
+    await orders.refund_order(till, program.shop_id, qualifying.order_id, "R-1", Refund(amount=2500), clock)
+    for stats in (await referrals.referral_stats(program.id), await referrals.referral_stats(program.id, ann)):
+        assert (stats.rewards_paid.tier_grants, stats.rewards_paid.tier_grants_ended) == (0, 0)

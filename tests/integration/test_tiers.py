@@ -252,6 +252,28 @@ async def test_changing_the_ladder_with_customers_in_tiers(program: ProgramFixtu
     assert bad.value.field == "levels[0].threshold"
 
 
+async def test_a_customer_moved_out_of_a_removed_level_is_told_by_a_tier_event(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """events.md: tier.downgraded is emitted "when a level was removed" (every change of a
+    customer's tier emits an event), from the removed level to the one they qualify for."""
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    await buy(program, clock, ann, net=3000)  # silver
+    ladder = [
+        {"code": "bronze", "name": "Bronze", "threshold": 0},
+        {"code": "gold", "name": "Gold", "threshold": 2000, "earn_multiplier_bp": 15000},
+    ]
+    await configure(program, clock, levels=ladder)
+    events = await tier_events(owner_connection, program.id, ann)
+    assert [(kind, data["from_tier"], data["to_tier"]) for kind, data in events] == [
+        ("tier.upgraded", "bronze", "silver"),
+        ("tier.downgraded", "silver", "bronze"),
+    ]
+    assert events[-1][1]["reason"] == "configuration version 2"
+    assert (await kinds(program, ann))[-1] == ("configuration", "silver", "bronze")
+
+
 async def test_an_order_measures_the_tier_over_the_window_with_itself_and_history_before_the_ladder(
     program: ProgramFixture, clock: ManualClock
 ) -> None:
