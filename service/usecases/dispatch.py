@@ -66,8 +66,12 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def lease(self) -> timedelta:
-        """How long a claim lasts: well past the longest a send may take."""
-        return timedelta(seconds=self.timeout_s * 2 + 30)
+        """How long a claim lasts: well past the longest its batch may take to send. The batch
+        is sent `concurrency` at a time, so its last sends start only after the waves before
+        them: a lease of one send's time ran out while they waited, and another dispatcher
+        took them and sent them at the same moment as this one."""
+        waves = -(-self.batch // self.concurrency)
+        return timedelta(seconds=self.timeout_s * 2 * waves + 30)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
@@ -96,6 +100,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     program_id: str
     delivery_id: str
     claim: str
+    claimed_until: datetime  # the lease: no send may start that could outlast it
     url: str
     secret: str
     previous_secret: str | None = None  # also signs until previous_secret_until (a rotation)
@@ -152,21 +157,31 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> li
         )
         return rows
 
-    rows = await in_transaction(work)
-    return [
-        Claimed(
-            program_id=program_id,
-            delivery_id=row["delivery_id"],
-            claim=claim,
-            url=row["url"],
-            secret=row["secret"],
-            previous_secret=row["previous_secret"],
-            previous_secret_until=row["previous_secret_until"],
-            event_id=row["id"],
-            body=msgspec.json.encode(event_rows.event_from_row(row)),
+    claimed = []
+    for row in await in_transaction(work):
+        try:
+            body = msgspec.json.encode(event_rows.event_from_row(row))
+        except msgspec.ValidationError:
+            # an event this version cannot read (a newer version's, or changed by hand) is
+            # not sent, and does not stop the rest of the batch: it stays leased, then is due
+            # again for a dispatcher that reads it
+            log.exception("event %s of program %s cannot be read; not sent", row["id"], program_id)
+            continue
+        claimed.append(
+            Claimed(
+                program_id=program_id,
+                delivery_id=row["delivery_id"],
+                claim=claim,
+                claimed_until=now + config.lease,
+                url=row["url"],
+                secret=row["secret"],
+                previous_secret=row["previous_secret"],
+                previous_secret_until=row["previous_secret_until"],
+                event_id=row["id"],
+                body=body,
+            )
         )
-        for row in rows
-    ]
+    return claimed
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -342,6 +357,8 @@ async def dispatch_program(
 
     async def deliver(claimed: Claimed) -> str:
         async with limit:
+            if clock.now() + timedelta(seconds=config.timeout_s) > claimed.claimed_until:
+                return "stale"  # the lease could run out mid-send: left to whoever claims it next
             status, error = await send(client, claimed, clock, config, resolver)
         return await record(claimed, status, error, clock, config)
 
@@ -377,7 +394,13 @@ async def dispatch_once(
             client = await stack.enter_async_context(new_client(config))
         total = DispatchReport()
         for program_id in await in_transaction(program_ids):
-            report = await dispatch_program(program_id, clock, config, client)
+            try:
+                report = await dispatch_program(program_id, clock, config, client)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one program's failure does not hold up the others' webhooks
+                log.exception("webhook dispatch failed for program %s; the next pass tries again", program_id)
+                continue
             for field in msgspec.structs.fields(DispatchReport):
                 setattr(total, field.name, getattr(total, field.name) + getattr(report, field.name))
         return total

@@ -76,8 +76,17 @@ async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[Job
 
 
 async def seal_all() -> int:
-    """Seal the queued entries of every program."""
-    return sum([await ledger_jobs.seal_chain(program_id) for program_id in await in_transaction(program_ids)])
+    """Seal the queued entries of every program; one program's failure is logged and does
+    not keep the others unsealed until the next full round."""
+    sealed = 0
+    for program_id in await in_transaction(program_ids):
+        try:
+            sealed += await ledger_jobs.seal_chain(program_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sealing failed for program %s; the next round tries again", program_id)
+    return sealed
 
 
 async def scheduler(

@@ -11,7 +11,7 @@ from service.db.transaction import in_transaction
 from service.domain.clock import ManualClock
 from service.domain.errors import DomainError
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
-from service.usecases import ledger_jobs
+from service.usecases import jobs, ledger_jobs
 from service.usecases.finance import verify_chain
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import enrol
@@ -84,3 +84,27 @@ async def test_an_entry_committed_behind_a_sealed_batch_is_sealed_by_the_next_ru
     )
     assert (first_run, second_run, seq_of_late) == (3, 1, 4)
     assert report.valid and (report.sealed, report.unsealed) == (4, 0), report
+
+
+async def test_a_program_whose_sealing_fails_does_not_stop_the_others(
+    program: ProgramFixture, other_program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler seals every program every second (jobs.seal_all): one program's failure
+    must not leave the programs after it unsealed until the next full round."""
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id, other_program.id]
+
+    original = ledger_jobs.seal_chain
+
+    async def seal(program_id: str, batch: int = 1000) -> int:
+        if program_id == program.id:
+            raise asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+        return await original(program_id, batch)
+
+    monkeypatch.setattr(jobs, "program_ids", programs)
+    monkeypatch.setattr(ledger_jobs, "seal_chain", seal)
+    await grant_many(other_program.id, await enrol(other_program.id, "bob", clock), 2, clock)
+    await jobs.seal_all()
+    report = await verify_chain(other_program.id)
+    assert report.unsealed == 0, report

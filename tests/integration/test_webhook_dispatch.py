@@ -17,8 +17,16 @@ from service.db.transaction import transaction
 from service.domain.clock import ManualClock
 from service.domain.events import EventType, PointsExpired
 from service.domain.webhooks import RetryPolicy, verify
+from service.usecases import dispatch as dispatcher
 from service.usecases import webhooks
-from service.usecases.dispatch import DispatchConfig, DispatchReport, dispatch_program, new_client, publish_events
+from service.usecases.dispatch import (
+    DispatchConfig,
+    DispatchReport,
+    dispatch_once,
+    dispatch_program,
+    new_client,
+    publish_events,
+)
 from service.usecases.webhooks import EndpointChange
 from tests.conftest import ProgramFixture
 from tests.integration.ledger_helpers import enrol
@@ -298,3 +306,95 @@ async def test_only_subscribed_types_are_delivered(
         await emit_expired(program.id, "cus_ann", 7, clock)
         assert (await dispatch(program, clock, client)).delivered == 1
     assert [request.json()["type"] for request in hooks.requests] == ["points.expired"]
+
+
+async def test_a_claim_lasts_until_the_last_send_of_its_batch_not_the_first(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """A dispatcher claims a batch and sends it `concurrency` at a time: the batch's last
+    sends start waves after the claim. While it waits for them, its claims must not run out
+    and let a second dispatcher send the same deliveries at the same moment."""
+    config = DispatchConfig(timeout_s=10.0, batch=8, concurrency=1, destinations=LOOPBACK_ALLOWED)
+    second_may_run = asyncio.Event()
+    second_done = asyncio.Event()
+
+    async def slow_within_timeout(_: Received) -> int:
+        clock.advance(timedelta(seconds=9))  # each answer takes 9 s of the 10 s allowed
+        if len(hooks.requests) == 6:  # 54 s after the claim: past one send's lease (timeout * 2 + 30)
+            second_may_run.set()
+            await asyncio.wait_for(second_done.wait(), 10)
+        return 200
+
+    async def second_dispatcher(client: httpx.AsyncClient) -> DispatchReport:
+        await asyncio.wait_for(second_may_run.wait(), 10)
+        try:
+            return await dispatch_program(program.id, clock, config, client)
+        finally:
+            second_done.set()
+
+    async with receiver(slow_within_timeout) as hooks:
+        await subscribe(program, hooks.url, clock)
+        async with transaction() as connection:
+            for number in range(8):
+                payload = PointsExpired(customer_id=f"cus_{number}", points=number + 1, entry_id=number)
+                await emit(
+                    connection, program.id, EventType.POINTS_EXPIRED, payload, f"cus_{number}", occurred_at=clock.now()
+                )
+        async with new_client(config) as first, new_client(config) as second:
+            await asyncio.gather(dispatch_program(program.id, clock, config, first), second_dispatcher(second))
+    assert len(set(hooks.ids)) == 8
+    assert len(hooks.ids) == 8, "a delivery was sent by both dispatchers"
+
+
+async def add_unreadable_event(connection: asyncpg.Connection, program_id: str, customer_id: str) -> None:
+    """An event this version cannot read (a newer version's payload, or one changed by hand)."""
+    await connection.execute(
+        "INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
+        " VALUES ($1, 'evt_unreadable_' || $1, 'points.expired', $2, '{\"points\": \"many\"}', now())",
+        program_id,
+        customer_id,
+    )
+
+
+async def test_an_event_that_cannot_be_read_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, client: httpx.AsyncClient, owner_connection: asyncpg.Connection
+) -> None:
+    async with receiver() as hooks:
+        endpoint_id, _ = await subscribe(program, hooks.url, clock)
+        await add_unreadable_event(owner_connection, program.id, "cus_bad")
+        good = await enrol(program.id, "ann", clock)
+        for _ in range(2):  # the next round too, once the unreadable one's lease has run out
+            await dispatch(program, clock, client)
+            clock.advance(CONFIG.lease + timedelta(seconds=1))
+    assert [request.json()["customer_id"] for request in hooks.requests] == [good]
+    rows = await delivery_rows(owner_connection, endpoint_id)
+    assert [row["status"] for row in rows] == ["pending", "delivered"]  # kept for a version that reads it
+
+
+async def test_a_program_whose_dispatch_fails_does_not_stop_the_others(
+    program: ProgramFixture,
+    other_program: ProgramFixture,
+    clock: ManualClock,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id, other_program.id]
+
+    original = dispatcher.publish_events
+
+    async def publish(program_id: str, clock: ManualClock, batch: int = 1000) -> int:
+        if program_id == program.id:
+            raise asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+        return await original(program_id, clock, batch)
+
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    monkeypatch.setattr(dispatcher, "publish_events", publish)
+    async with receiver() as hooks:
+        await subscribe(program, hooks.url, clock)
+        await subscribe(other_program, hooks.url, clock)
+        await enrol(program.id, "ann", clock)
+        other = await enrol(other_program.id, "bob", clock)
+        report = await dispatch_once(clock, CONFIG, client)
+    assert report.delivered == 1
+    assert [request.json()["customer_id"] for request in hooks.requests] == [other]
