@@ -5,8 +5,9 @@ and rows equal to what the general writer makes for the same entry."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -324,18 +325,22 @@ async def test_a_batch_of_grants_runs_balances_and_writes_what_the_general_path_
     await sound(owner_connection, program.id)
 
 
+async def claim_in_one_call(
+    program_id: str, now: datetime, requests: list[tuple[str, bytes, EntryToWrite]]
+) -> list[WrittenEntry | DomainError]:
+    """`write_credits_once` of the requests in one autocommitted statement, at the known settings."""
+    settings = await known_settings(program_id)
+    async with autocommit() as connection:
+        return await write_credits_once(
+            connection, program_id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
+        )
+
+
 async def test_write_credits_once_answers_used_keys_and_unknown_customers_in_one_call(
     program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
 ) -> None:
     ann = await enrol(program.id, "ann", clock)
-    settings = await known_settings(program.id)
-    now = clock.now()
-
-    async def call(requests: list[tuple[str, bytes, EntryToWrite]]) -> list[WrittenEntry | DomainError]:
-        async with autocommit() as connection:
-            return await write_credits_once(
-                connection, program.id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
-            )
+    call = functools.partial(claim_in_one_call, program.id, clock.now())
 
     first = await call([("a", b"1", grant(ann, 4)), ("b", b"2", grant("cus_nobody", 4))])
     assert isinstance(first[0], WrittenEntry) and isinstance(first[1], NotFound)
@@ -373,14 +378,7 @@ async def test_write_credits_once_answers_each_request_with_its_own_outcome_what
     """A used key behind new ones: the function answers used keys first, so the answers are
     paired with the requests by their position, not by the order of the rows."""
     ann = await enrol(program.id, "ann", clock)
-    settings = await known_settings(program.id)
-    now = clock.now()
-
-    async def call(requests: list[tuple[str, bytes, EntryToWrite]]) -> list[WrittenEntry | DomainError]:
-        async with autocommit() as connection:
-            return await write_credits_once(
-                connection, program.id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
-            )
+    call = functools.partial(claim_in_one_call, program.id, clock.now())
 
     first = await call([("u1", b"1", grant(ann, 4)), ("u2", b"2", grant(ann, 5))])
     second = await call(
