@@ -43,18 +43,23 @@ async def test_a_number_sent_as_a_string_or_a_float_is_refused_not_coerced(
     assert balance["available"] == 100
 
 
-@pytest.mark.parametrize("enabled", [0, "false", ""])
-async def test_a_boolean_sent_as_a_number_or_a_string_is_refused_not_coerced(
-    client: httpx.AsyncClient, program: ProgramFixture, enabled: object
-) -> None:
-    admin = program.auth("admin")
+async def _an_endpoint(client: httpx.AsyncClient, admin: dict[str, str]) -> str:
+    """The path of a new webhook endpoint."""
     made = await client.post(
         ENDPOINTS,
         json={"url": "https://crm.example.com/hooks", "event_types": ["customer.enrolled"]},
         headers=admin | {"Idempotency-Key": "hooks"},
     )
     assert made.status_code == 201, made.text
-    endpoint = f"{ENDPOINTS}/{made.json()['id']}"
+    return f"{ENDPOINTS}/{made.json()['id']}"
+
+
+@pytest.mark.parametrize("enabled", [0, "false", ""])
+async def test_a_boolean_sent_as_a_number_or_a_string_is_refused_not_coerced(
+    client: httpx.AsyncClient, program: ProgramFixture, enabled: object
+) -> None:
+    admin = program.auth("admin")
+    endpoint = await _an_endpoint(client, admin)
     problem = assert_problem(await client.patch(endpoint, json={"enabled": enabled}, headers=admin), 422)
     assert_names_field(problem, "enabled")
     assert (await client.get(endpoint, headers=admin)).json()["enabled"] is True
@@ -64,12 +69,7 @@ async def test_a_seq_cursor_of_unicode_digits_is_422_naming_it(
     client: httpx.AsyncClient, program: ProgramFixture
 ) -> None:
     admin = program.auth("admin")
-    made = await client.post(
-        ENDPOINTS,
-        json={"url": "https://crm.example.com/hooks", "event_types": ["customer.enrolled"]},
-        headers=admin | {"Idempotency-Key": "hooks"},
-    )
-    deliveries = f"{ENDPOINTS}/{made.json()['id']}/deliveries"
+    deliveries = f"{await _an_endpoint(client, admin)}/deliveries"
     for digits in ("\u00b2", "\u0661", "\uff11"):  # superscript two, Arabic-Indic one, fullwidth one
         feed = await client.get("/v1/events", params={"after": digits}, headers=admin)
         assert_names_field(assert_problem(feed, 422, "invalid-input"), "after")
