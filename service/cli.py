@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any
+
+import msgspec
 
 from service.config import Settings, SettingsError, load_settings
 from service.db.engine import resolve_dsn
 from service.db.migrate import migrate
 from service.db.piccolo_conf import DB
-from service.domain.access import Scope
-from service.domain.errors import DomainError
-from service.domain.programs import ProgramSettings
+from service.domain.access import Scope, check_key_shop
+from service.domain.errors import DomainError, InvalidInput
+from service.domain.programs import Name, ProgramSettings
 
 
 async def prepare_database(settings: Settings) -> str:
@@ -46,6 +51,10 @@ async def _seed(settings: Settings) -> None:
         _print_demo(demo)
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(settings: Settings) -> None:
     import uvicorn
 
@@ -58,6 +67,9 @@ def cmd_serve(settings: Settings) -> None:
         f"Serving on http://{settings.host}:{settings.port} (OpenAPI UI at /schema/swagger)",
         flush=True,
     )
+    # uvicorn shuts down gracefully on SIGTERM and then raises it again: exit normally then
+    # (as after Ctrl-C), so that the embedded PostgreSQL is let go of and stops with us
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         create_app(settings, dsn),
         host=settings.host,
@@ -110,18 +122,44 @@ def _stop_database(settings: Settings) -> None:
     print(f"Embedded PostgreSQL at {settings.pgdata} released; it stops when no other process uses it.")
 
 
+def _checked(value: Any, kind: Any, options: Mapping[str, str]) -> Any:
+    """`value` as `kind`, checked against its constraints (a Struct made directly is not);
+    InvalidInput naming the command-line option otherwise."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as error:
+        message, _, where = str(error).partition(" - at `$")
+        field = where.rstrip("`").lstrip(".")
+        raise InvalidInput(f"{options[field]}: {message}", field=field) from None
+
+
+def _program_settings(args: argparse.Namespace) -> ProgramSettings:
+    options = {"name": "name", "time_zone": "--time-zone", "currency": "--currency"}
+    options["point_value_minor"] = "--point-value-minor"
+    values = {field: getattr(args, field) for field in options}
+    program: ProgramSettings = _checked(values, ProgramSettings, options)
+    try:
+        return program.validated()
+    except InvalidInput as error:
+        raise InvalidInput(f"{options[error.field or 'name']}: {error.detail}", field=error.field) from None
+
+
+def _key_request(args: argparse.Namespace) -> tuple[str, Scope]:
+    name: str = _checked(args.name, Name, {"": "--name"})
+    scope = Scope(args.scope)
+    try:
+        check_key_shop(scope, args.shop_id)
+    except InvalidInput as error:
+        raise InvalidInput(f"--shop-id: {error.detail}", field="shop_id") from None
+    return name, scope
+
+
 async def _create_program(settings: Settings, args: argparse.Namespace) -> None:
     from service.usecases.programs import create_api_key, create_program
 
+    program_settings = _program_settings(args)  # before the database: a bad argument changes nothing
     await prepare_database(settings)
-    program = await create_program(
-        ProgramSettings(
-            name=args.name,
-            time_zone=args.time_zone,
-            currency=args.currency,
-            point_value_minor=args.point_value_minor,
-        )
-    )
+    program = await create_program(program_settings)
     key = await create_api_key(program.id, "initial admin", Scope.ADMIN)
     print(f"Program {program.id} created. Admin key (shown once): {key.key}")
 
@@ -129,9 +167,10 @@ async def _create_program(settings: Settings, args: argparse.Namespace) -> None:
 async def _create_api_key(settings: Settings, args: argparse.Namespace) -> None:
     from service.usecases.programs import create_api_key, get_program
 
+    name, scope = _key_request(args)
     await prepare_database(settings)
     await get_program(args.program_id)
-    key = await create_api_key(args.program_id, args.name, Scope(args.scope), args.shop_id)
+    key = await create_api_key(args.program_id, name, scope, args.shop_id)
     bound = f" for shop {args.shop_id}" if args.shop_id else ""
     print(f"{key.scope.value} key {key.id}{bound} (shown once): {key.key}")
 
@@ -172,14 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Migrations applied.")
     elif args.command == "seed-demo":
         asyncio.run(_seed(settings))
-    elif args.command == "create-program":
-        asyncio.run(_create_program(settings, args))
-    elif args.command == "create-api-key":
+    elif args.command in ("create-program", "create-api-key"):
+        make = _create_program if args.command == "create-program" else _create_api_key
         try:
-            asyncio.run(_create_api_key(settings, args))
-        except DomainError as refusal:
+            asyncio.run(make(settings, args))
+        except DomainError as refusal:  # a bad argument: a message naming it, exit code 2 as argparse's
             print(f"loyalty: {refusal.detail}", file=sys.stderr)
-            return 1
+            return 2
     elif args.command == "jobs":
         asyncio.run(_run_jobs(settings))
     elif args.command == "stop-db":

@@ -70,7 +70,12 @@ async def award_in_bulk(
         for index in indexes:
             outcomes[index] = await one(items[index])
 
-    async with asyncio.TaskGroup() as group:
-        for indexes in by_customer.values():
-            group.create_task(in_order(indexes))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for indexes in by_customer.values():
+                group.create_task(in_order(indexes))
+    except ExceptionGroup as failed:
+        # the failure itself, not the group the tasks wrap it in: the request then fails as
+        # any other does (a lost database or an exhausted pool is a 503 to retry, not a 500)
+        raise failed.exceptions[0] from failed
     return [outcome for outcome in outcomes if outcome is not None]

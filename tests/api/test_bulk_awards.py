@@ -6,7 +6,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
+from service.usecases import ledger
 from tests.api.orders_support import order_body
 from tests.api.support import assert_problem
 from tests.conftest import ProgramFixture
@@ -66,3 +68,23 @@ async def test_a_malformed_item_refuses_the_request_and_names_it(
     assert_problem(denied, 403)
     too_many = await client.post("/v1/bulk/awards", json={"items": items[:1] * 1001}, headers=program.auth("admin"))
     assert assert_problem(too_many, 422)["field"] == "items"
+
+
+async def test_a_lost_database_mid_way_is_a_503_to_retry_not_a_500(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Items run in a task group, which wraps what fails in an ExceptionGroup: the request
+    must still answer what the failure is ('503 ... no connection came free in time; retry
+    after Retry-After seconds'), as every other route does."""
+
+    async def no_connection(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("no connection came free in time")  # as the pool reports it
+
+    monkeypatch.setattr(ledger, "adjust", no_connection)
+    items = [{"type": "grant", "key": "goodwill-503", "customer_id": ann, "amount": 100, "reason": "late delivery"}]
+    response = await client.post("/v1/bulk/awards", json={"items": items}, headers=program.auth("admin"))
+    assert_problem(response, 503, "unavailable")
+    assert response.headers["Retry-After"] == "1"

@@ -147,6 +147,16 @@ class Server:
         finally:
             self._output.close()
 
+    def terminate(self) -> int:
+        """SIGTERM, as `kill`, `docker stop` or systemd stop a service."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not stop within {STOP_WITHIN_S} s of SIGTERM:\n{self.output}")
+        finally:
+            self._output.close()
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -216,3 +226,24 @@ def test_serve_from_a_clean_copy_then_again_on_the_same_data(workspace: Workspac
         second.kill()
         raise
     _assert_stopped_cleanly(second, second.interrupt(), workspace.pgdata)
+
+
+def test_serve_stopped_by_sigterm_stops_its_embedded_postgres_too(workspace: Workspace) -> None:
+    """uvicorn shuts down on SIGTERM and then raises the signal again; with its default action
+    the process died without letting go of the embedded server, which kept running, and its
+    pid stayed in the server's list of users, so no later `serve` or `stop-db` stopped it."""
+    server = Server(workspace, "terminated")
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.kill()
+        raise
+    _assert_stopped_cleanly(server, server.terminate(), workspace.pgdata)
+
+    again = Server(workspace, "again")
+    try:
+        again.wait_ready()
+    except BaseException:
+        again.kill()
+        raise
+    _assert_stopped_cleanly(again, again.interrupt(), workspace.pgdata)
