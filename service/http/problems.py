@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import ParameterKwarg
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from service.domain.errors import DomainError
@@ -86,12 +87,26 @@ def domain_error_handler(request: Request[Any, Any, Any], error: DomainError) ->
     return Response(content=body, status_code=error.status, media_type=PROBLEM_JSON, headers=error.headers())
 
 
-def _field_errors(extra: Any) -> list[dict[str, Any]]:
+def _parameter_names(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The names the client sends (`from`, `Idempotency-Key`) of the handler's parameters
+    whose Python names differ (`start`, `idempotency_key`): Litestar reports the latter."""
+    handler = request.scope.get("route_handler")
+    model = getattr(handler, "signature_model", None)
+    return {
+        name: kwarg.name
+        for name, definition in getattr(model, "_fields", {}).items()
+        if isinstance(kwarg := definition.kwarg_definition, ParameterKwarg) and kwarg.name and kwarg.name != name
+    }
+
+
+def _field_errors(extra: Any, names: dict[str, str]) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     for item in extra if isinstance(extra, list) else []:
         message = str(item.get("message", ""))
         key = item.get("key")
         field = None if key in _BODY_KEYS else str(key)
+        if field is not None and item.get("source") != "body":
+            field = names.get(field, field)
         matched = _FIELD_IN_MESSAGE.search(message)
         if matched and matched.group(1):
             nested = matched.group(1)
@@ -118,7 +133,7 @@ def validation_handler(request: Request[Any, Any, Any], error: ValidationExcepti
 
     An error about the body as a whole (not an object, say) names no field: that is a 400.
     """
-    errors = _field_errors(error.extra) or _missing_parameter(error.detail)
+    errors = _field_errors(error.extra, _parameter_names(request)) or _missing_parameter(error.detail)
     if errors and all(e["field"] is not None for e in errors):  # "" is a field name too
         first = errors[0]
         return problem(

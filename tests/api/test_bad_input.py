@@ -353,6 +353,28 @@ async def test_instants_need_an_offset_and_a_sane_year(
     assert_names_field(assert_problem(response, 422, "invalid-input"), field)
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/v1/finance/journal", {"from": "yesterday", "to": "2026-01-02T00:00:00Z"}, "from"),
+        ("/v1/finance/activity", {"from": "2026-01-01T00:00:00Z", "to": "2026-13-01T00:00:00Z"}, "to"),
+        ("/v1/metrics/retention", {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01"}, "from"),
+        ("/v1/metrics/cohorts", {"from": "2026-01-01", "to": "2026-02-30"}, "to"),
+    ],
+)
+async def test_an_unreadable_period_names_the_parameter_not_its_python_name(
+    client: httpx.AsyncClient, program: ProgramFixture, path: str, params: dict[str, str], field: str
+) -> None:
+    response = await client.get(path, params=params, headers=program.auth("finance"))
+    assert_names_field(assert_problem(response, 422, "invalid-input"), field)
+
+
+async def test_an_idempotency_key_too_long_names_the_header(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    headers = {**program.auth("admin"), "Idempotency-Key": "k" * 256}
+    response = await client.post("/v1/shops", json={"name": "Second shop"}, headers=headers)
+    assert_names_field(assert_problem(response, 422, "invalid-input"), "Idempotency-Key")
+
+
 async def test_an_unknown_field_named_by_the_empty_string_is_named(send: Send) -> None:
     problem = assert_problem(await send(SHOPS, b'{"name": "Second shop", "": 1}'), 422, "invalid-input")
     assert_names_field(problem, "")

@@ -68,3 +68,26 @@ def test_request_schemas_are_as_strict_as_their_structs(document: dict[str, Any]
     multipliers = schemas["EarningRulesRequest"]["properties"]["category_multipliers"]
     assert multipliers["propertyNames"]["minLength"] == 1 and multipliers["additionalProperties"]["minimum"] == 0
     assert "additionalProperties" not in schemas["CustomerResponse"]  # responses may grow
+
+
+def test_query_parameter_defaults_are_documented(app: Litestar, document: dict[str, Any]) -> None:
+    """An optional query parameter's schema says the value the handler takes without it
+    (retention's `granularity` is `month`, repeat's `count` is `purchases`)."""
+    missing = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            for method in handler.http_methods:
+                operation = document["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                documented = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"}
+                for name, parameter in handler.parsed_fn_signature.parameters.items():
+                    kwarg = parameter.kwarg_definition
+                    query = getattr(kwarg, "name", None) or name
+                    default = parameter.default
+                    if query not in documented or default is None or not parameter.has_default:
+                        continue
+                    value = getattr(default, "value", default)
+                    if documented[query]["schema"].get("default") != value:
+                        missing.append((method, route.path_format, query, value))
+    assert not missing

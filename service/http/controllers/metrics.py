@@ -6,7 +6,7 @@ Every table answers as JSON, or as CSV with `?format=csv` or `Accept: text/csv`.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import Controller, Response, get, post, put
 from litestar.di import NamedDependency
@@ -30,7 +30,11 @@ Target = Annotated[
     float | None,
     QueryParameter(name="target_pct", ge=0, le=100, description="default: program's", schema_extra=ZERO_MINIMUM),
 ]
-Period = Annotated[Granularity, QueryParameter(name="granularity", description="month, quarter or custom")]
+# Literal, not the enums: Litestar leaves the default out of a parameter whose schema is a reference
+Period = Annotated[
+    Literal["month", "quarter", "custom"], QueryParameter(name="granularity", description="month, quarter or custom")
+]
+Count = Annotated[Literal["purchases", "distinct_days"], QueryParameter(name="count")]
 FormatQuery = Annotated[Format | None, QueryParameter(name="format", description="json (default) or csv")]
 Accept = Annotated[str | None, HeaderParameter(name="Accept", required=False)]
 Cursor = Annotated[str | None, QueryParameter(name="cursor", max_length=64)]
@@ -50,7 +54,7 @@ class MetricsController(Controller):
         principal: NamedDependency[Principal],
         start: From,
         end: To,
-        granularity: Period = Granularity.MONTH,
+        granularity: Period = "month",
         window_days: Window = DEFAULT_WINDOW_DAYS,
         target_pct: Target = None,
         format: FormatQuery = None,
@@ -58,7 +62,9 @@ class MetricsController(Controller):
     ) -> Response[metrics.RetentionSeries]:
         """Retention per month, quarter or custom range: B, E, N, retained, lost, reactivated,
         the seed rate, the strict rate, churn and the target check."""
-        series = await metrics.retention_series(principal.program_id, start, end, granularity, window_days, target_pct)
+        series = await metrics.retention_series(
+            principal.program_id, start, end, Granularity(granularity), window_days, target_pct
+        )
         return render(series, "retention", format, accept)
 
     @get("/retention/chart.svg", responses=PROBLEM_RESPONSES, media_type=SVG)
@@ -67,12 +73,14 @@ class MetricsController(Controller):
         principal: NamedDependency[Principal],
         start: From,
         end: To,
-        granularity: Period = Granularity.MONTH,
+        granularity: Period = "month",
         window_days: Window = DEFAULT_WINDOW_DAYS,
         target_pct: Target = None,
     ) -> Response[str]:
         """The retention series as an SVG line chart."""
-        series = await metrics.retention_series(principal.program_id, start, end, granularity, window_days, target_pct)
+        series = await metrics.retention_series(
+            principal.program_id, start, end, Granularity(granularity), window_days, target_pct
+        )
         return retention_chart(series)
 
     @get("/repeat", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
@@ -81,12 +89,12 @@ class MetricsController(Controller):
         principal: NamedDependency[Principal],
         start: From,
         end: To,
-        count: Annotated[PurchaseCount, QueryParameter(name="count")] = PurchaseCount.PURCHASES,
+        count: Count = "purchases",
         format: FormatQuery = None,
         accept: Accept = None,
     ) -> Response[metrics.RepeatReport]:
         """Repeat customer rate, purchase frequency and average order value over a range."""
-        report = await metrics.repeat_report(principal.program_id, start, end, count)
+        report = await metrics.repeat_report(principal.program_id, start, end, PurchaseCount(count))
         return render(report, "repeat", format, accept)
 
     @get("/lifetime-value", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
