@@ -89,10 +89,13 @@ BEGIN
               FROM customer_tiers t
              WHERE t.program_id = p_program_id AND t.customer_id = p_customer_id FOR UPDATE;
         END IF;
+        -- the grants not ended at p_now, whenever they started: a grant starts when it is
+        -- made, so one starting after p_now was made, and committed, while this order
+        -- waited for the customer's rows, and is in force by the time the order settles
+        -- the tier (counting only those started by p_now took it away again)
         SELECT coalesce(array_agg(g.tier_code ORDER BY g.ends_at DESC), '{}') INTO tier_grant_codes
           FROM tier_grants g
-         WHERE g.program_id = p_program_id AND g.customer_id = p_customer_id
-           AND g.starts_at <= p_now AND g.ends_at > p_now;
+         WHERE g.program_id = p_program_id AND g.customer_id = p_customer_id AND g.ends_at > p_now;
     END IF;
 
     SELECT r.id INTO referral_id FROM referrals r

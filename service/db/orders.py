@@ -83,7 +83,7 @@ async def order_inputs(
     gave the customer and they kept, read only if a campaign of those rules has a customer
     cap), `tier_config`, the customer's tier row as `tier_earned_code` (NULL without one),
     `tier_effective_code`, `tier_since`, `tier_review_at` and `tier_grace_ends_at`,
-    `tier_grant_codes` of the grants in force at `now`, `referral_id` (the customer's pending
+    `tier_grant_codes` of the grants not ended at `now`, `referral_id` (the customer's pending
     referral) and `referral_settings`. NotFound without the shop or the customer."""
     row: asyncpg.Record | None = await connection.fetchrow(
         "SELECT * FROM order_inputs($1, $2, $3, $4, $5, $6)",

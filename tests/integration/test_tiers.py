@@ -3,6 +3,7 @@ refunds, rolling windows in the program's time zone, grants, and configuration c
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from service.db.transaction import in_transaction
 from service.domain.clock import ManualClock
 from service.domain.earning import Order, OrderLine, Refund
 from service.domain.errors import InvalidInput
+from service.domain.ledger import AccountKind, customer_account
 from service.domain.tiers import TierConfig
 from service.usecases import orders, tiers
 from service.usecases.earning_rules import RulesDraft, publish_rules
@@ -307,3 +309,27 @@ async def test_an_order_measures_the_tier_over_the_window_with_itself_and_histor
     progress = await tiers.tier_progress(program.id, ann, clock)
     assert (progress.tier.code, progress.measure) == ("silver", 350)
     assert await kinds(program, ann) == [("upgrade", "bronze", "silver")]
+
+
+async def test_a_grant_made_while_an_order_waits_for_its_locks_is_counted_by_it(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """A grant starts when it is made: one made after the order read its instant, while the
+    order waited for the customer's rows, is in force when the order settles the tier, and
+    the order does not take it away (it recorded a downgrade from the granted tier)."""
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    await buy(program, clock, ann)  # a bronze tier row
+    pending = customer_account(ann, AccountKind.PENDING).code
+    async with owner_connection.transaction():
+        await owner_connection.execute(
+            "SELECT 1 FROM accounts WHERE program_id = $1 AND code = $2 FOR UPDATE", program.id, pending
+        )
+        order = asyncio.create_task(buy(program, clock, ann))
+        await asyncio.sleep(0.5)  # the order has read its instant and waits for the account
+        clock.advance(timedelta(minutes=1))
+        request = tiers.GrantRequest(tier_code="gold", days=10, reason="apology")
+        await tiers.grant_tier(admin(program.id), ann, request, "gold-grant", clock)
+    await order
+    assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "gold"
+    assert await kinds(program, ann) == [("grant", "bronze", "gold")]
