@@ -6,8 +6,6 @@ points expiring soon reads what is due, not the program's history."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -257,24 +255,6 @@ class _Counting:
         return rows
 
 
-async def _without_older_snapshots(seconds: float = 10.0) -> None:
-    """Wait (a while at most) until no other backend of this database holds a snapshot, e.g.
-    autovacuum analysing a table the tests before filled: a scan marks the index entries of
-    dead row versions dead only once no snapshot can see them, and the rounds' counts below
-    assume the first round did."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        held = await in_transaction(
-            lambda connection: connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL"
-            )
-        )
-        if not held:
-            return
-        await asyncio.sleep(0.1)
-
-
 async def test_a_round_reads_what_is_due_not_the_programs_history(
     program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,7 +280,6 @@ async def test_a_round_reads_what_is_due_not_the_programs_history(
     for number in range(10):
         customer = await enrol(program.id, f"active-{number}", clock)
         await place(program, customer, f"N-{number}", basket("tea"), clock)
-    await _without_older_snapshots()
     assert await jobs() == (0, history, history)
 
     reads.clear()
@@ -316,12 +295,15 @@ async def test_a_round_reads_what_is_due_not_the_programs_history(
     assert await jobs() == (1, 1, 1)
     assert await jobs() == (0, 0, 0)
     # (expiring soon, win-back, cross-sell) per round: the rows each round's query read. The
-    # first round meets the rows told just before once more (their index entries, dead since);
-    # then a round reads the due customer (the versions of its row) and what changed since the
-    # round before, and the expiring lot while it is in the window (the lot, its account, its
-    # mark). Before: every available account (51) and every order (3 * 40 + 10 + 3), each round.
-    # A later round may meet those dead entries again if an old snapshot kept them from being
-    # marked dead, hence the bound of `history` more; the history itself (133 orders, the
-    # marks) is never read.
+    # first round meets the rows told just before once more (their index entries, dead since),
+    # and, if a snapshot of another backend (autovacuum analysing what the tests before wrote)
+    # kept the round that told them from marking them dead, the entries their orders left too:
+    # at most three per told customer. Then a round reads the due customer (the versions of its
+    # row) and what changed since the round before, and the expiring lot while it is in the
+    # window (the lot, its account, its mark). Before: every available account (51) and every
+    # order (3 * 40 + 10 + 3), each round. A later round may meet those dead entries again if
+    # an old snapshot kept them from being marked dead, hence the bound of `history` more; the
+    # history itself (133 orders, the marks) is never read.
     rounds = [reads[n : n + 3] for n in range(0, len(reads), 3)]
-    assert max(rounds[0]) <= history and max(reads[3:]) <= history + 4, f"rows read by the rounds: {rounds}"
+    first, later = max(rounds[0]), max(reads[3:])
+    assert first <= 3 * history and later <= history + 4, f"rows read by the rounds: {rounds}"
