@@ -4,16 +4,21 @@ through the real database."""
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 
 import asyncpg
 
+from service.db.ledger import EntryToWrite, WrittenEntry, write_credits_once
+from service.db.transaction import autocommit
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment
 from service.domain.earning import Order, OrderLine
+from service.domain.errors import DomainError
 from service.usecases import ledger_jobs, orders
 from service.usecases.customers import enrol_customer
 from service.usecases.finance import verify_chain
+from service.usecases.ledger_settings import known_settings
 from tests.conftest import ProgramFixture
 
 _order_ids = itertools.count()
@@ -108,3 +113,14 @@ async def sound(connection: asyncpg.Connection, program_id: str) -> None:
     report = await verify_chain(program_id)
     assert report.valid and report.unsealed == 0, report
     assert report.sealed == await entry_count(connection, program_id)
+
+
+async def claim_in_one_call(
+    program_id: str, now: datetime, requests: list[tuple[str, bytes, EntryToWrite]]
+) -> list[WrittenEntry | DomainError]:
+    """`write_credits_once` of the requests in one autocommitted statement, at the known settings."""
+    settings = await known_settings(program_id)
+    async with autocommit() as connection:
+        return await write_credits_once(
+            connection, program_id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
+        )

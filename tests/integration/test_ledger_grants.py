@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ from service.usecases.group_commit import write_once
 from service.usecases.idempotency import fingerprint
 from service.usecases.ledger_settings import known_settings
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, balances, enrol, entry_count, sound
+from tests.integration.ledger_helpers import admin, balances, claim_in_one_call, enrol, entry_count, sound
 
 ISSUED = system_account(AccountKind.ISSUED)
 REDEEMED = system_account(AccountKind.REDEEMED)
@@ -323,17 +323,6 @@ async def test_a_batch_of_grants_runs_balances_and_writes_what_the_general_path_
 
     assert await rows(ann, by_fast, "fast") == await rows(bob, by_general, "general")
     await sound(owner_connection, program.id)
-
-
-async def claim_in_one_call(
-    program_id: str, now: datetime, requests: list[tuple[str, bytes, EntryToWrite]]
-) -> list[WrittenEntry | DomainError]:
-    """`write_credits_once` of the requests in one autocommitted statement, at the known settings."""
-    settings = await known_settings(program_id)
-    async with autocommit() as connection:
-        return await write_credits_once(
-            connection, program_id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
-        )
 
 
 async def test_write_credits_once_answers_used_keys_and_unknown_customers_in_one_call(

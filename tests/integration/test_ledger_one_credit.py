@@ -5,6 +5,7 @@ alike and lock the same rows."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime, timedelta
@@ -14,14 +15,13 @@ import asyncpg
 import pytest
 
 from service.db import ledger as ledger_db
-from service.db.ledger import EntryToWrite, WrittenEntry, write_credits_once, write_entries
-from service.db.transaction import autocommit, in_transaction, transaction
+from service.db.ledger import EntryToWrite, WrittenEntry, write_entries
+from service.db.transaction import in_transaction, transaction
 from service.domain.clock import ManualClock
 from service.domain.errors import DomainError, IdempotencyKeyReused, NotFound
 from service.domain.ledger import AccountKind, EntryDraft, PostingDraft, customer_account, system_account
-from service.usecases.ledger_settings import known_settings
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import enrol, sound
+from tests.integration.ledger_helpers import claim_in_one_call, enrol, sound
 
 ISSUED = system_account(AccountKind.ISSUED)
 KIND = "adjustment.grant"  # announces points.earned
@@ -249,13 +249,7 @@ async def test_claimed_one_entry_writes_refuses_and_replays_as_a_batch_does(
     ann, bob, cara = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cara")]
     now = clock.now()
     await _history(program.id, [ann, bob], now)
-    settings = await known_settings(program.id)
-
-    async def call(requests: list[tuple[str, bytes, EntryToWrite]]) -> list[WrittenEntry | DomainError]:
-        async with autocommit() as connection:
-            return await write_credits_once(
-                connection, program.id, requests, now=now, time_zone=settings.time_zone, expiry=settings.expiry
-            )
+    call = functools.partial(claim_in_one_call, program.id, now)
 
     by_one = await call([("a", b"1", grant(ann, 8, metadata={"x": [1, 2]}))])
     nobody_alone = await call([("n1", b"1", grant("cus_nobody", 8))])
