@@ -50,7 +50,7 @@ from bench.ledger_throughput import AWARD_POINTS, RESULTS, Workload, _machine, _
 from service.config import load_settings
 from service.db.embedded import start_embedded, stop_embedded, with_database
 from service.db.engine import close_pool, start_pool
-from service.db.ledger import EntryToWrite, write_credits_once
+from service.db.ledger import EntryToWrite, write_credits_once, write_entries
 from service.db.migrate import migrate
 from service.db.piccolo_conf import DB
 from service.usecases.idempotency import fingerprint
@@ -69,10 +69,13 @@ TPCB_PREPARE = [
 
 @dataclass
 class Script:
-    name: str  # the workload; its template database is f"{name}_tmpl"
+    name: str  # the workload
+    template: str  # the database each run starts from a fresh copy of
     prelude: list[str]  # PREPAREs
     transactions: list[list[str]]  # statements of each transaction
-    row: str  # a pattern of the result rows printed, once per transaction
+    row: str  # a pattern of the result rows printed, `rows` per transaction
+    rows: int = 1  # grants per transaction (the unit instructions are reported per)
+    runs: tuple[int, int] = (0, 0)  # transactions in the short and the long run
 
 
 class _Sent(Exception):
@@ -91,6 +94,8 @@ class _Recorder:
 def _literal(value: object) -> str:
     if value is None:
         return "NULL"
+    if isinstance(value, list | tuple):
+        return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]" if value else "'{}'"
     if isinstance(value, bool | int):
         return str(value).lower()
     if isinstance(value, bytes):
@@ -127,7 +132,41 @@ async def _grant_script(workload: Workload, count: int) -> Script:
             prelude.append(f"PREPARE grant_one({', '.join(types)}) AS {query}")
         values = ", ".join(f"{_literal(v)}::{t}" for v, t in zip(arguments, types, strict=True))
         transactions.append([f"EXECUTE grant_one({values})"])
-    return Script("grant", prelude, transactions, r'\bentry_id = "\d+"')
+    return Script("grant", "grant_tmpl", prelude, transactions, r'\bentry_id = "\d+"')
+
+
+async def _batch_script(workload: Workload, count: int, size: int) -> Script:
+    """count transactions of `size` grants each (to distinct customers, in customer order),
+    each as the batch path sends it: one `append_credit_entries` call from `write_entries`."""
+    program_id, actor = workload.principal.program_id, workload.principal.actor
+    settings = await known_settings(program_id)
+    start = datetime.now(UTC)
+    prelude: list[str] = []
+    transactions: list[list[str]] = []
+    for n in range(count):
+        now = start + timedelta(milliseconds=n)
+        chosen = sorted(workload.customers[(n + k) % len(workload.customers)] for k in range(size))
+        items = [
+            EntryToWrite(
+                adjustment_draft(Adjustment(customer_id=c, amount=AWARD_POINTS, reason="bench"), settings, now), actor
+            )
+            for c in chosen
+        ]
+        try:
+            await write_entries(cast(asyncpg.Connection, _Recorder()), program_id, items, now=now)
+        except _Sent as sent:
+            query, arguments = sent.args
+        else:
+            raise AssertionError("write_entries sent nothing")
+        assert "append_credit_entries(" in query, query
+        casts = dict(re.findall(r"\$(\d+)::(\w+(?:\[\])?)", query))
+        if not prelude:
+            prelude.append(f"PREPARE grant_batch AS {query}")
+        values = ", ".join(
+            _literal(v) + (f"::{casts[str(i)]}" if str(i) in casts else "") for i, v in enumerate(arguments, 1)
+        )
+        transactions.append(["BEGIN", f"EXECUTE grant_batch({values})", "COMMIT"])
+    return Script("batch", "grant_tmpl", prelude, transactions, r'\bentry_id = "\d+"', size)
 
 
 def _tpcb_script(count: int, scale: int, seed: int) -> Script:
@@ -140,7 +179,7 @@ def _tpcb_script(count: int, scale: int, seed: int) -> Script:
         accounts = [f"EXECUTE p_acc({delta}, {aid})", f"EXECUTE p_sel({aid})"]
         rest = [f"EXECUTE p_tel({delta}, {tid})", f"EXECUTE p_br({delta}, {bid})"]
         transactions.append(["BEGIN", *accounts, *rest, f"EXECUTE p_hist({tid}, {bid}, {aid}, {delta})", "END"])
-    return Script("tpcb", TPCB_PREPARE, transactions, r'\babalance = "-?\d+"')
+    return Script("tpcb", "tpcb_tmpl", TPCB_PREPARE, transactions, r'\babalance = "-?\d+"')
 
 
 async def _admin(dsn: str, *statements: str) -> None:
@@ -166,13 +205,18 @@ async def _prepare(pgdata: Path, args: argparse.Namespace) -> list[Script]:
         for _ in range(0, args.warm, 8):
             await asyncio.gather(*(workload.single(0) for _ in range(8)))
         grant = await _grant_script(workload, args.high)
+        batch_runs = (max(1, args.low // 10), max(2, args.high // 10))  # a tenth: each is `--batch-size` grants
+        batch = await _batch_script(workload, batch_runs[1], args.batch_size)
     finally:
         await close_pool()
     await _run([_pgbench_binary(), "-i", "-q", "-s", str(args.scale), tpcb_dsn])
     await _admin(grant_dsn, "VACUUM ANALYZE")
     await _admin(tpcb_dsn, "VACUUM ANALYZE", "CHECKPOINT")
     print(f"templates ready: {workload.counter} grants written, pgbench -i -s {args.scale}", flush=True)
-    return [grant, _tpcb_script(args.high, args.scale, args.seed)]
+    runs = (args.low, args.high)
+    grant.runs, batch.runs, tpcb = runs, batch_runs, _tpcb_script(args.high, args.scale, args.seed)
+    tpcb.runs = runs
+    return [grant, batch, tpcb]
 
 
 def _postgres() -> str:
@@ -196,15 +240,15 @@ def _single(pgdata: Path, database: str, stdin: str, options: Sequence[str] = ()
 
 def _count(pgdata: Path, out: Path, script: Script, transactions: int) -> int:
     """Instructions of one single-user run of the script's first `transactions`, on a fresh copy."""
-    copy = f"DROP DATABASE IF EXISTS cgrun;\n\nCREATE DATABASE cgrun TEMPLATE {script.name}_tmpl;\n\n"
+    copy = f"DROP DATABASE IF EXISTS cgrun;\n\nCREATE DATABASE cgrun TEMPLATE {script.template};\n\n"
     _single(pgdata, "postgres", copy)
     tag = f"{script.name}-{transactions}"
     statements = script.prelude + [s for t in script.transactions[:transactions] for s in t]
     (out / f"{tag}.sql").write_text(sql := "".join(f"{s};\n\n" for s in statements))
     tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out / tag}.callgrind"]
     output = _single(pgdata, "cgrun", sql, ["-c", "fsync=off"], tool)
-    if (rows := len(re.findall(script.row, output))) != transactions:
-        raise RuntimeError(f"{tag}: {rows} result rows for {transactions} transactions")
+    if (rows := len(re.findall(script.row, output))) != transactions * script.rows:
+        raise RuntimeError(f"{tag}: {rows} result rows for {transactions} transactions of {script.rows}")
     if (match := re.search(r"Collected : (\d+)", output)) is None:
         raise RuntimeError(f"{tag}: no callgrind total in:\n{output[-2000:]}")
     return int(match.group(1))
@@ -218,12 +262,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--high", type=int, default=300, help="transactions in the long run (default 300)")
     parser.add_argument("--customers", type=int, default=50, help="customers of the program (default 50)")
     parser.add_argument("--warm", type=int, default=3000, help="grants written before the template (default 3000)")
+    parser.add_argument("--batch-size", type=int, default=50, help="grants per batch transaction (default 50)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the TPC-B random values (default 42)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch cluster, statements and callgrind files")
     args = parser.parse_args(argv)
     if not 0 < args.low < args.high:
         parser.error("need 0 < --low < --high")
+    if not 0 < args.batch_size <= args.customers:
+        parser.error("need 0 < --batch-size <= --customers (a batch grants to distinct customers)")
     return args
 
 
@@ -231,19 +278,39 @@ def _version(command: list[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True).stdout.strip()
 
 
-def _report(args: argparse.Namespace, started: datetime, counts: dict[str, dict[int, int]]) -> None:
-    low, high = int(args.low), int(args.high)
-    per = {name: (runs[high] - runs[low]) / (high - low) for name, runs in counts.items()}
-    labels = {"grant": "one grant (append_credit_entry, its COMMIT)", "tpcb": "pgbench TPC-B-like (-M prepared)"}
-    lines = [f"| workload | Ir, {low} tx | Ir, {high} tx | Ir per transaction |", "|---|---:|---:|---:|"]
-    for name, label in labels.items():
-        lines.append(f"| {label} | {counts[name][low]:,} | {counts[name][high]:,} | {per[name]:,.0f} |")
+def _report(
+    args: argparse.Namespace, started: datetime, scripts: list[Script], counts: dict[str, dict[int, int]]
+) -> None:
+    labels = {
+        "grant": "one grant (append_credit_entry, its COMMIT)",
+        "batch": f"{args.batch_size} grants in one transaction (append_credit_entries, its COMMIT), per grant",
+        "tpcb": "pgbench TPC-B-like (-M prepared)",
+    }
+    per: dict[str, float] = {}
+    lines = ["| workload | transactions | Ir, short run | Ir, long run | Ir per grant / transaction |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for script in scripts:
+        (low, high), runs = script.runs, counts[script.name]
+        per[script.name] = (runs[high] - runs[low]) / (high - low) / script.rows
+        lines.append(
+            f"| {labels[script.name]} | {low} / {high} | {runs[low]:,} | {runs[high]:,} | {per[script.name]:,.0f} |"
+        )
     ratio = per["grant"] / per["tpcb"]
-    table = "\n".join(lines) + f"\n\none grant = {ratio:.2f} TPC-B transactions"
+    batch_ratio = per["batch"] / per["tpcb"]
+    table = "\n".join(lines) + (
+        f"\n\none grant = {ratio:.2f} TPC-B transactions; a grant in a batch = {batch_ratio:.2f}"
+    )
     print(f"\n{table}")
     versions = [_version([tool, "--version"]) for tool in ("valgrind", _postgres())]
     result: dict[str, Any] = {"started": started.isoformat(), "arguments": vars(args), "versions": versions}
-    result |= {"machine": _machine(), "instructions": counts, "per_transaction": per, "ratio": ratio, "table": table}
+    result |= {
+        "machine": _machine(),
+        "instructions": counts,
+        "per_unit": per,
+        "ratio": ratio,
+        "batch_ratio": batch_ratio,
+        "table": table,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"instructions-{started:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -267,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chown(out, pgdata.stat().st_uid, pgdata.stat().st_gid)
         counts: dict[str, dict[int, int]] = {}
         for script in scripts:
-            counts[script.name] = {n: _count(pgdata, out, script, n) for n in (args.low, args.high)}
+            counts[script.name] = {n: _count(pgdata, out, script, n) for n in script.runs}
             print(f"{script.name}: {counts[script.name]}", flush=True)
     finally:
         if args.keep:
@@ -275,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    _report(args, started, counts)
+    _report(args, started, scripts, counts)
     return 0
 
 
