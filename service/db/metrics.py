@@ -34,10 +34,11 @@ async def repeat_totals(connection: asyncpg.Connection, program_id: str, period:
 
 
 async def lifetime_totals(connection: asyncpg.Connection, program_id: str) -> asyncpg.Record:
-    """Customers with a purchase to date and their net revenue (historical lifetime value)."""
+    """Customers with a purchase to date, their net revenue (historical lifetime value) and its
+    median (of an even count, halfway between the two middle customers)."""
     row = await connection.fetchrow(
         "SELECT count(*) AS customers, coalesce(sum(net), 0)::bigint AS net,"
-        " percentile_disc(0.5) WITHIN GROUP (ORDER BY net) AS median"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY net) AS median"
         " FROM customer_summaries WHERE program_id = $1 AND purchases > 0",
         program_id,
     )
@@ -155,11 +156,24 @@ async def load_signal(connection: asyncpg.Connection, program_id: str, signal_id
     return row
 
 
+def _open_when_latest(column: str, thing: str) -> str:
+    """The reference is in the column when its latest signal by occurred_at (then by arrival,
+    a close before an open at the same instant) opened it: signals that arrive out of order
+    leave the state the order they occurred in gives."""
+    return (
+        f"{column} = array_remove(s.{column}, $3) || CASE WHEN (SELECT x.kind FROM customer_signals x"
+        f" WHERE x.program_id = $1 AND x.customer_id = $2 AND x.reference = $3"
+        f" AND x.kind IN ('{thing}_opened', '{thing}_closed')"
+        f" ORDER BY x.occurred_at DESC, x.recorded_at DESC, x.kind = '{thing}_closed' DESC LIMIT 1)"
+        f" = '{thing}_opened' THEN ARRAY[$3] ELSE '{{}}'::text[] END"
+    )
+
+
 _SIGNAL_STATE = {
-    "complaint_opened": "open_complaints = array_append(array_remove(s.open_complaints, $3), $3)",
-    "complaint_closed": "open_complaints = array_remove(s.open_complaints, $3)",
-    "ticket_opened": "open_tickets = array_append(array_remove(s.open_tickets, $3), $3)",
-    "ticket_closed": "open_tickets = array_remove(s.open_tickets, $3)",
+    "complaint_opened": _open_when_latest("open_complaints", "complaint"),
+    "complaint_closed": _open_when_latest("open_complaints", "complaint"),
+    "ticket_opened": _open_when_latest("open_tickets", "ticket"),
+    "ticket_closed": _open_when_latest("open_tickets", "ticket"),
     "satisfaction": "last_score = CASE WHEN s.last_score_at IS NULL OR s.last_score_at <= $5 THEN $4"
     " ELSE s.last_score END, last_score_at = greatest(s.last_score_at, $5)",
 }
@@ -174,9 +188,17 @@ async def apply_signal(
     score: int | None,
     occurred_at: datetime,
 ) -> None:
-    """Open or close a complaint or ticket, or keep the latest satisfaction score."""
+    """Open or close a complaint or ticket (from the signals stored so far, this one
+    included), or keep the latest satisfaction score."""
     await connection.execute(
         "INSERT INTO customer_signal_states (program_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        program_id,
+        customer_id,
+    )
+    # the customer's signals take turns here, so the update below (a statement of its own,
+    # with a fresh snapshot) reads every signal committed before it
+    await connection.execute(
+        "SELECT FROM customer_signal_states WHERE program_id = $1 AND customer_id = $2 FOR UPDATE",
         program_id,
         customer_id,
     )

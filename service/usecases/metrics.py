@@ -143,7 +143,7 @@ class LifetimeValue(msgspec.Struct, frozen=True, kw_only=True):
     customers: int
     net: int
     mean: float | None
-    median: int | None
+    median: float | None
 
 
 async def historical_ltv(program_id: str) -> LifetimeValue:
@@ -157,7 +157,7 @@ async def historical_ltv(program_id: str) -> LifetimeValue:
         customers=customers,
         net=row["net"],
         mean=None if customers == 0 else round(row["net"] / customers, 2),
-        median=row["median"],
+        median=None if row["median"] is None else round(row["median"], 2),
     )
 
 

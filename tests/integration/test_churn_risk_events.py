@@ -96,3 +96,41 @@ async def test_a_round_tells_only_the_newly_red(
     assert len(attempts) == 13
     assert await signals.emit_churn_risk_red(program.id, clock) == 0
     assert len(attempts) == 13
+
+
+async def test_signals_count_in_the_order_they_occurred_not_the_order_they_arrived(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """A complaint or ticket closed at 11:00 whose opening (10:00) arrives late is closed: the
+    state of a reference is its latest signal by occurred_at, as for satisfaction scores."""
+    await setup_program(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    till = checkout(program.id)
+    await orders.place_order(
+        till, program.shop_id, orders.OrderPlacement(order_id="1", customer_id=ann, order=basket()), clock
+    )
+
+    async def send(signal_id: str, kind: str, reference: str, hour: int) -> None:
+        signal = signals.Signal(
+            signal_id=signal_id,
+            customer_id=ann,
+            kind=signals.SignalKind(kind),
+            reference=reference,
+            occurred_at=START.replace(hour=hour),
+        )
+        await signals.record_signal(till, signal, clock)
+
+    async def light() -> tuple[str, str, int, int]:
+        page = await signals.risk_customers(program.id, clock.now(), None, None, 10)
+        item = page.items[0]
+        return item.colour.value, item.rule, item.open_complaints, item.open_tickets
+
+    await send("s1", "complaint_closed", "C-1", 11)  # the close arrives first
+    await send("s2", "complaint_opened", "C-1", 10)
+    await send("s3", "ticket_closed", "T-1", 11)
+    await send("s4", "ticket_opened", "T-1", 10)
+    assert await light() == ("green", "no risk rule applies", 0, 0)
+    await send("s5", "complaint_opened", "C-1", 12)  # reopened later: open again
+    assert await light() == ("red", "open complaint", 1, 0)
+    await send("s6", "complaint_closed", "C-1", 9)  # an old close changes nothing
+    assert await light() == ("red", "open complaint", 1, 0)

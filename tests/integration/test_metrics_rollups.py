@@ -312,3 +312,13 @@ async def test_rfm_scores_and_segments_agree_with_the_ranking(
         assert [row["customer_id"] for row in champions] == [row[0] for row in expected if row[7] == "champions"]
     finally:
         await _forget(owner_connection, program_id)
+
+
+async def test_the_median_lifetime_value_of_an_even_count_is_the_middle_of_the_two(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    await with_rules(program, clock)
+    for name, net in (("ann", 100), ("bob", 300), ("cat", 700), ("dan", 800)):
+        await buy(program, clock, await enrol(program.id, name, clock), f"{name}-1", START, net)
+    ltv = await metrics.historical_ltv(program.id)
+    assert (ltv.customers, ltv.net, ltv.mean, ltv.median) == (4, 1900, 475.0, 500.0)  # not 300, the lower one
