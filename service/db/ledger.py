@@ -739,12 +739,19 @@ async def consumed_slices(connection: asyncpg.Connection, program_id: str, entry
     return [Slice(r["lot_id"], r["amount"], r["earned_at"], r["expires_at"]) for r in rows]
 
 
-async def created_lots(connection: asyncpg.Connection, program_id: str, entry_ids: Sequence[int | None]) -> list[int]:
-    """The lots these entries created, in id order (what a reversal or a refund takes back
-    first); a None entry id is skipped."""
+async def created_lots(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, entry_ids: Sequence[int | None]
+) -> list[int]:
+    """The lots these entries created on the customer's accounts that still hold points, in
+    id order (what a reversal, a refund or a hold's resolution takes back first); a None
+    entry id is skipped. Read through the customer's open lots (`lots_open`): no index
+    leads with the entry, and a lot with nothing left has nothing to take back."""
     rows = await connection.fetch(
-        "SELECT id FROM lots WHERE program_id = $1 AND entry_id = ANY($2::bigint[]) ORDER BY id",
+        "SELECT id FROM lots WHERE program_id = $1 AND remaining > 0 AND entry_id = ANY($3::bigint[])"
+        " AND account_id = ANY(ARRAY(SELECT id FROM accounts WHERE program_id = $1 AND customer_id = $2))"
+        " ORDER BY id",
         program_id,
+        customer_id,
         [entry_id for entry_id in entry_ids if entry_id is not None],
     )
     return [row["id"] for row in rows]

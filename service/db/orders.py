@@ -200,15 +200,19 @@ async def load_order(
     return row
 
 
-async def pending_of_order(connection: asyncpg.Connection, program_id: str, award_entry_id: int | None) -> int:
-    """The points of an order's award still pending: what is left of the lots it created."""
+async def pending_of_order(
+    connection: asyncpg.Connection, program_id: str, customer_id: str, award_entry_id: int | None
+) -> int:
+    """The points of an order's award still pending: what is left of the lots it created
+    (read through the customer's open pending lots: no index leads with the entry)."""
     if award_entry_id is None:
         return 0
     left: int = await connection.fetchval(
-        "SELECT coalesce(sum(l.remaining), 0)::bigint FROM lots l"
-        " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id AND a.kind = 'pending'"
-        " WHERE l.program_id = $1 AND l.entry_id = $2",
+        "SELECT coalesce(sum(remaining), 0)::bigint FROM lots WHERE program_id = $1 AND remaining > 0"
+        " AND entry_id = $3"
+        " AND account_id = (SELECT id FROM accounts WHERE program_id = $1 AND customer_id = $2 AND kind = 'pending')",
         program_id,
+        customer_id,
         award_entry_id,
     )
     return left

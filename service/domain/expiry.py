@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -22,8 +22,9 @@ class ExpiryRule(msgspec.Struct, frozen=True):
 
 
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The instant a local day starts."""
-    return datetime.combine(day, time(0), tzinfo=zone)
+    """The instant a local day starts, in UTC: answers give every instant in UTC, also the
+    ones computed as local midnights and never read back from the database."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def expires_at(rule: ExpiryRule, earned_at: datetime, zone: ZoneInfo) -> datetime | None:

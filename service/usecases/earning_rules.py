@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -56,7 +56,7 @@ async def publish_rules(principal: Principal, draft: RulesDraft, key: str, clock
             "SELECT version, effective_from FROM earning_rule_sets WHERE program_id = $1 ORDER BY version DESC LIMIT 1",
             principal.program_id,
         )
-        effective_from = draft.effective_from or now
+        effective_from = (draft.effective_from or now).astimezone(UTC)  # answered in UTC, as every timestamp
         if effective_from < now:
             raise InvalidInput("effective_from is in the past: placed orders keep their rules", field="effective_from")
         if latest is not None and effective_from < latest["effective_from"]:
@@ -96,7 +96,9 @@ async def rule_versions(program_id: str) -> list[PublishedRules]:
     return await in_transaction(work)
 
 
-async def rules_in_force(connection: asyncpg.Connection, program_id: str, at: datetime) -> EarningRules:
+async def rules_in_force(
+    connection: asyncpg.Connection, program_id: str, at: datetime, field: str = "placed_at"
+) -> EarningRules:
     """The version in force at an instant: the latest one effective by then."""
     row = await connection.fetchrow(
         "SELECT rules, published_by, published_at FROM earning_rule_sets WHERE program_id = $1 AND effective_from <= $2"
@@ -104,13 +106,14 @@ async def rules_in_force(connection: asyncpg.Connection, program_id: str, at: da
         program_id,
         at,
     )
-    return rules_found(None if row is None else row["rules"], at)
+    return rules_found(None if row is None else row["rules"], at, field)
 
 
-def rules_found(raw: str | None, at: datetime) -> EarningRules:
-    """The rules in force at `at` as stored (`earning_rule_sets.rules`); NotFound if none were."""
+def rules_found(raw: str | None, at: datetime, field: str = "placed_at") -> EarningRules:
+    """The rules in force at `at` as stored (`earning_rule_sets.rules`); NotFound (naming
+    `field`, where the request has the instant) if none were."""
     if raw is None:
-        raise NotFound(f"no earning rules were in force at {at.isoformat()}", field="order.placed_at")
+        raise NotFound(f"no earning rules were in force at {at.isoformat()}", field=field)
     return msgspec.json.decode(raw, type=EarningRules)
 
 
@@ -119,7 +122,7 @@ async def quote(program_id: str, order: Order, tier_multiplier_bp: int = NEUTRAL
     assumes no campaign bonus was given to the customer before (per-customer caps)."""
 
     async def work(connection: asyncpg.Connection) -> Award:
-        rules = await rules_in_force(connection, program_id, order.placed_at)
+        rules = await rules_in_force(connection, program_id, order.placed_at, "order.placed_at")
         zone = await connection.fetchval("SELECT time_zone FROM programs WHERE id = $1", program_id)
         try:
             return calculate_award(order, rules, zone=ZoneInfo(zone), tier_multiplier_bp=tier_multiplier_bp)

@@ -24,19 +24,21 @@ FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1
 MAX_LINE = 2**15 - 1  # a posting's line is a smallint
 
 
-def _check_instant(instant: datetime, field: str) -> None:
-    """Refuse an instant without a UTC offset, or outside [FIRST_INSTANT, LAST_INSTANT)."""
+def _check_instant(instant: datetime, field: str) -> datetime:
+    """The instant in UTC, as answers give every timestamp; refuse one without a UTC offset,
+    or outside [FIRST_INSTANT, LAST_INSTANT)."""
     if instant.utcoffset() is None:
         raise InvalidInput(f"`{field}` needs a UTC offset (RFC 3339)", field=field)
     if not FIRST_INSTANT <= instant < LAST_INSTANT:
         raise InvalidInput(f"`{field}` must be in the years 1900 to 2999", field=field)
+    return instant.astimezone(UTC)
 
 
-def _check_period(start: datetime, end: datetime) -> None:
-    _check_instant(start, "from")
-    _check_instant(end, "to")
+def _check_period(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    start, end = _check_instant(start, "from"), _check_instant(end, "to")
     if end <= start:
         raise InvalidInput("`to` must be after `from`", field="to")
+    return start, end
 
 
 # --- Chain ---------------------------------------------------------------------------
@@ -102,7 +104,7 @@ _BALANCE_AS_OF = (
 async def account_balance(program_id: str, account_id: int, as_of: datetime | None) -> AccountBalance:
     """An account's balance now or at any instant (a lookup of the posting's balance after)."""
     if as_of is not None:
-        _check_instant(as_of, "as_of")
+        as_of = _check_instant(as_of, "as_of")
     async with snapshot() as connection:
         return await _balance_as_of(connection, program_id, account_id, as_of)
 
@@ -166,7 +168,7 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
             " WHERE a.program_id = $1 AND a.customer_id = $2"
             " UNION ALL"
             " SELECT NULL, sum(l.remaining)::bigint,"
-            " (l.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date FROM lots l"
+            " ((l.expires_at - interval '1 microsecond') AT TIME ZONE p.time_zone)::date FROM lots l"
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
             " JOIN programs p ON p.id = l.program_id"
             " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
@@ -238,7 +240,7 @@ async def statement(
     program_id: str, account_id: int, start: datetime, end: datetime, limit: int, cursor: str | None
 ) -> Statement:
     """Postings of one account in [start, end) with the running balance, a page at a time."""
-    _check_period(start, end)
+    start, end = _check_period(start, end)
     # before every posting at `start` (entry ids are positive), after every posting before it
     after = _parse_cursor(cursor) if cursor else (start, 0, 0)
     async with snapshot() as connection:
@@ -312,7 +314,7 @@ class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
 
 async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
     """Debit and credit totals per account kind as of an instant; per unit they must agree."""
-    _check_instant(as_of, "as_of")
+    as_of = _check_instant(as_of, "as_of")
     async with snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.kind, a.unit, a.normal_side, count(DISTINCT a.id) AS accounts,"
@@ -363,7 +365,7 @@ class Liability(msgspec.Struct, frozen=True, kw_only=True):
 async def liability(program_id: str, as_of: datetime) -> Liability:
     """Points customers hold (available, pending, held) at an instant, valued at the point value;
     per shop by the customer's enrolling shop."""
-    _check_instant(as_of, "as_of")
+    as_of = _check_instant(as_of, "as_of")
     async with snapshot() as connection:
         program = await connection.fetchrow(
             "SELECT currency, point_value_minor FROM programs WHERE id = $1", program_id
@@ -414,7 +416,7 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True):
 
 async def activity(program_id: str, start: datetime, end: datetime) -> Activity:
     """Net movement of each system account in [start, end): points issued, redeemed, expired (breakage)."""
-    _check_period(start, end)
+    start, end = _check_period(start, end)
     async with snapshot() as connection:
         rows = await connection.fetch(
             "SELECT a.kind, coalesce(sum(p.amount), 0)::bigint AS net FROM accounts a"
@@ -458,7 +460,7 @@ JOURNAL_COLUMNS = (
 
 async def journal_rows(program_id: str, start: datetime, end: datetime) -> AsyncIterator[tuple[Any, ...]]:
     """Every posting in [start, end) in journal order, streamed through a server-side cursor."""
-    _check_period(start, end)
+    start, end = _check_period(start, end)
     if DB.pool is None:
         raise RuntimeError("connection pool not started")
     acquire = DB.pool.acquire(timeout=DB.acquire_timeout)

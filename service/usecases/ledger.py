@@ -11,7 +11,7 @@ from service.db.ledger import WrittenEntry, consumed_slices, created_lots, write
 from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
-from service.domain.errors import AlreadyReversed, Conflict, HoldNotOpen, InvalidInput, NotFound
+from service.domain.errors import AlreadyReversed, Conflict, HoldNotOpen, InsufficientPoints, InvalidInput, NotFound
 from service.domain.expiry import ExpiryRule, expires_at
 from service.domain.ids import new_id
 from service.domain.ledger import (
@@ -142,7 +142,12 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
         postings = [PostingDraft(AccountRef(AccountKind(r["kind"]), r["customer_id"]), r["amount"]) for r in rows]
         draft = reversal_of(original["kind"], postings, entry_id, reason)
         restored = await consumed_slices(connection, principal.program_id, entry_id)
-        reclaimed = await created_lots(connection, principal.program_id, [entry_id])
+        customers = sorted({p.account.customer_id for p in postings if p.account.customer_id is not None})
+        reclaimed = [
+            lot
+            for customer in customers
+            for lot in await created_lots(connection, principal.program_id, customer, [entry_id])
+        ]
         try:
             return await write_entry(
                 connection,
@@ -155,6 +160,9 @@ async def reverse(principal: Principal, entry_id: int, reason: str, key: str, cl
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyReversed(f"entry {entry_id} was already reversed", field="entry_id") from None
+        except InsufficientPoints as short:  # the request has no amount: the entry is what cannot be undone
+            short.field = "entry_id"
+            raise
 
     return await run_once(
         principal.program_id,
@@ -271,12 +279,17 @@ async def resolve_hold(
     if hold.amount - capture:
         postings.append(PostingDraft(customer_account(hold.customer_id, spendable), hold.amount - capture))
     kind = {"captured": "hold.capture", "voided": "hold.void", "expired": "hold.expire"}[status]
+    # the hold takes out of `held` the lots its authorization put there, not the
+    # soonest-expiring ones of every open hold of the customer, so what it returns keeps
+    # the dates of the points it reserved
+    reserved = await created_lots(connection, program_id, hold.customer_id, [hold.authorize_entry_id])
     entry = await write_entry(
         connection,
         program_id,
         EntryDraft(kind=kind, postings=tuple(postings), metadata={"hold_id": hold_id, "captured": capture}),
         actor=actor,
         now=now,
+        reclaimed=reserved,
     )
     updated = await connection.fetchrow(
         f"UPDATE holds SET status = $3, captured = $4, resolve_entry_id = $5, resolved_at = $6"

@@ -80,7 +80,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             "   AND a.id = l.account_id AND a.kind = 'available') AS customer_id, l.expires_at, l.remaining"
             "  FROM lots l WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at > $2 AND l.expires_at <= $3)"
             " SELECT * FROM ("
-            "  SELECT s.customer_id, (s.expires_at AT TIME ZONE p.time_zone - interval '1 microsecond')::date"
+            "  SELECT s.customer_id, ((s.expires_at - interval '1 microsecond') AT TIME ZONE p.time_zone)::date"
             "   AS last_day, min(s.expires_at) AS expires_at, sum(s.remaining)::bigint AS points"
             "  FROM soon s JOIN programs p ON p.id = $1 WHERE s.customer_id IS NOT NULL GROUP BY 1, 2) due"
             " WHERE (SELECT true FROM event_marks m WHERE m.program_id = $1"

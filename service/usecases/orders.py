@@ -141,7 +141,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         now = clock.now()
         order = placement.order
         if order.placed_at > now + FUTURE_TOLERANCE:
-            raise InvalidInput("placed_at is in the future", field="order.placed_at")
+            raise InvalidInput("placed_at is in the future", field="placed_at")
         program_id = principal.program_id
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
@@ -238,7 +238,10 @@ async def refund_order(
         customer_id = order["customer_id"]
         kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
         balances = await rows.lock_customer_balances(connection, program_id, customer_id, kinds)
-        pending = min(await rows.pending_of_order(connection, program_id, order["award_entry_id"]), balances[kinds[0]])
+        pending = min(
+            await rows.pending_of_order(connection, program_id, customer_id, order["award_entry_id"]),
+            balances[kinds[0]],
+        )
         context = await rows.order_context(connection, program_id, shop_id)
         policy = rows.returns_from_row(context).policy
         split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], policy)
@@ -246,7 +249,8 @@ async def refund_order(
         draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
         entry_id = None
         if draft is not None:
-            reclaimed = await created_lots(connection, program_id, [order["award_entry_id"], order["release_entry_id"]])
+            own = [order["award_entry_id"], order["release_entry_id"]]
+            reclaimed = await created_lots(connection, program_id, customer_id, own)
             written = await write_entry(
                 connection, program_id, draft, actor=principal.actor, now=now, reclaimed=reclaimed
             )
@@ -281,14 +285,17 @@ async def release_order(connection: asyncpg.Connection, program_id: str, order: 
     """Move what is still pending of a claimed order to available (settling a debt first)."""
     kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
     balances = await rows.lock_customer_balances(connection, program_id, order["customer_id"], kinds)
-    pending = min(await rows.pending_of_order(connection, program_id, order["award_entry_id"]), balances[kinds[0]])
+    pending = min(
+        await rows.pending_of_order(connection, program_id, order["customer_id"], order["award_entry_id"]),
+        balances[kinds[0]],
+    )
     entry_id = None
     if pending:
         metadata = _order_metadata(
             order["shop_id"], await rows.shop_name(connection, program_id, order["shop_id"]), order["id"]
         )
         draft = release_draft(order["customer_id"], pending, balances[AccountKind.OWED], metadata)
-        reclaimed = await created_lots(connection, program_id, [order["award_entry_id"]])
+        reclaimed = await created_lots(connection, program_id, order["customer_id"], [order["award_entry_id"]])
         written = await write_entry(connection, program_id, draft, actor=RELEASE_ACTOR, now=now, reclaimed=reclaimed)
         entry_id = written.id
     await rows.mark_released(connection, program_id, order["shop_id"], order["id"], now, entry_id)

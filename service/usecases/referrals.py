@@ -325,7 +325,7 @@ async def redeem(
         # the code's row is locked while deciding: redemptions of one code take turns, so a
         # cap counts every earlier one
         found = await rows.lock_code(connection, program_id, code)
-        if found is None or found.retired_at is not None:
+        if found is None:
             raise NotFound(f"no referral code {code}", field="code")
         # the referee's pending account is what their orders lock first (order_inputs): the
         # redemption takes turns with their orders, so it counts an order committed meanwhile,
@@ -336,7 +336,10 @@ async def redeem(
             raise NotFound(f"customer {referee_id} not found", field="customer_id")
         existing = await rows.referral_of_referee(connection, program_id, referee_id)
         if existing is not None and existing.code == code:
+            # the same redemption again, also after a vanity code retired the code since
             return (await _views(connection, program_id, [existing]))[0], False
+        if found.retired_at is not None:
+            raise NotFound(f"no referral code {code}", field="code")
         settings = await rows.load_settings(connection, program_id)
         referrer = await _require_customer(connection, program_id, found.customer_id)
         referrer_devices, referrer_payments = await rows.fingerprints(connection, program_id, found.customer_id)
@@ -478,7 +481,7 @@ async def _claw_back(
         draft = clawback_draft(kind, reward.beneficiary_id, plan, metadata)
         entry_id = None
         if draft is not None:
-            reclaimed = await created_lots(connection, program_id, [reward.entry_id])
+            reclaimed = await created_lots(connection, program_id, reward.beneficiary_id, [reward.entry_id])
             written = await write_entry(connection, program_id, draft, actor=actor, now=now, reclaimed=reclaimed)
             entry_id = written.id
         await rows.mark_clawed_back(

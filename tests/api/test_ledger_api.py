@@ -8,7 +8,7 @@ import httpx
 
 from service.domain.clock import ManualClock
 from service.usecases import ledger_jobs
-from tests.api.support import enrol_customer
+from tests.api.support import assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 
@@ -119,3 +119,30 @@ async def test_adjust_hold_capture_and_audit(
     await ledger_jobs.seal_chain(program.id)
     chain = (await client.get("/v1/finance/chain", headers=finance)).json()
     assert chain["valid"] and chain["sealed"] == 3 and chain["unsealed"] == 0
+
+
+async def test_a_reversal_short_of_points_names_the_entry_and_is_refused_again_on_retry(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    """A reversal's body has only a `reason`: the `insufficient-points` refusal of a grant whose
+    points were spent names `entry_id` (what cannot be undone), not an `amount` the request
+    does not have; a retry with its key is refused the same way, even once it would succeed."""
+    customer = await enrol_customer(client, program)
+    admin = program.auth("admin")
+    adjust = "/v1/ledger/adjustments"
+    grant = await client.post(
+        adjust, json={"customer_id": customer, "amount": 100, "reason": "x"}, headers=admin | {"Idempotency-Key": "g"}
+    )
+    spent = await client.post(
+        adjust, json={"customer_id": customer, "amount": -60, "reason": "x"}, headers=admin | {"Idempotency-Key": "d"}
+    )
+    assert (grant.status_code, spent.status_code) == (201, 201)
+    path = f"/v1/ledger/entries/{grant.json()['id']}/reversal"
+    body, headers = {"reason": "granted by mistake"}, admin | {"Idempotency-Key": "r"}
+    refused = assert_problem(await client.post(path, json=body, headers=headers), 409, "insufficient-points")
+    assert (refused["field"], refused["available"], refused["requested"]) == ("entry_id", 40, 100)
+    topped_up = await client.post(
+        adjust, json={"customer_id": customer, "amount": 60, "reason": "x"}, headers=admin | {"Idempotency-Key": "t"}
+    )
+    assert topped_up.status_code == 201
+    assert (await client.post(path, json=body, headers=headers)).json() == refused

@@ -134,3 +134,29 @@ async def test_refusals_name_their_rule_and_field(client: httpx.AsyncClient, pro
     types = {item["type"] for item in catalogue}
     for rule in ("self-referral", "already-referred", "shared-email", "shared-device", "cap-reached"):
         assert f"/problems/referral-{rule}" in types
+
+
+async def test_a_redemption_retried_after_its_code_was_retired_answers_the_same_referral(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str
+) -> None:
+    """docs/api.md: redemption is idempotent by customer and code (the same again answers `200`
+    with the same referral). A vanity code retiring the referrer's code in between must not
+    turn the referee's retry into a 404."""
+    admin, till = program.auth("admin"), program.auth("checkout")
+    await client.put("/v1/referrals/settings", json=SETTINGS, headers={**admin, "Idempotency-Key": "ref-1"})
+    code = (await client.get(f"/v1/customers/{ann}/referral-code", headers=till)).json()["code"]
+    bob = await enrol_customer(client, program, "bob")
+    path = f"/v1/customers/{bob}/referral"
+    first = await client.post(path, json={"code": code}, headers=till)
+    assert first.status_code == 201, first.text
+
+    vanity = await client.put(
+        f"/v1/customers/{ann}/referral-code", json={"code": "ANNSHOP"}, headers={**admin, "Idempotency-Key": "v"}
+    )
+    assert vanity.status_code == 200, vanity.text
+    again = await client.post(path, json={"code": code}, headers=till)
+    assert (again.status_code, again.json()) == (200, first.json())
+    # the retired code is still refused to anyone else
+    carl = await enrol_customer(client, program, "carl")
+    refused = await client.post(f"/v1/customers/{carl}/referral", json={"code": code}, headers=till)
+    assert assert_problem(refused, 404, "not-found")["field"] == "code"

@@ -156,6 +156,7 @@ class ModelHold:
     customer: str
     amount: int
     expires_at: datetime
+    reserved: list[tuple[Expiry, int]] = field(default_factory=list)  # the points it holds, by date
     status: str = "open"
     captured: int = 0
 
@@ -545,14 +546,16 @@ def checkout_machine(
             balances["held"] += amount
             moved = self.lots[(customer, "available")].take_soonest(amount)
             self.lots[(customer, "held")].take_over(moved, amount)
-            self.holds.append(ModelHold(outcome.id, customer, amount, clock.now() + timedelta(seconds=seconds)))
+            self.holds.append(ModelHold(outcome.id, customer, amount, clock.now() + timedelta(seconds=seconds), moved))
 
         def resolve(self, hold: ModelHold, captured: int, status: str) -> None:
             balances = self.balances[hold.customer]
             balances["held"] -= hold.amount
             balances["available"] += hold.amount - captured
-            moved = self.lots[(hold.customer, "held")].take_soonest(hold.amount)
-            self.lots[(hold.customer, "available")].take_over(moved, hold.amount - captured)
+            held = self.lots[(hold.customer, "held")]
+            for expiry, part in hold.reserved:  # a hold takes out the points it reserved
+                held.take_from(expiry, part)
+            self.lots[(hold.customer, "available")].take_over(hold.reserved, hold.amount - captured)
             hold.status, hold.captured = status, captured
 
         @rule(data=st.data())
@@ -569,11 +572,12 @@ def checkout_machine(
             assert isinstance(held, ledger.Hold), held
             captured = self.attempt(ledger.capture_hold(self.till, held.id, None, self.next_id("c"), clock))
             assert isinstance(captured, ledger.Hold) and captured.captured == amount, captured
-            hold = ModelHold(held.id, customer, amount, held.expires_at)
+            moved = self.lots[(customer, "available")].take_soonest(amount)
+            hold = ModelHold(held.id, customer, amount, held.expires_at, moved)
             self.balances[customer]["available"] -= amount
             self.balances[customer]["held"] += amount
-            self.lots[(customer, "held")].take_over(self.lots[(customer, "available")].take_soonest(amount), amount)
-            self.resolve(hold, amount, "captured")  # what a capture takes is the held account's soonest
+            self.lots[(customer, "held")].take_over(moved, amount)
+            self.resolve(hold, amount, "captured")  # a capture takes out the points its hold reserved
             self.holds.append(hold)
 
         @precondition(lambda self: bool(self.holds))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -15,9 +15,9 @@ from service.domain.errors import (
     InsufficientPoints,
 )
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
-from service.usecases import ledger, ledger_jobs
-from service.usecases.finance import verify_chain
-from tests.conftest import ProgramFixture
+from service.usecases import ledger, ledger_jobs, lifecycle
+from service.usecases.finance import ExpiringPoints, customer_balance, verify_chain
+from tests.conftest import ProgramFixture, make_program
 from tests.integration.ledger_helpers import admin, balances, enrol, ledger_invariants
 
 
@@ -141,3 +141,57 @@ async def test_an_expired_hold_cannot_be_captured_even_before_the_job_runs(
     assert await ledger_jobs.expire_holds(program.id, clock) == 1
     assert (await balances(owner_connection, program.id, ann))["available"] == 100
     await ledger_invariants(owner_connection, program.id)
+
+
+async def test_a_resolved_hold_gives_back_its_own_points_with_their_dates(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Two open holds share the customer's `held` account: voiding one must return the points
+    it reserved, with their dates, not the other hold's sooner-expiring ones."""
+    who = admin(program.id)
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
+    ann = await enrol(program.id, "ann", clock)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="old"), "g1", clock)
+    clock.advance(timedelta(days=20))
+    young = await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="new"), "g2", clock)
+    first = await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=100), "h1", clock)  # old
+    second = await ledger.hold_points(who, ledger.HoldRequest(customer_id=ann, amount=100), "h2", clock)  # new
+    await ledger.void_hold(who, second.id, "v2", clock)
+    await ledger.capture_hold(who, first.id, None, "c1", clock)
+    lots = await owner_connection.fetch(
+        "SELECT l.remaining, l.expires_at FROM lots l JOIN accounts a ON a.program_id = l.program_id"
+        " AND a.id = l.account_id WHERE l.program_id = $1 AND l.remaining > 0 AND a.kind = 'available'",
+        program.id,
+    )
+    young_expiry = await owner_connection.fetchval(
+        "SELECT expires_at FROM lots WHERE program_id = $1 AND entry_id = $2", program.id, young.id
+    )
+    assert [(row["remaining"], row["expires_at"]) for row in lots] == [(100, young_expiry)]
+    clock.advance(timedelta(days=11))  # past the old points' date, not the new ones'
+    assert await ledger_jobs.expire_points(program.id, clock) == 0
+    assert (await balances(owner_connection, program.id, ann))["available"] == 100
+    await ledger_invariants(owner_connection, program.id)
+
+
+async def test_the_last_valid_day_where_the_clocks_skip_midnight(
+    database: str, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """In Santiago the clocks go from 00:00 to 01:00 on 8 September 2024: points valid
+    through the 7th expire at 01:00 local (04:00 UTC), and their last day is still the 7th,
+    in the balance and in the warning."""
+    program = await make_program(time_zone="America/Santiago")
+    who = admin(program.id)
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 0))
+    clock.set(datetime(2024, 9, 7, 12, tzinfo=UTC))  # 08:00 on the 7th, local
+    ann = await enrol(program.id, "ann", clock)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=100, reason="a"), "g1", clock)
+    balance = await customer_balance(program.id, ann, clock.now())
+    assert balance.expiring == [ExpiringPoints(date(2024, 9, 7), 100)]
+    assert await lifecycle.points_expiring_soon(program.id, clock, lifecycle.LifecycleRules()) == 1
+    warned = await owner_connection.fetchval(
+        "SELECT payload ->> 'last_day' FROM event_outbox WHERE program_id = $1 AND type = 'points.expiring_soon'",
+        program.id,
+    )
+    assert warned == "2024-09-07"
+    clock.set(datetime(2024, 9, 8, 4, tzinfo=UTC))  # 01:00 on the 8th: the first instant of that day
+    assert await ledger_jobs.expire_points(program.id, clock) == 1

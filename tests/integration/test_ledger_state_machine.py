@@ -141,6 +141,7 @@ class ModelHold:
     unit: Unit
     amount: int
     expires_at: datetime
+    reserved: list[tuple[Expiry, int]] = field(default_factory=list)  # the points it holds, by date
     status: str = "open"
     captured: int = 0
 
@@ -353,15 +354,19 @@ def ledger_machine(
             assert isinstance(outcome, ledger.Hold), outcome
             assert (outcome.status, outcome.amount, outcome.captured) == ("open", amount, 0)
             assert outcome.expires_at == clock.now() + timedelta(seconds=seconds)
-            self.points(customer, HELD[unit]).take_over(spendable.take_soonest(amount), amount)
-            self.holds.append(ModelHold(outcome.id, customer, unit, amount, clock.now() + timedelta(seconds=seconds)))
+            reserved = spendable.take_soonest(amount)
+            self.points(customer, HELD[unit]).take_over(reserved, amount)
+            expires_at = clock.now() + timedelta(seconds=seconds)
+            self.holds.append(ModelHold(outcome.id, customer, unit, amount, expires_at, reserved))
             self.entries.append(ModelEntry(outcome.authorize_entry_id, "hold"))
             self.expect_entries(before, 1)
 
         def release(self, hold: ModelHold, captured: int, status: str) -> None:
-            """The model's side of resolving an open hold."""
-            moved = self.points(hold.customer, HELD[hold.unit]).take_soonest(hold.amount)
-            self.points(hold.customer, SPENDABLE[hold.unit]).take_over(moved, hold.amount - captured)
+            """The model's side of resolving an open hold: it takes out the points it reserved."""
+            held = self.points(hold.customer, HELD[hold.unit])
+            for expiry, part in hold.reserved:
+                held.take_from(expiry, part)
+            self.points(hold.customer, SPENDABLE[hold.unit]).take_over(hold.reserved, hold.amount - captured)
             self.move_system("redeemed" if hold.unit is Unit.POINTS else "credit_redeemed", captured)
             hold.status, hold.captured = status, captured
 
