@@ -8,7 +8,7 @@ breaks the hash chain, and verification names the entry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -214,6 +214,114 @@ async def test_postings_of_an_entry_that_does_not_exist_are_refused(
             ids["issued"],
             ids["adjustments"],
         )
+
+
+MISPLACED = {
+    "an account in another unit": lambda ids, other: (ids["issued"], "CREDIT"),
+    "another program's account": lambda ids, other: (other["issued"], "POINTS"),
+    "no account at all": lambda ids, other: (max(ids.values()) + max(other.values()) + 1000, "POINTS"),
+}
+
+
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+@pytest.mark.parametrize("misplaced", list(MISPLACED.values()), ids=list(MISPLACED))
+async def test_a_posting_on_an_account_not_the_programs_in_its_unit_is_refused(
+    journal: Journal,
+    other_program: ProgramFixture,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    as_owner: bool,
+    misplaced: Callable[[dict[str, int], dict[str, int]], tuple[int, str]],
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    other = {
+        row["kind"]: row["id"]
+        for row in await owner_connection.fetch(
+            "SELECT kind, id FROM accounts WHERE program_id = $1 AND customer_id IS NULL", other_program.id
+        )
+    }
+    account_id, unit = misplaced(ids, other)
+    before = await journal_rows(owner_connection, journal.program_id)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names an account that is not the program's"):
+        async with connection.transaction():
+            await write_raw(connection, journal.program_id, [(account_id, unit, -10), (ids["adjustments"], unit, 10)])
+    assert await journal_rows(owner_connection, journal.program_id) == before
+
+
+# --- Lots name their entry and account --------------------------------------------------
+
+LOT_INSERT = (
+    "INSERT INTO lots (program_id, account_id, entry_id, amount, remaining, earned_at)"
+    " VALUES ($1, $2, $3, 5, 5, now()) RETURNING id"
+)
+
+
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+async def test_a_lot_must_name_an_entry_and_an_account_of_its_program(
+    journal: Journal,
+    other_program: ProgramFixture,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    as_owner: bool,
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    entry_id, account_id = journal.entry_ids[0], ids["available"]
+    missing_entry = await owner_connection.fetchval("SELECT max(id) + 1000 FROM entries")
+    missing_account = await owner_connection.fetchval("SELECT max(id) + 1000 FROM accounts")
+    lots_before = await owner_connection.fetchval("SELECT count(*) FROM lots WHERE program_id = $1", journal.program_id)
+    refused = [
+        (journal.program_id, account_id, missing_entry, f"names entry {missing_entry}, which does not exist"),
+        (journal.program_id, missing_account, entry_id, f"names account {missing_account}, which does not exist"),
+        (other_program.id, account_id, entry_id, "which does not exist"),  # both are another program's
+    ]
+    for program_id, account, entry, message in refused:
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match=message):
+            async with connection.transaction():
+                await connection.execute(LOT_INSERT, program_id, account, entry)
+    assert (
+        await owner_connection.fetchval("SELECT count(*) FROM lots WHERE program_id = $1", journal.program_id)
+        == lots_before
+    )
+    async with connection.transaction():  # the keys checked per statement, not merely refused
+        await connection.execute(LOT_INSERT, journal.program_id, account_id, entry_id)
+
+
+@pytest.mark.parametrize("as_owner", [False, True], ids=["app role", "owner"])
+@pytest.mark.parametrize("column", ["entry_id", "account_id"])
+async def test_a_lot_keeps_its_entry_and_account(
+    journal: Journal,
+    owner_connection: asyncpg.Connection,
+    app_connection: asyncpg.Connection,
+    as_owner: bool,
+    column: str,
+) -> None:
+    connection = owner_connection if as_owner else app_connection
+    ids = await account_ids(owner_connection, journal)
+    other = {"entry_id": journal.entry_ids[2], "account_id": ids["held"]}[column]
+    lot = await owner_connection.fetchrow(
+        "SELECT id, remaining FROM lots WHERE program_id = $1 AND entry_id = $2",
+        journal.program_id,
+        journal.entry_ids[0],
+    )
+    assert lot is not None
+    error = await refusal(
+        connection,
+        f"UPDATE lots SET {column} = $3 WHERE program_id = $1 AND id = $2",
+        journal.program_id,
+        lot["id"],
+        other,
+    )
+    assert isinstance(error, asyncpg.RestrictViolationError), error
+    assert "keeps its entry and account" in str(error)
+    async with connection.transaction():  # what the ledger does change: what is left of it
+        await connection.execute(
+            "UPDATE lots SET remaining = remaining - 1 WHERE program_id = $1 AND id = $2", journal.program_id, lot["id"]
+        )
+    await connection.execute(
+        "UPDATE lots SET remaining = remaining + 1 WHERE program_id = $1 AND id = $2", journal.program_id, lot["id"]
+    )
 
 
 UNBALANCED = {
