@@ -10,6 +10,7 @@ import asyncpg
 from service.domain.chain import (
     GENESIS,
     ChainBreak,
+    ChainLink,
     SealedEntry,
     SealedPosting,
     chain_hash,
@@ -108,11 +109,14 @@ async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int
 
 
 async def iter_chain_breaks(
-    connection: asyncpg.Connection, program_id: str, page: int = 2000
-) -> AsyncIterator[ChainBreak | tuple[int, int]]:
-    """Walk the chain in seq order, recomputing every hash; yield breaks and finally (sealed, last seq).
-    A sealed entry whose postings' unhashed columns do not follow from what is hashed breaks it too."""
+    connection: asyncpg.Connection, program_id: str, page: int = 2000, watch: int | None = None
+) -> AsyncIterator[ChainBreak | ChainLink | tuple[int, ChainLink | None]]:
+    """Walk the chain in seq order, recomputing every hash; yield breaks, the recomputed link
+    at seq `watch` when the walk passes it, and at the end (links walked, the last link) if
+    no break stopped the walk. A sealed entry whose postings' unhashed columns do not follow
+    from what is hashed breaks it too."""
     previous, seq, count = GENESIS, 0, 0
+    last: ChainLink | None = None
     underived = await connection.fetchrow(_FIRST_UNDERIVED, program_id)
     while True:
         seals = await connection.fetch(
@@ -148,4 +152,7 @@ async def iter_chain_breaks(
             if underived is not None and underived["seq"] == seq:
                 yield ChainBreak(seq, seal["entry_id"], underived["reason"])
                 return
-    yield (count, seq)
+            last = ChainLink(seq, seal["entry_id"], previous.hex())
+            if seq == watch:
+                yield last
+    yield (count, last if count else None)

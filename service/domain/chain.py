@@ -52,3 +52,23 @@ class ChainBreak(msgspec.Struct, frozen=True):
     seq: int
     entry_id: int
     reason: str
+
+
+class ChainLink(msgspec.Struct, frozen=True):
+    """A link as verification recomputed it: its position, entry and chain hash (hex). The
+    latest one, recorded outside the service, is an anchor: a later verification against it
+    shows entries removed from the end or the chain rewritten up to it."""
+
+    seq: int
+    entry_id: int
+    chain_hash: str
+
+
+def anchor_break(anchor_seq: int, anchor_hash: str, link: ChainLink | None, last_seq: int) -> ChainBreak | None:
+    """Why the recomputed chain does not hold the anchor (`link` is its link at anchor_seq,
+    None if the chain ends before it), or None if it does."""
+    if link is None:
+        return ChainBreak(anchor_seq, 0, f"the chain ends at seq {last_seq}, before the anchored seq {anchor_seq}")
+    if link.chain_hash != anchor_hash.lower():
+        return ChainBreak(anchor_seq, link.entry_id, "the chain hash at the anchored seq is not the anchored one")
+    return None

@@ -15,7 +15,7 @@ from service.db.chain import iter_chain_breaks
 from service.db.ledger import WrittenPosting
 from service.db.piccolo_conf import DB
 from service.db.transaction import autocommit, snapshot
-from service.domain.chain import ChainBreak
+from service.domain.chain import ChainBreak, ChainLink, anchor_break
 from service.domain.errors import InvalidInput, NotFound
 from service.domain.ids import MAX_ROW_ID
 from service.domain.ledger import HELD_BY_CUSTOMERS
@@ -44,35 +44,68 @@ def _check_period(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 # --- Chain ---------------------------------------------------------------------------
 
 
+class AnchorCheck(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    chain_hash: str
+    holds: bool
+
+
 class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
     valid: bool
     sealed: int
     last_seq: int
     unsealed: int
     first_break: ChainBreak | None = None
+    head: ChainLink | None = None
+    anchor: AnchorCheck | None = None
 
 
-async def verify_chain(program_id: str) -> ChainReport:
-    """Recompute the program's hash chain and name the first broken entry, if any."""
+def chain_anchor(seq: int | None, chain_hash: str | None) -> tuple[int, str] | None:
+    """The anchor of a verification: both of its parts or neither."""
+    if (seq is None) != (chain_hash is None):
+        missing = "anchor_hash" if chain_hash is None else "anchor_seq"
+        raise InvalidInput(f"`{missing}` is needed with the other part of the anchor", field=missing)
+    return None if seq is None or chain_hash is None else (seq, chain_hash)
+
+
+async def verify_chain(program_id: str, anchor: tuple[int, str] | None = None) -> ChainReport:
+    """Recompute the program's hash chain and name the first broken entry, if any. With an
+    anchor (a seq and the chain hash recorded there earlier, e.g. a `head` of a past report)
+    the chain must still hold that hash at that seq: one cut short or rewritten up to it
+    fails, which the chain alone cannot show."""
     async with snapshot() as connection:
         first_break: ChainBreak | None = None
         sealed = last_seq = 0
-        async for item in iter_chain_breaks(connection, program_id):
+        head = at_anchor = None
+        walked = False
+        async for item in iter_chain_breaks(connection, program_id, watch=anchor[0] if anchor else None):
             if isinstance(item, ChainBreak):
                 first_break = first_break or item
+            elif isinstance(item, ChainLink):
+                at_anchor = item
             else:
-                sealed, last_seq = item
+                (sealed, head), walked = item, True
+                last_seq = head.seq if head else 0
         unsealed = await connection.fetchval(
             "SELECT count(*) FROM entries e WHERE e.program_id = $1 AND NOT EXISTS"
             " (SELECT 1 FROM entry_seals s WHERE s.program_id = e.program_id AND s.entry_id = e.id)",
             program_id,
         )
+    check = None
+    if anchor is not None:
+        # unknown (None) if a break stopped the walk before the anchored seq
+        missed = anchor_break(anchor[0], anchor[1], at_anchor, last_seq) if walked or at_anchor else None
+        breaks = [found for found in (first_break, missed) if found is not None]
+        first_break = min(breaks, key=lambda found: found.seq) if breaks else None
+        check = AnchorCheck(seq=anchor[0], chain_hash=anchor[1].lower(), holds=at_anchor is not None and not missed)
     return ChainReport(
         valid=first_break is None,
         sealed=sealed,
         last_seq=last_seq,
         unsealed=unsealed,
         first_break=first_break,
+        head=head if first_break is None else None,
+        anchor=check,
     )
 
 

@@ -119,6 +119,27 @@ async def test_adjust_hold_capture_and_audit(
     await ledger_jobs.seal_chain(program.id)
     chain = (await client.get("/v1/finance/chain", headers=finance)).json()
     assert chain["valid"] and chain["sealed"] == 3 and chain["unsealed"] == 0
+    head = chain["head"]
+    assert head["seq"] == 3 and len(head["chain_hash"]) == 64 and chain["anchor"] is None
+    anchored = await client.get(
+        "/v1/finance/chain", params={"anchor_seq": 3, "anchor_hash": head["chain_hash"]}, headers=finance
+    )
+    assert anchored.json()["valid"]
+    assert anchored.json()["anchor"] == {"seq": 3, "chain_hash": head["chain_hash"], "holds": True}
+    other = "0" * 64
+    wrong = (
+        await client.get("/v1/finance/chain", params={"anchor_seq": 2, "anchor_hash": other}, headers=finance)
+    ).json()
+    assert not wrong["valid"] and wrong["anchor"]["holds"] is False and wrong["first_break"]["seq"] == 2
+    anchors: list[tuple[dict[str, str | int], str]] = [
+        ({"anchor_seq": 3}, "anchor_hash"),
+        ({"anchor_hash": other}, "anchor_seq"),
+        ({"anchor_seq": 3, "anchor_hash": "xyz"}, "anchor_hash"),
+        ({"anchor_seq": 0, "anchor_hash": other}, "anchor_seq"),
+    ]
+    for params, field in anchors:
+        refused = await client.get("/v1/finance/chain", params=params, headers=finance)
+        assert refused.status_code == 422 and refused.json()["field"] == field, (params, refused.json())
 
 
 async def test_a_reversal_short_of_points_names_the_entry_and_is_refused_again_on_retry(

@@ -524,3 +524,74 @@ async def test_removing_or_reordering_sealed_entries_breaks_the_chain(
     report = await verify_chain(journal.program_id)
     assert not report.valid and report.first_break is not None, report
     assert report.first_break.seq == seq and reason in report.first_break.reason, report.first_break
+
+
+# --- Anchors: what the chain alone cannot show ---------------------------------------------
+
+
+async def test_a_report_names_the_chain_head_to_record_as_an_anchor(
+    journal: Journal, owner_connection: asyncpg.Connection, clock: ManualClock
+) -> None:
+    report = await verify_chain(journal.program_id)
+    last = await owner_connection.fetchrow(
+        "SELECT seq, entry_id, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1",
+        journal.program_id,
+    )
+    assert last is not None and report.head is not None
+    assert (report.head.seq, report.head.entry_id, report.head.chain_hash) == (3, journal.entry_ids[2], last[2].hex())
+    # the anchor holds later, when more entries follow it, in upper-case hex too
+    who = admin(journal.program_id)
+    await ledger.adjust(who, ledger.Adjustment(customer_id=journal.customer_id, amount=5, reason="d"), "g3", clock)
+    assert await ledger_jobs.seal_chain(journal.program_id) == 1
+    later = await verify_chain(journal.program_id, (3, report.head.chain_hash.upper()))
+    assert later.valid and later.anchor is not None and later.anchor.holds, later
+    assert later.head is not None and later.head.seq == 4
+
+
+async def test_a_chain_cut_short_verifies_alone_but_not_against_its_anchor(
+    journal: Journal, owner_connection: asyncpg.Connection
+) -> None:
+    anchor = await verify_chain(journal.program_id)
+    assert anchor.head is not None
+    last = journal.entry_ids[2]
+    await without_triggers(
+        owner_connection,
+        *[
+            f"DELETE FROM {table} WHERE program_id = $1 AND entry_id = $2"
+            for table in ("lot_allocations", "lots", "postings", "entry_seals", "seal_queue")
+        ],
+        "DELETE FROM entries WHERE program_id = $1 AND id = $2",
+        program_id=journal.program_id,
+        entry_id=last,
+    )
+    alone = await verify_chain(journal.program_id)
+    assert alone.valid and alone.last_seq == 2, alone  # what an anchor is for
+    checked = await verify_chain(journal.program_id, (anchor.head.seq, anchor.head.chain_hash))
+    assert not checked.valid and checked.first_break is not None, checked
+    assert checked.first_break.seq == 3 and "ends at seq 2" in checked.first_break.reason
+    assert checked.anchor is not None and not checked.anchor.holds and checked.head is None
+
+
+async def test_a_chain_rewritten_up_to_its_anchor_fails_against_it(
+    journal: Journal, owner_connection: asyncpg.Connection
+) -> None:
+    """Someone able to switch the triggers off changes an entry and reseals it and every
+    entry after it: the chain is consistent again, and only the anchor shows it."""
+    anchor = await verify_chain(journal.program_id)
+    assert anchor.head is not None
+    target = journal.entry_ids[1]
+    await without_triggers(
+        owner_connection,
+        "UPDATE entries SET metadata = jsonb_set(metadata, '{reason}', '\"forged\"') WHERE program_id = $1 AND id = $2",
+        "DELETE FROM entry_seals WHERE program_id = $1 AND seq >= 2 AND $2 > 0",
+        "INSERT INTO seal_queue (program_id, entry_id) SELECT $1, id FROM entries WHERE program_id = $1 AND id >= $2",
+        program_id=journal.program_id,
+        entry_id=target,
+    )
+    assert await ledger_jobs.seal_chain(journal.program_id) == 2
+    alone = await verify_chain(journal.program_id)
+    assert alone.valid and alone.head is not None and alone.head.chain_hash != anchor.head.chain_hash, alone
+    checked = await verify_chain(journal.program_id, (anchor.head.seq, anchor.head.chain_hash))
+    assert not checked.valid and checked.first_break is not None, checked
+    assert (checked.first_break.seq, checked.first_break.entry_id) == (3, journal.entry_ids[2])
+    assert "not the anchored one" in checked.first_break.reason

@@ -156,6 +156,16 @@ class FinanceController(Controller):
         return await finance.entry_detail(principal.program_id, entry_id)
 
     @get("/chain", responses=PROBLEM_RESPONSES)
-    async def chain(self, principal: NamedDependency[Principal]) -> finance.ChainReport:
-        """Recompute the hash chain; name the first broken entry if any."""
-        return await finance.verify_chain(principal.program_id)
+    async def chain(
+        self,
+        principal: NamedDependency[Principal],
+        anchor_seq: Annotated[
+            int | None, QueryParameter(ge=1, le=MAX_ROW_ID, description="seq of a link recorded earlier")
+        ] = None,
+        anchor_hash: Annotated[
+            str | None,
+            QueryParameter(pattern="^[0-9a-fA-F]{64}$", description="its chain hash, hex (a past report's `head`)"),
+        ] = None,
+    ) -> finance.ChainReport:
+        """Recompute the hash chain; name the first broken entry if any; check an anchor."""
+        return await finance.verify_chain(principal.program_id, finance.chain_anchor(anchor_seq, anchor_hash))
