@@ -75,6 +75,21 @@ class ApiKeySecretShownOnce(DomainError):
     status = 409
 
 
+class EventUnreadable(DomainError):
+    """The next event of the feed is one this version of the service cannot read (written by
+    a newer version during a rolling deploy): retry, another instance may read it. Never
+    skipped, so a consumer's cursor never passes an event it did not get."""
+
+    problem_type = "event-unreadable"
+    title = "The next event cannot be read by this instance"
+    status = 503
+    remembered = False
+
+    def headers(self) -> dict[str, str]:
+        """Retry shortly."""
+        return {"Retry-After": "5"}
+
+
 class InsufficientPoints(DomainError):
     """The balance does not cover the request; `available` and `requested` say by how much."""
 

@@ -511,3 +511,29 @@ async def test_the_catalogue_lists_every_type_with_its_payload_schema(
     for name in ("CustomerEnrolledEvent", "PurchaseFirstEvent", "PointsEarned", "WinBackDue"):
         assert name in schemas
     assert schemas["PurchaseRepeatEvent"]["properties"]["type"]["const"] == "purchase.repeat"
+
+
+async def test_the_feed_stops_before_an_event_it_cannot_read_and_never_passes_it(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """An event this version cannot read (a newer version's, during a rolling deploy) ends
+    the page before it; asked for it first, the feed answers 503 with Retry-After instead
+    of a 500 or of skipping it: a consumer's cursor never passes an event it did not get."""
+    await enrol_customer(client, program, "ann")
+    await owner_connection.execute(
+        "INSERT INTO event_outbox (program_id, id, type, customer_id, payload, occurred_at)"
+        " VALUES ($1, 'evt_from_a_newer_version', 'points.expired', NULL, '{\"points\": \"many\"}', now())",
+        program.id,
+    )
+    await enrol_customer(client, program, "bob")
+    async with new_client(CONFIG) as http:
+        await dispatch_program(program.id, clock, CONFIG, http)  # publishes the outbox
+    admin = program.auth("admin")
+    first = await client.get("/v1/events", headers=admin)
+    assert first.status_code == 200, first.text
+    assert [event["seq"] for event in first.json()["items"]] == [1] and first.json()["next_cursor"] == "1"
+    stuck = await client.get("/v1/events", params={"after": "1"}, headers=admin)
+    assert_problem(stuck, 503, "event-unreadable")
+    assert stuck.headers["retry-after"] == "5"
+    past = await client.get("/v1/events", params={"after": "2"}, headers=admin)  # a reader of seq 2 goes on
+    assert [event["data"]["external_id"] for event in past.json()["items"]] == ["bob"]
