@@ -350,7 +350,10 @@ async def trial_balance(program_id: str, as_of: datetime) -> TrialBalance:
     as_of = _check_instant(as_of, "as_of")
     async with snapshot() as connection:
         rows = await connection.fetch(
-            "SELECT a.kind, a.unit, a.normal_side, count(DISTINCT a.id) AS accounts,"
+            # an account counts from when it was opened (or its first posting, if earlier
+            # by the writer's clock)
+            "SELECT a.kind, a.unit, a.normal_side,"
+            " count(DISTINCT a.id) FILTER (WHERE a.created_at <= $2 OR p.account_id IS NOT NULL) AS accounts,"
             " coalesce(sum(-p.amount) FILTER (WHERE p.amount < 0), 0)::bigint AS debit,"
             " coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)::bigint AS credit"
             " FROM accounts a LEFT JOIN postings p ON p.program_id = a.program_id AND p.account_id = a.id"

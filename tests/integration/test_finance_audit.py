@@ -132,3 +132,19 @@ async def test_liability_counts_the_points_customers_hold_not_their_debts(
     found = await finance.liability(program.id, clock.now())
     assert found.points_outstanding == 100
     assert [(shop.points, shop.value_minor) for shop in found.by_shop] == [(100, 100)]
+
+
+async def test_the_trial_balance_counts_the_accounts_open_at_its_instant(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    await enrol(program.id, "ann", clock)
+    bob = await enrol(program.id, "bob", clock)
+    opened = await owner_connection.fetchval(
+        "SELECT created_at FROM accounts WHERE program_id = $1 AND code = $2", program.id, f"customer:{bob}:available"
+    )
+
+    def available_accounts(trial: finance.TrialBalance) -> int:
+        return {(row.kind, row.unit): row.accounts for row in trial.rows}[("available", "POINTS")]
+
+    assert available_accounts(await finance.trial_balance(program.id, opened)) == 2
+    assert available_accounts(await finance.trial_balance(program.id, opened - MICROSECOND)) == 1
