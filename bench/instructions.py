@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +91,19 @@ class _Recorder:
     fetch = fetchrow
 
 
+_RECORDER = cast(asyncpg.Connection, _Recorder())
+
+
+async def _sent(call: Awaitable[object]) -> tuple[str, tuple[Any, ...]]:
+    """The statement and arguments a writer given `_RECORDER` sends."""
+    try:
+        await call
+    except _Sent as sent:
+        query, arguments = sent.args
+        return query, arguments
+    raise AssertionError("nothing was sent")
+
+
 def _literal(value: object) -> str:
     if value is None:
         return "NULL"
@@ -119,13 +132,10 @@ async def _grant_script(workload: Workload, count: int) -> Script:
         now = start + timedelta(milliseconds=n)
         item = EntryToWrite(adjustment_draft(adjustment, settings, now), actor)
         request = (f"instructions-{n}", fingerprint("adjust", adjustment), item)
-        recorder, tz, expiry = cast(asyncpg.Connection, _Recorder()), settings.time_zone, settings.expiry
-        try:
-            await write_credits_once(recorder, program_id, [request], now=now, time_zone=tz, expiry=expiry)
-        except _Sent as sent:
-            query, arguments = sent.args
-        else:
-            raise AssertionError("write_credits_once sent nothing")
+        tz, expiry = settings.time_zone, settings.expiry
+        query, arguments = await _sent(
+            write_credits_once(_RECORDER, program_id, [request], now=now, time_zone=tz, expiry=expiry)
+        )
         assert "append_credit_entry(" in query, query
         types = re.findall(r"\$\d+::(\w+)", query)
         if not prelude:
@@ -152,12 +162,7 @@ async def _batch_script(workload: Workload, count: int, size: int) -> Script:
             )
             for c in chosen
         ]
-        try:
-            await write_entries(cast(asyncpg.Connection, _Recorder()), program_id, items, now=now)
-        except _Sent as sent:
-            query, arguments = sent.args
-        else:
-            raise AssertionError("write_entries sent nothing")
+        query, arguments = await _sent(write_entries(_RECORDER, program_id, items, now=now))
         assert "append_credit_entries(" in query, query
         casts = dict(re.findall(r"\$(\d+)::(\w+(?:\[\])?)", query))
         if not prelude:
