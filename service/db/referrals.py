@@ -296,20 +296,22 @@ async def qualify(
     order_id: str,
     due_at: datetime,
     now: datetime,
-) -> ReferralRow:
+    placed_since: datetime,
+) -> ReferralRow | None:
+    """Qualify the pending referral by the order; None if it was redeemed after `placed_since`
+    (the order was placed before the referral existed)."""
     row = await connection.fetchrow(
         f"UPDATE referrals SET status = 'qualified', qualified_at = $5, shop_id = $3, order_id = $4,"
-        f" reward_due_at = $6 WHERE program_id = $1 AND id = $2 RETURNING {_REFERRAL_COLUMNS}",
+        f" reward_due_at = $6 WHERE program_id = $1 AND id = $2 AND redeemed_at <= $7 RETURNING {_REFERRAL_COLUMNS}",
         program_id,
         referral_id,
         shop_id,
         order_id,
         now,
         due_at,
+        placed_since,
     )
-    referral = _referral(row)
-    assert referral is not None
-    return referral
+    return _referral(row)
 
 
 async def mark_rewarded(connection: asyncpg.Connection, program_id: str, referral_id: str, now: datetime) -> None:

@@ -106,8 +106,13 @@ def _years_later(day: date, years: int) -> date:
 
 
 def review_at(since: datetime, zone: ZoneInfo) -> datetime:
-    """When a tier that started at `since` is reviewed: local midnight a year after its day."""
-    return local_midnight(_years_later(since.astimezone(zone).date(), 1), zone)
+    """When a tier that started at `since` is reviewed: local midnight a year after its day,
+    the first midnight at which the rolling window no longer holds that day. For 29 February
+    that is 1 March: on 28 February the window still holds the orders of 29 February."""
+    day = since.astimezone(zone).date()
+    if (day.month, day.day) == (2, 29):
+        return local_midnight(date(day.year + 1, 3, 1), zone)
+    return local_midnight(_years_later(day, 1), zone)
 
 
 def grace_end(review: datetime, grace_days: int, zone: ZoneInfo) -> datetime:

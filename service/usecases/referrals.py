@@ -25,7 +25,7 @@ from service.domain.events import EventType, ReferralEvent
 from service.domain.expiry import expires_at
 from service.domain.ids import new_id
 from service.domain.ledger import AccountKind
-from service.domain.orders import ReturnPolicy
+from service.domain.orders import FUTURE_TOLERANCE, ReturnPolicy
 from service.domain.referrals import (
     Party,
     PlannedReward,
@@ -409,8 +409,10 @@ async def qualify_on_order(
     connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, inputs: asyncpg.Record
 ) -> None:
     """Inside place_order: a pending referral of the customer (locked by `order_inputs`, which
-    also read the settings) becomes `qualified` by an order at or above the minimum; its
-    rewards are due when the order's return window ends."""
+    also read the settings) becomes `qualified` by an order at or above the minimum placed
+    while it was pending (an order sent late, placed before the redemption, does not count;
+    a till's clock may be behind by the skew it is allowed ahead); its rewards are due when
+    the order's return window ends."""
     referral_id = inputs["referral_id"]
     if referral_id is None:
         return
@@ -418,10 +420,12 @@ async def qualify_on_order(
     if not qualifies(order["net"], settings):
         return
     now = order["created_at"]
+    placed_since = order["placed_at"] + FUTURE_TOLERANCE
     qualified = await rows.qualify(
-        connection, program_id, referral_id, order["shop_id"], order["id"], order["release_at"], now
+        connection, program_id, referral_id, order["shop_id"], order["id"], order["release_at"], now, placed_since
     )
-    await _emit(connection, program_id, EventType.REFERRAL_QUALIFIED, qualified, now)
+    if qualified is not None:
+        await _emit(connection, program_id, EventType.REFERRAL_QUALIFIED, qualified, now)
 
 
 async def cancel_on_refund(

@@ -37,6 +37,7 @@ from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
 
 REVIEW_ACTOR = "job:tier-review"
+GRANT_ENDED = "granted tier ended"
 
 
 class TierSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +141,25 @@ async def _settle(
         await rows.save_tier(connection, program_id, tier, now)
 
 
+async def _settle_ended_grants(
+    connection: asyncpg.Connection,
+    program_id: str,
+    config: TierConfig,
+    tier: CustomerTier,
+    now: datetime,
+    granted: list[str] | None = None,
+) -> list[str]:
+    """Before a change to a customer's tier: if the stored tier rests on a grant that has
+    ended and the job has not settled yet, record its end (`grant_ended`) first, so the change
+    made now (an order, a grant, a review) is not recorded and told as its cause. Returns the
+    tier codes of the grants in force."""
+    if granted is None:
+        granted = [g.tier_code for g in await rows.grants_in_force(connection, program_id, tier.customer_id, now)]
+    if config.rank(tier.effective_code) > config.rank(higher(config, [tier.earned_code, *granted])):
+        await _settle(connection, program_id, config, tier, now, "grant_ended", GRANT_ENDED, granted=granted)
+    return granted
+
+
 class OrderTier(msgspec.Struct, kw_only=True):
     """A customer's tier as their order finds it, read once for the whole order: the ladder,
     their tier row (locked: their orders take turns) or a new one, the tier codes of the
@@ -214,6 +234,7 @@ async def after_order(
         return
     assert measured is not None  # the order's statement measures whenever there are tiers
     config, tier = state.config, state.tier
+    await _settle_ended_grants(connection, program_id, config, tier, now, state.granted)
     level = qualified(config, measured)
     dirty = not state.stored
     if config.rank(level.code) > config.rank(tier.earned_code):
@@ -312,7 +333,9 @@ async def grant_in(
     if config.rank(request.tier_code) < 0:
         raise InvalidInput(f"no tier {request.tier_code!r} is configured", field=field)
     zone = (await ledger_settings(connection, program_id)).zone
-    tier, _ = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+    tier, stored = await _current(connection, program_id, customer_id, config, zone, now, lock=True)
+    if stored:
+        await _settle_ended_grants(connection, program_id, config, tier, now)
     grant = TierGrant(
         id=new_id("tgr"),
         customer_id=customer_id,
@@ -419,6 +442,7 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
         if config is None or tier is None or not due:
             return  # reviewed by another worker meanwhile
         zone = (await ledger_settings(connection, program_id)).zone
+        await _settle_ended_grants(connection, program_id, config, tier, now)
         level = qualified(config, await _measure(connection, program_id, customer_id, config, zone, now))
         if config.rank(level.code) >= config.rank(tier.earned_code):
             if tier.grace_ends_at is not None:
@@ -480,7 +504,7 @@ async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
         # each customer at the instant they are settled, not the run's first: a grant made
         # meanwhile starts after the run began and is in force (see review_due)
         close = functools.partial(
-            _close_grants, program_id=program_id, customer_id=customer_id, now=clock.now(), cause="granted tier ended"
+            _close_grants, program_id=program_id, customer_id=customer_id, now=clock.now(), cause=GRANT_ENDED
         )
         await in_transaction(close)
     return len(customers)

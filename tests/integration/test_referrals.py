@@ -17,7 +17,7 @@ import pytest
 from service.domain.access import Principal, Scope
 from service.domain.clock import ManualClock
 from service.domain.customers import Enrolment
-from service.domain.earning import Refund
+from service.domain.earning import Order, OrderLine, Refund
 from service.domain.errors import (
     Conflict,
     DomainError,
@@ -549,3 +549,30 @@ async def test_a_tier_reward_never_granted_is_not_counted_as_a_grant_ended(
     await orders.refund_order(till, program.shop_id, qualifying.order_id, "R-1", Refund(amount=2500), clock)
     for stats in (await referrals.referral_stats(program.id), await referrals.referral_stats(program.id, ann)):
         assert (stats.rewards_paid.tier_grants, stats.rewards_paid.tier_grants_ended) == (0, 0)
+
+
+async def test_an_order_placed_before_the_redemption_does_not_qualify_the_referral(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """Only an order placed while the referral is pending qualifies it: an order the shop
+    sends late (placed before the code was redeemed, when the referee was already buying)
+    does not, beyond the clock skew a till is allowed; the next order placed after it does."""
+    await setup(program, clock)
+    ann = await enrol(program, clock, "ann")
+    bob = await enrol(program, clock, "bob")
+    await redeem(program, clock, bob, await code_of(program, clock, ann))
+    clock.advance(timedelta(hours=2))
+
+    async def placed(order_id: str, at: datetime) -> orders.OrderView:
+        lines = (OrderLine(sku="beans", category="coffee", unit_price=5000, quantity=1),)
+        placement = orders.OrderPlacement(
+            order_id=order_id, customer_id=bob, order=Order(currency="EUR", placed_at=at, lines=lines)
+        )
+        return await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
+
+    await placed("yesterday", START - timedelta(days=1))  # uploaded late
+    [referral] = (await referrals.list_referrals(program.id, bob, 1, None)).items
+    assert (referral.status, referral.order_id) == ("pending", None)
+    skewed = await placed("skewed", START - timedelta(minutes=2))  # a till's clock a little behind
+    [referral] = (await referrals.list_referrals(program.id, bob, 1, None)).items
+    assert (referral.status, referral.order_id) == ("qualified", skewed.order_id)

@@ -226,7 +226,12 @@ async def test_a_grant_made_while_the_grant_job_runs_is_not_taken_away_by_it(
     assert await tiers.end_grants(program.id, clock) == 1
     stored = await in_transaction(lambda connection: tier_rows.load_tier(connection, program.id, ann))
     assert stored is not None and stored.effective_code == "gold"
-    assert await kinds(program, ann) == [("grant", "bronze", "silver"), ("grant", "silver", "gold")]
+    # the silver grant had ended before the gold one was made: its end is recorded first
+    assert await kinds(program, ann) == [
+        ("grant", "bronze", "silver"),
+        ("grant_ended", "silver", "bronze"),
+        ("grant", "bronze", "gold"),
+    ]
 
 
 async def test_changing_the_ladder_with_customers_in_tiers(program: ProgramFixture, clock: ManualClock) -> None:
@@ -333,3 +338,55 @@ async def test_a_grant_made_while_an_order_waits_for_its_locks_is_counted_by_it(
     await order
     assert (await tiers.tier_progress(program.id, ann, clock)).tier.code == "gold"
     assert await kinds(program, ann) == [("grant", "bronze", "gold")]
+
+
+async def test_a_tier_started_on_29_february_is_reviewed_once_its_day_left_the_window(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """On 28 February 2029 the rolling window holds the orders of the days after 28 February
+    2028, so 29 February 2028 is still in it: a tier that started that day is reviewed on
+    1 March 2029, when its day has left the window (as every other tier is), not on 28
+    February, when the order that made it still counts and would keep it another year."""
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    clock.set(datetime(2028, 2, 29, 11, 0, tzinfo=UTC))
+    await buy(program, clock, ann, net=3000)  # 300: silver on 29 February 2028
+    clock.set(datetime(2029, 2, 27, 23, 0, tzinfo=UTC))  # 28 February 2029 00:00 in Amsterdam
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 300  # 29 February 2028 counts
+    assert await tiers.review_due(program.id, clock) == 0
+    clock.set(datetime(2029, 2, 28, 23, 0, tzinfo=UTC))  # 1 March 2029 00:00: the order left
+    assert (await tiers.tier_progress(program.id, ann, clock)).measure == 0
+    assert await tiers.review_due(program.id, clock) == 1
+    assert await kinds(program, ann) == [("upgrade", "bronze", "silver"), ("grace_started", "silver", "silver")]
+
+
+async def test_an_order_after_a_grant_ended_records_the_end_of_the_grant_not_a_downgrade_by_the_order(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """A grant ended and the job has not recorded it yet when the customer orders: the order
+    settles the tier (the grant no longer counts), and the change it records is the grant's
+    end (`grant_ended`, told with that reason), not a downgrade caused by an order, which
+    only ever moves a customer up."""
+    await setup(program, clock)
+    ann = await enrol(program.id, "ann", clock)
+    request = tiers.GrantRequest(tier_code="gold", days=10, reason="apology")
+    await tiers.grant_tier(admin(program.id), ann, request, "gold-for-ann", clock)
+    clock.advance(timedelta(days=11))  # the grant ended; the job has not run
+    order = await buy(program, clock, ann, net=3000)  # 300 at bronze: silver
+    assert order.points == 300
+    history = await tiers.tier_history(program.id, ann)
+    assert [(c.kind, c.from_code, c.to_code) for c in reversed(history)] == [
+        ("grant", "bronze", "gold"),
+        ("grant_ended", "gold", "bronze"),
+        ("upgrade", "bronze", "silver"),
+    ]
+    assert history[1].cause == "granted tier ended"
+    assert history[0].cause == f"order {order.order_id} at shop {program.shop_id}"
+    events = await tier_events(owner_connection, program.id, ann)
+    assert [(kind, data["from_tier"], data["to_tier"], data["reason"].split(":")[0]) for kind, data in events] == [
+        ("tier.upgraded", "bronze", "gold", events[0][1]["reason"].split(":")[0]),
+        ("tier.downgraded", "gold", "bronze", "granted tier ended"),
+        ("tier.upgraded", "bronze", "silver", f"order {order.order_id} at shop {program.shop_id}"),
+    ]
+    assert await tiers.end_grants(program.id, clock) == 1  # the job closes it, recording nothing more
+    assert len(await tiers.tier_history(program.id, ann)) == 3

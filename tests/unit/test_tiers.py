@@ -51,7 +51,11 @@ def test_windows_start_at_local_midnight(window: Window, now: datetime, expected
 
 def test_a_tier_is_reviewed_a_local_year_after_it_started() -> None:
     assert review_at(datetime(2026, 3, 29, 0, 30, tzinfo=UTC), AMSTERDAM) == datetime(2027, 3, 28, 22, 0, tzinfo=UTC)
-    assert review_at(datetime(2028, 2, 29, 12, tzinfo=UTC), AMSTERDAM) == datetime(2029, 2, 27, 23, 0, tzinfo=UTC)
+    # 29 February: on 1 March, when the window (from the day after 28 February) no longer holds it
+    assert review_at(datetime(2028, 2, 29, 12, tzinfo=UTC), AMSTERDAM) == datetime(2029, 2, 28, 23, 0, tzinfo=UTC)
+    assert window_start(Window.ROLLING_12_MONTHS, datetime(2029, 2, 27, 23, tzinfo=UTC), AMSTERDAM) == datetime(
+        2028, 2, 28, 23, 0, tzinfo=UTC
+    )
 
 
 @given(st.integers(0, 10_000))
