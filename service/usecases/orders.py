@@ -156,7 +156,10 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         award = calculate_award(
             order, rules, zone=settings.zone, tier_multiplier_bp=tiers.multiplier_bp(tier), bonus_so_far=so_far
         )
-        lot_expiry = expires_at(settings.expiry, order.placed_at, settings.zone)
+        # the points' validity runs from when they can be spent, not from the purchase: a
+        # lot counted from placed_at could expire while pending (end of month, a short period)
+        available_from = release_at(order.placed_at, returns.window_days, settings.zone)
+        lot_expiry = expires_at(settings.expiry, available_from, settings.zone)
         entry_id = None
         if award.total:
             draft = award_draft(
@@ -180,7 +183,7 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "points": award.total,
                 "award": award,
                 "award_entry_id": entry_id,
-                "release_at": release_at(order.placed_at, returns.window_days, settings.zone),
+                "release_at": available_from,
                 "created_at": now,
             },
             tiers.order_window(tier, settings.zone, now),

@@ -88,7 +88,7 @@ async def test_an_orders_life_told_in_words_newest_first(
         "undo",
         {"reason": "deducted by mistake"},
     )
-    clock.set(datetime(2026, 9, 28, 22, 0, tzinfo=UTC))  # the order's lot expires (180 local days)
+    clock.set(datetime(2026, 10, 12, 22, 0, tzinfo=UTC))  # the order's lot expires (180 local days after release)
     assert await ledger_jobs.expire_points(program.id, clock) == 1
 
     page = await _history(client, f"/v1/customers/{ann}/history", program.auth("checkout"))

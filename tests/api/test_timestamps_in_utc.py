@@ -65,8 +65,10 @@ async def test_local_midnights_are_answered_in_utc(
 
     await publish_events(program.id, clock)
     feed = await client.get("/v1/events", params={"types": "points.earned"}, headers=admin)
-    # earned on 4 May (order) and 4 May (grant), valid through 3 June in Amsterdam
-    assert [event["data"]["expires_at"] for event in feed.json()["items"]] == ["2026-06-03T22:00:00Z"] * 2
+    # the order's points spendable from 19 May (after the 14-day return window), the grant's
+    # from 4 May: valid for 30 local days from then, through 18 June and 3 June in Amsterdam
+    expiries = [event["data"]["expires_at"] for event in feed.json()["items"]]
+    assert expiries == ["2026-06-18T22:00:00Z", "2026-06-03T22:00:00Z"]
     progress = (await client.get(f"/v1/customers/{ann}/tier", headers=till)).json()
     # reviewed a year after the upgrade's local day, kept through 30 days' grace after it
     assert progress["kept_until"] == "2027-06-02T22:00:00Z"

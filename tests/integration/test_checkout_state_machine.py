@@ -360,7 +360,7 @@ def checkout_machine(
             due = release_at(order.placed_at, self.returns.window_days, ZONE)
             assert outcome.available_from == due
             assert (outcome.award_entry_id is None) == (award.total == 0)
-            expiry = self.expires(order.placed_at)
+            expiry = self.expires(due)  # the points' validity runs from their release
             self.orders.append(ModelOrder(shop, order_id, customer, order, award, due, expiry, pending=award.total))
             self.balances[customer]["pending"] += award.total
             self.lots[(customer, "pending")].add(expiry, award.total)

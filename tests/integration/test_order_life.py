@@ -78,7 +78,7 @@ async def test_the_whole_life_of_an_order(
     lot_expiry = await owner_connection.fetchval(
         "SELECT expires_at FROM lots WHERE program_id = $1 AND entry_id = $2", program.id, placed.award_entry_id
     )
-    assert lot_expiry == datetime(2026, 9, 6, 22, 0, tzinfo=UTC)  # 180 local days after 10 March, CEST
+    assert lot_expiry == datetime(2026, 9, 21, 22, 0, tzinfo=UTC)  # 180 local days after release (25 March), CEST
 
     # the same order again is the same answer; the same id with other content is refused
     assert await orders.place_order(till, program.shop_id, placement, clock) == placed
@@ -252,7 +252,9 @@ async def test_an_order_at_2330_local_on_the_last_day_of_the_month(
     expiry = await owner_connection.fetchval(
         "SELECT expires_at FROM lots WHERE program_id = $1 AND entry_id = $2", program.id, placed.award_entry_id
     )
-    assert expiry == datetime(2026, 3, 31, 22, 0, tzinfo=UTC)  # the end of March, local
+    # end of month counted from when the points can be spent (15 April), not from the
+    # purchase: counted from 31 March they expired at its end, two weeks before release
+    assert expiry == datetime(2026, 4, 30, 22, 0, tzinfo=UTC)  # the end of April, local
 
     after = datetime(2026, 3, 31, 22, 30, tzinfo=UTC)  # 00:30 on 1 April: no campaign
     clock.set(after + timedelta(minutes=1))
