@@ -66,7 +66,9 @@ class ChainLink(msgspec.Struct, frozen=True):
 
 def anchor_break(anchor_seq: int, anchor_hash: str, link: ChainLink | None, last_seq: int) -> ChainBreak | None:
     """Why the recomputed chain does not hold the anchor (`link` is its link at anchor_seq,
-    None if the chain ends before it), or None if it does."""
+    None if the chain has no link there: it ends before it, or skips it), or None if it does."""
+    if link is None and last_seq >= anchor_seq:
+        return ChainBreak(anchor_seq, 0, f"the chain has no link at the anchored seq {anchor_seq}")
     if link is None:
         return ChainBreak(anchor_seq, 0, f"the chain ends at seq {last_seq}, before the anchored seq {anchor_seq}")
     if link.chain_hash != anchor_hash.lower():

@@ -595,3 +595,23 @@ async def test_a_chain_rewritten_up_to_its_anchor_fails_against_it(
     assert not checked.valid and checked.first_break is not None, checked
     assert (checked.first_break.seq, checked.first_break.entry_id) == (3, journal.entry_ids[2])
     assert "not the anchored one" in checked.first_break.reason
+
+
+async def test_an_anchored_seq_the_chain_skips_is_named_as_missing_not_as_beyond_the_end(
+    journal: Journal, owner_connection: asyncpg.Connection
+) -> None:
+    """The anchored link renumbered away (seals 1, 2, 4: the chain goes on past the anchor):
+    the anchor fails, and the report does not claim the chain ends before it."""
+    anchor = await verify_chain(journal.program_id)
+    assert anchor.head is not None and anchor.head.seq == 3
+    await without_triggers(
+        owner_connection,
+        "UPDATE entry_seals SET seq = seq + 1 WHERE program_id = $1 AND seq = 3 AND $2 > 0",
+        program_id=journal.program_id,
+        entry_id=journal.entry_ids[2],
+    )
+    checked = await verify_chain(journal.program_id, (anchor.head.seq, anchor.head.chain_hash))
+    assert not checked.valid and checked.first_break is not None, checked
+    assert checked.anchor is not None and not checked.anchor.holds
+    assert checked.first_break.seq == 3, checked.first_break
+    assert "no link at the anchored seq 3" in checked.first_break.reason, checked.first_break
