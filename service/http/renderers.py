@@ -66,6 +66,19 @@ def _flat(record: dict[str, Any]) -> Table:
     return list(flat), [list(flat.values())]
 
 
+# A cell a spreadsheet would read as a formula (OWASP's "CSV injection"): text starting with
+# one of these. Such text is written with a leading `'`, which spreadsheets show as text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows rather than runs: text starting like a formula gets
+    a leading `'`. Only text: numbers (a negative amount among them) are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -73,7 +86,10 @@ def _csv(table: Table) -> str:
     writer.writerow(header)
     for row in rows:
         writer.writerow(
-            ["" if value is None else value.isoformat() if isinstance(value, date) else value for value in row]
+            [
+                "" if value is None else value.isoformat() if isinstance(value, date) else spreadsheet_cell(value)
+                for value in row
+            ]
         )
     return buffer.getvalue()
 

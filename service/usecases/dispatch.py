@@ -342,6 +342,36 @@ async def record(claimed: Claimed, status: int | None, error: str, clock: Clock,
     return await in_transaction(work)
 
 
+async def _round(
+    program_id: str, clock: Clock, config: DispatchConfig, client: httpx.AsyncClient, resolver: Resolver
+) -> DispatchReport | None:
+    """Claim a batch of the program's due deliveries and send it; None when nothing was due."""
+    claimed = await claim_due(program_id, clock, config)
+    if not claimed:
+        return None
+    limit = asyncio.Semaphore(config.concurrency)
+
+    async def deliver(claimed: Claimed) -> str:
+        async with limit:
+            if clock.now() + timedelta(seconds=config.timeout_s) > claimed.claimed_until:
+                return "stale"  # the lease could run out mid-send: left to whoever claims it next
+            status, error = await send(client, claimed, clock, config, resolver)
+        return await record(claimed, status, error, clock, config)
+
+    outcomes = await asyncio.gather(*(deliver(one) for one in claimed))
+    return DispatchReport(
+        delivered=outcomes.count("delivered"),
+        failed_attempts=len(outcomes) - outcomes.count("delivered") - outcomes.count("stale"),
+        gave_up=outcomes.count("failed"),
+        endpoints_disabled=outcomes.count("disabled"),
+    )
+
+
+def _add(total: DispatchReport, report: DispatchReport) -> None:
+    for field in msgspec.structs.fields(DispatchReport):
+        setattr(total, field.name, getattr(total, field.name) + getattr(report, field.name))
+
+
 async def dispatch_program(
     program_id: str,
     clock: Clock,
@@ -353,24 +383,11 @@ async def dispatch_program(
     """Publish a program's outbox and send its due deliveries, round after round while some
     were due (the next event of a customer becomes due when the one before it is delivered)."""
     report = DispatchReport(published=await publish_events(program_id, clock, config.publish_batch))
-    limit = asyncio.Semaphore(config.concurrency)
-
-    async def deliver(claimed: Claimed) -> str:
-        async with limit:
-            if clock.now() + timedelta(seconds=config.timeout_s) > claimed.claimed_until:
-                return "stale"  # the lease could run out mid-send: left to whoever claims it next
-            status, error = await send(client, claimed, clock, config, resolver)
-        return await record(claimed, status, error, clock, config)
-
     for _ in range(max_rounds):
-        claimed = await claim_due(program_id, clock, config)
-        if not claimed:
+        sent = await _round(program_id, clock, config, client, resolver)
+        if sent is None:
             break
-        outcomes = await asyncio.gather(*(deliver(one) for one in claimed))
-        report.delivered += outcomes.count("delivered")
-        report.failed_attempts += len(outcomes) - outcomes.count("delivered") - outcomes.count("stale")
-        report.gave_up += outcomes.count("failed")
-        report.endpoints_disabled += outcomes.count("disabled")
+        _add(report, sent)
     return report
 
 
@@ -386,23 +403,41 @@ def new_client(config: DispatchConfig) -> httpx.AsyncClient:
 
 
 async def dispatch_once(
-    clock: Clock, config: DispatchConfig, client: httpx.AsyncClient | None = None
+    clock: Clock, config: DispatchConfig, client: httpx.AsyncClient | None = None, max_rounds: int = 50
 ) -> DispatchReport:
-    """One pass over every program."""
+    """One pass over every program: publish each outbox, then send round after round while some
+    were due, the programs taking turns (a batch each), so that a program with a long queue or
+    slow receivers holds the others' webhooks up for one batch at a time, not until it is done."""
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(new_client(config))
         total = DispatchReport()
+        turns: list[str] = []
         for program_id in await in_transaction(program_ids):
             try:
-                report = await dispatch_program(program_id, clock, config, client)
+                total.published += await publish_events(program_id, clock, config.publish_batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one program's failure does not hold up the others' webhooks
                 log.exception("webhook dispatch failed for program %s; the next pass tries again", program_id)
                 continue
-            for field in msgspec.structs.fields(DispatchReport):
-                setattr(total, field.name, getattr(total, field.name) + getattr(report, field.name))
+            turns.append(program_id)
+        for _ in range(max_rounds):
+            still_due = []
+            for program_id in turns:
+                try:
+                    sent = await _round(program_id, clock, config, client, resolve)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("webhook dispatch failed for program %s; the next pass tries again", program_id)
+                    continue
+                if sent is not None:
+                    _add(total, sent)
+                    still_due.append(program_id)
+            turns = still_due
+            if not turns:
+                break
         return total
 
 

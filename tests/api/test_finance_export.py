@@ -52,3 +52,30 @@ async def test_journal_export_escapes_metadata_and_keeps_the_period_half_open(
     both = {"from": first_at, "to": (clock.now() + timedelta(seconds=1)).isoformat()}
     everything = await client.get("/v1/finance/journal", params={**both, "format": "csv"}, headers=finance)
     assert len(list(csv.DictReader(io.StringIO(everything.content.decode("utf-8"), newline="")))) == 4
+
+
+async def test_the_csv_keeps_negative_amounts_as_numbers_and_metadata_as_json(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    """Formula-like text is prefixed with `'` (see tests/unit/test_csv_cells.py), never a number:
+    a deduction's negative amount is still a number a spreadsheet sums."""
+    ann = await enrol_customer(client, program, "ann")
+    admin = program.auth("admin")
+    for key, amount in (("g-1", 10), ("g-2", -4)):
+        posted = await client.post(
+            "/v1/ledger/adjustments",
+            json={"customer_id": ann, "amount": amount, "reason": '=HYPERLINK("http://evil.example","x")'},
+            headers={**admin, "Idempotency-Key": key},
+        )
+        assert posted.status_code == 201, posted.text
+    period = {
+        "from": (clock.now() - timedelta(minutes=1)).isoformat(),
+        "to": (clock.now() + timedelta(minutes=1)).isoformat(),
+    }
+    exported = await client.get(
+        "/v1/finance/journal", params={**period, "format": "csv"}, headers=program.auth("finance")
+    )
+    rows = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8"), newline="")))
+    assert sorted(int(row["amount"]) for row in rows) == [-10, -4, 4, 10]
+    assert {json.loads(row["metadata"])["reason"] for row in rows} == {'=HYPERLINK("http://evil.example","x")'}
+    assert all(not value.startswith(("=", "+", "@")) for row in rows for value in row.values())

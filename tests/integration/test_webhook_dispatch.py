@@ -398,3 +398,36 @@ async def test_a_program_whose_dispatch_fails_does_not_stop_the_others(
         report = await dispatch_once(clock, CONFIG, client)
     assert report.delivered == 1
     assert [request.json()["customer_id"] for request in hooks.requests] == [other]
+
+
+async def test_one_programs_backlog_does_not_hold_up_the_others_webhooks(
+    program: ProgramFixture, other_program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Programs take turns, a claimed batch each: a program with a long queue (or a receiver that
+    answers only at the timeout, so that each of its batches takes the longest a batch may) does
+    not make another program's webhooks wait until it is done."""
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id, other_program.id]
+
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(200)
+
+    config = DispatchConfig(timeout_s=2.0, batch=2, concurrency=2)  # public addresses only, as deployed
+    for fixture, path in ((program, "/busy"), (other_program, "/quiet")):
+        made = await webhooks.create_endpoint(
+            fixture.id, f"http://93.184.216.34{path}", [EventType.CUSTOMER_ENROLLED], "tests", clock
+        )
+        assert made.endpoint.enabled
+    for name in ("ann", "bob", "cat", "dan", "eve", "fay"):
+        await enrol(program.id, name, clock)
+    await enrol(other_program.id, "gus", clock)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), follow_redirects=False) as client:
+        report = await dispatch_once(clock, config, client)
+    assert report.delivered == 7
+    assert sorted(sent) == ["/busy"] * 6 + ["/quiet"]
+    assert sent.index("/quiet") == 2, sent  # after the busy program's first batch, not its last

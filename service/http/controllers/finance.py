@@ -21,6 +21,7 @@ from service.domain.ids import MAX_ROW_ID
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES, JournalOperation
 from service.http.params import ZERO_MINIMUM, AccountId, EntryId
+from service.http.renderers import spreadsheet_cell
 from service.usecases import finance
 
 AsOf = Annotated[datetime | None, QueryParameter(description="RFC 3339 instant; default now")]
@@ -49,7 +50,9 @@ def _csv(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[bytes]:
         writer = csv.writer(buffer)
         writer.writerow(finance.JOURNAL_COLUMNS)
         async for row in rows:
-            writer.writerow([value.isoformat() if isinstance(value, datetime) else value for value in row])
+            writer.writerow(
+                [value.isoformat() if isinstance(value, datetime) else spreadsheet_cell(value) for value in row]
+            )
             if buffer.tell() > 64_000:
                 yield buffer.getvalue().encode()
                 buffer.seek(0)
