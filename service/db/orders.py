@@ -12,8 +12,8 @@ import msgspec
 from service.db.tiers import Window
 from service.domain.earning import Refund
 from service.domain.errors import NotFound
-from service.domain.ledger import AccountKind, customer_account
-from service.domain.orders import ReturnPolicy, ReturnSettings
+from service.domain.ledger import AccountKind, Unit, customer_account
+from service.domain.orders import RedemptionHold, ReturnPolicy, ReturnSettings
 
 
 async def lock_customer_balances(
@@ -113,7 +113,8 @@ async def shop_name(connection: asyncpg.Connection, program_id: str, shop_id: st
 
 ORDER_COLUMNS = (
     "shop_id, id, customer_id, currency, placed_at, lines, net, points, award, award_entry_id, release_at,"
-    " released_at, release_entry_id, refunded_net, clawed_back, created_at"
+    " released_at, release_entry_id, refunded_net, clawed_back, created_at,"
+    " redemption_hold_id, redemption_unit, points_redeemed, points_returned"
 )
 
 
@@ -131,17 +132,19 @@ _FIRST_ROW = (
     f"CASE WHEN cur.customer_id IS NULL THEN greatest(o.placed_at, (SELECT max(h.placed_at) {_EARLIER}))"
     " ELSE o.placed_at END,"
     f" CASE WHEN cur.customer_id IS NULL THEN 1 + (SELECT count(*) {_EARLIER})::integer ELSE 1 END,"
-    " CASE WHEN cur.customer_id IS NULL AND $14::text IS NOT NULL THEN"
-    f" (SELECT CASE WHEN bool_and(line ->> 'category' = $14) IS NOT FALSE THEN $14 END {_EARLIER_LINES})"
-    " ELSE $14 END"
+    " CASE WHEN cur.customer_id IS NULL AND $17::text IS NOT NULL THEN"
+    f" (SELECT CASE WHEN bool_and(line ->> 'category' = $17) IS NOT FALSE THEN $17 END {_EARLIER_LINES})"
+    " ELSE $17 END"
 )
 
 
 async def insert_order(
     connection: asyncpg.Connection, program_id: str, values: dict[str, Any], tier_window: Window | None
 ) -> asyncpg.Record:
-    """Store an order and, in the same statement, count it in the customer's lifecycle rollup
-    (migration 0018: last order, orders, the one category of all their lines or NULL). The row
+    """Store an order (with the hold that paid for it, if any: `redemption_hold_id`,
+    `redemption_unit`, `points_redeemed`) and, in the same statement, count it in the
+    customer's lifecycle rollup (migration 0018: last order, orders, the one category of all
+    their lines or NULL). The row
     has the order's columns, `customer_orders` (the customer's orders, this one included) and
     `tier_measure`: the customer's measure over `tier_window`, this order included (NULL
     without a window). The statement's snapshot does not hold the order it inserts, so the
@@ -149,14 +152,15 @@ async def insert_order(
     categories = {line.category for line in values["lines"]}
     measure = "NULL::bigint"
     if tier_window is not None:
-        since = "($15::timestamptz IS NULL OR {}.placed_at >= $15)"
+        since = "($18::timestamptz IS NULL OR {}.placed_at >= $18)"
         measure = (
             f"(SELECT coalesce(sum({tier_window.value('h')}), 0) {_EARLIER} AND {since.format('h')})"
             f" + CASE WHEN {since.format('o')} THEN {tier_window.value('o')} ELSE 0 END"
         )
     row = await connection.fetchrow(
         f"WITH o AS (INSERT INTO orders (program_id, {ORDER_COLUMNS}) VALUES"
-        f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13) RETURNING {ORDER_COLUMNS}),"
+        f" ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, 0, 0, $13, $14, $15, $16, 0)"
+        f" RETURNING {ORDER_COLUMNS}),"
         " lifecycle AS (INSERT INTO customer_lifecycle AS l (program_id, customer_id, last_order_at, orders, category)"
         f" SELECT $1, o.customer_id, {_FIRST_ROW} FROM o LEFT JOIN customer_lifecycle AS cur"
         " ON cur.program_id = $1 AND cur.customer_id = o.customer_id"
@@ -178,6 +182,9 @@ async def insert_order(
         values["award_entry_id"],
         values["release_at"],
         values["created_at"],
+        values["redemption_hold_id"],
+        values["redemption_unit"],
+        values["points_redeemed"],
         next(iter(categories)) if len(categories) == 1 else None,
         *(() if tier_window is None else (tier_window.since,)),
     )
@@ -236,7 +243,10 @@ async def mark_released(
     )
 
 
-REFUND_COLUMNS = "id, request, refunded_net, points, from_pending, from_available, owed, forgiven, entry_id, created_at"
+REFUND_COLUMNS = (
+    "id, request, refunded_net, points, from_pending, from_available, owed, forgiven, entry_id, created_at,"
+    " points_returned, return_entry_id"
+)
 
 
 async def refunds_of(
@@ -263,7 +273,7 @@ async def insert_refund(
 ) -> asyncpg.Record:
     row = await connection.fetchrow(
         f"INSERT INTO refunds (program_id, shop_id, order_id, {REFUND_COLUMNS})"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {REFUND_COLUMNS}",
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {REFUND_COLUMNS}",
         program_id,
         shop_id,
         order_id,
@@ -277,23 +287,75 @@ async def insert_refund(
         values["forgiven"],
         values["entry_id"],
         values["created_at"],
+        values["points_returned"],
+        values["return_entry_id"],
     )
     assert row is not None
     return row
 
 
 async def record_refund_on_order(
-    connection: asyncpg.Connection, program_id: str, shop_id: str, order_id: str, refunded_net: int, points: int
+    connection: asyncpg.Connection,
+    program_id: str,
+    shop_id: str,
+    order_id: str,
+    refunded_net: int,
+    points: int,
+    points_returned: int = 0,
 ) -> None:
     await connection.execute(
-        "UPDATE orders SET refunded_net = $4, clawed_back = clawed_back + $5"
+        "UPDATE orders SET refunded_net = $4, clawed_back = clawed_back + $5, points_returned = points_returned + $6"
         " WHERE program_id = $1 AND shop_id = $2 AND id = $3",
         program_id,
         shop_id,
         order_id,
         refunded_net,
         points,
+        points_returned,
     )
+
+
+async def redemption_hold(
+    connection: asyncpg.Connection, program_id: str, hold_id: str
+) -> tuple[RedemptionHold | None, str | None]:
+    """The hold an order names as what paid for it, locked, and the order it already pays
+    for, if any (`order <id> of shop <id>`); (None, None) without the hold. Orders naming one
+    hold take turns on its lock, and the order is looked up by a statement of its own, after
+    the lock (a fresh snapshot under READ COMMITTED): so the second sees the first."""
+    row = await connection.fetchrow(
+        "SELECT id, customer_id, unit, status, captured, expires_at, resolve_entry_id FROM holds"
+        " WHERE program_id = $1 AND id = $2 FOR NO KEY UPDATE",
+        program_id,
+        hold_id,
+    )
+    if row is None:
+        return None, None
+    paid_for: str | None = await connection.fetchval(
+        "SELECT 'order ' || id || ' of shop ' || shop_id FROM orders WHERE program_id = $1 AND redemption_hold_id = $2",
+        program_id,
+        hold_id,
+    )
+    hold = RedemptionHold(
+        id=row["id"],
+        customer_id=row["customer_id"],
+        unit=Unit(row["unit"]),
+        status=row["status"],
+        captured=row["captured"],
+        expires_at=row["expires_at"],
+        resolve_entry_id=row["resolve_entry_id"],
+    )
+    return hold, paid_for
+
+
+async def capture_entry_of(connection: asyncpg.Connection, program_id: str, hold_id: str) -> int:
+    """The entry that captured a hold (its lot allocations are the points the capture spent)."""
+    entry_id: int | None = await connection.fetchval(
+        "SELECT resolve_entry_id FROM holds WHERE program_id = $1 AND id = $2 AND status = 'captured'",
+        program_id,
+        hold_id,
+    )
+    assert entry_id is not None, f"hold {hold_id} paid for an order, so it was captured"
+    return entry_id
 
 
 async def due_order(connection: asyncpg.Connection, program_id: str, now: datetime) -> asyncpg.Record | None:

@@ -20,9 +20,11 @@ same way, so refunding an order frees the cap its bonus used (all of it when the
 order comes back), and the bonus kept never exceeds the cap.
 
 Refunds claw back in proportion to refunded net value, cumulatively: with
-claw(x) = floor(total * x / net) and claw(net) = total, a refund takes
+claw(x) = floor(total * x / net) and claw(net) = total (`share_taken`), a refund takes
 claw(refunded after it) - claw(refunded before it). Partial refunds therefore never take
-more than the award in sum, and refunding everything takes exactly all of it.
+more than the award in sum, and refunding everything takes exactly all of it. The same
+rule gives back the points a captured hold paid for the order (`Clawback.share` of the
+redeemed amount), so there is one rounding rule for everything a refund moves.
 """
 
 from __future__ import annotations
@@ -141,6 +143,15 @@ class Clawback(msgspec.Struct, frozen=True, kw_only=True):
     points: int
     refunded_net: int  # cumulative, this refund included
     order_net: int
+    refunded_before: int = 0  # cumulative, before this refund
+
+    def share(self, total: int) -> int:
+        """This refund's share of an amount that goes with the whole order (its award, the
+        points a hold paid for it), by the one rule: cumulative, so the order's refunds
+        together take exactly `total` once everything came back."""
+        return share_taken(total, self.refunded_net, self.order_net) - share_taken(
+            total, self.refunded_before, self.order_net
+        )
 
 
 _S = TypeVar("_S", bound=msgspec.Struct)
@@ -283,16 +294,23 @@ def _capped(campaign: Campaign, part: int, detail: str, so_far: Mapping[str, int
     return left, f"{detail}; capped at {campaign.customer_cap} per customer"
 
 
+def share_taken(total: int, refunded_net: int, net: int) -> int:
+    """The share of `total` that refunds of `refunded_net` of an order of net value `net` take
+    back in all: floor(total * refunded_net / net), nothing before anything came back, all of
+    it once everything did. The one rounding rule of refunds (see the module's docstring)."""
+    if refunded_net == 0:
+        return 0
+    if refunded_net >= net:
+        return total
+    return total * refunded_net // net
+
+
 def bonus_kept(bonus: int, refunded_net: int, net: int) -> int:
     """What the customer keeps of a campaign's bonus from an order of net value `net` of which
     `refunded_net` was refunded: the bonus less the share claw_back takes of the whole award,
     floor(bonus * refunded_net / net), and nothing once everything came back. Between 0 and
     `bonus`; service/db/orders.py computes the same in SQL."""
-    if refunded_net == 0:
-        return bonus
-    if refunded_net >= net:
-        return 0
-    return bonus - bonus * refunded_net // net
+    return bonus - share_taken(bonus, refunded_net, net)
 
 
 def claw_back(
@@ -332,7 +350,5 @@ def claw_back(
         if after > net:
             raise InvalidInput(f"refunds {after} of an order net {net}", field=at("amount" if item.amount else "lines"))
 
-    def claw(refunded: int) -> int:
-        return award.total if refunded == net else award.total * refunded // net
-
-    return Clawback(points=claw(after) - claw(before), refunded_net=after, order_net=net)
+    clawback = Clawback(points=0, refunded_net=after, order_net=net, refunded_before=before)
+    return msgspec.structs.replace(clawback, points=clawback.share(award.total))

@@ -106,6 +106,22 @@ class HoldNotOpen(DomainError):
     status = 409
 
 
+class HoldNotCaptured(DomainError):
+    """An order may only name a captured hold as what paid for it; `hold_status` is the hold's
+    (`open`, `voided` or `expired`)."""
+
+    problem_type = "hold-not-captured"
+    title = "The hold is not captured"
+    status = 409
+
+
+class HoldNotCapturedYet(HoldNotCaptured):
+    """The hold is still open: not remembered under the idempotency key, so the same order
+    succeeds once the hold is captured."""
+
+    remembered = False
+
+
 class AlreadyReversed(DomainError):
     """The entry was reversed before; an entry is reversed at most once."""
 

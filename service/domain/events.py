@@ -24,6 +24,7 @@ class EventType(StrEnum):
     PURCHASE_REPEAT = "purchase.repeat"
     POINTS_EARNED = "points.earned"
     POINTS_REDEEMED = "points.redeemed"
+    POINTS_RETURNED = "points.returned"
     POINTS_EXPIRING_SOON = "points.expiring_soon"
     POINTS_EXPIRED = "points.expired"
     WIN_BACK_DUE = "customer.win_back_due"
@@ -112,6 +113,19 @@ class PointsRedeemed(msgspec.Struct, frozen=True, kw_only=True):
     hold_id: str
     entry_id: int
     reference: str | None
+
+
+class PointsReturned(msgspec.Struct, frozen=True, kw_only=True):
+    """Points a customer spent on an order (a captured hold that paid for it) came back to
+    them because the order was refunded: this refund's share of them."""
+
+    customer_id: str
+    points: int
+    shop_id: str
+    order_id: str
+    refund_id: str
+    hold_id: str
+    entry_id: int
 
 
 class PointsExpiringSoon(msgspec.Struct, frozen=True, kw_only=True):
@@ -211,6 +225,10 @@ class PointsRedeemedEvent(EventEnvelope, frozen=True, tag="points.redeemed"):
     data: PointsRedeemed
 
 
+class PointsReturnedEvent(EventEnvelope, frozen=True, tag="points.returned"):
+    data: PointsReturned
+
+
 class PointsExpiringSoonEvent(EventEnvelope, frozen=True, tag="points.expiring_soon"):
     data: PointsExpiringSoon
 
@@ -265,6 +283,7 @@ AnyEvent = (
     | PurchaseRepeatEvent
     | PointsEarnedEvent
     | PointsRedeemedEvent
+    | PointsReturnedEvent
     | PointsExpiringSoonEvent
     | PointsExpiredEvent
     | WinBackDueEvent
@@ -318,6 +337,12 @@ CATALOGUE: dict[EventType, CatalogueEntry] = {
             "Points were credited: earned by an order (pending at first), granted, or a referral reward.",
         ),
         _entry(EventType.POINTS_REDEEMED, PointsRedeemed, "loyalty", "A hold of points was captured."),
+        _entry(
+            EventType.POINTS_RETURNED,
+            PointsReturned,
+            "loyalty",
+            "A refund gave back points the customer had spent on the order.",
+        ),
         _entry(
             EventType.POINTS_EXPIRING_SOON,
             PointsExpiringSoon,

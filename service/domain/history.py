@@ -157,6 +157,12 @@ def _refund(entry: EntryFacts, words: Wording) -> str:
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 
+def _redemption_return(entry: EntryFacts, words: Wording) -> str:
+    refund_id = _text(entry.metadata, "refund_id")
+    text = f"{words.amount(_gain(entry.changes), _unit(entry.changes))} spent on {_order(entry.metadata)} given back"
+    return f"{text}: refund {refund_id}" if refund_id else text
+
+
 def _authorize(entry: EntryFacts, words: Wording) -> str:
     text = f"{words.amount(_gain(entry.changes), _unit(entry.changes))} reserved for a redemption"
     reference = _text(entry.metadata, "reference")
@@ -228,6 +234,7 @@ DESCRIBERS: Mapping[str, Callable[[EntryFacts, Wording], str]] = {
     "order.award": _award,
     "order.release": _release,
     "order.refund": _refund,
+    "order.redemption_return": _redemption_return,
     "hold.authorize": _authorize,
     "hold.capture": _capture,
     "hold.void": _void,

@@ -6,10 +6,18 @@ return window ends. A refund takes its points back from what is still pending of
 order first, then from `available`; what the customer already spent is, by the program's
 return policy, forgiven (`within_balance`) or owed (`allow_negative`, posted to the
 customer's `owed` account and settled from the next points that become available).
+
+An order may name the captured hold whose points (or store credit) paid for it. A refund
+gives back the same share of them as it takes of the award (`Clawback.share`), from the
+system account the capture credited to the customer's spendable account, as lots with the
+dates of the points the capture spent: the latest-expiring of them first, so what stays
+spent after a partial refund is what would have expired first, as when a partial capture
+returns the rest of a hold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -17,8 +25,20 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from service.domain.errors import Conflict, HoldNotCaptured, HoldNotCapturedYet, NotFound
 from service.domain.expiry import local_midnight
-from service.domain.ledger import AccountKind, EntryDraft, PostingDraft, customer_account, system_account, transfer
+from service.domain.ledger import (
+    HOLD_ACCOUNTS,
+    AccountKind,
+    EntryDraft,
+    PostingDraft,
+    Slice,
+    Unit,
+    customer_account,
+    expiry_order,
+    system_account,
+    transfer,
+)
 
 DEFAULT_RETURN_WINDOW_DAYS = 14
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew allowed between a till and the service
@@ -128,3 +148,88 @@ def refund_draft(customer_id: str, split: ClawbackSplit, metadata: dict[str, Any
     """Points taken back by a refund return to `issued`; an unpaid part becomes a debt. None
     if nothing moves."""
     return take_back_draft(customer_id, split, metadata, kind="order.refund", source=AccountKind.ISSUED)
+
+
+# --- Orders paid with a captured hold ----------------------------------------------------
+
+REDEMPTION_FIELD = "redemption_hold_id"
+
+
+class RedemptionHold(msgspec.Struct, frozen=True, kw_only=True):
+    """A hold as an order that names it sees it."""
+
+    id: str
+    customer_id: str
+    unit: Unit
+    status: str  # open, captured, voided, expired
+    captured: int
+    expires_at: datetime
+    resolve_entry_id: int | None
+
+
+def check_redemption_hold(
+    hold_id: str, hold: RedemptionHold | None, customer_id: str, now: datetime, paid_for: str | None
+) -> RedemptionHold:
+    """The hold an order names as what paid for it, if it may: the customer's own (404
+    otherwise, the same for a hold that does not exist), captured (an open hold is refused
+    until it is, a voided or expired one for good), and paying for no other order
+    (`paid_for` names the one it pays for)."""
+    if hold is None or hold.customer_id != customer_id:
+        raise NotFound(f"hold {hold_id} of customer {customer_id} not found", field=REDEMPTION_FIELD)
+    if hold.status == "open" and now >= hold.expires_at:  # the expiry job voids it on its next run
+        detail = f"hold {hold_id} expired at {hold.expires_at.isoformat()} without a capture"
+        raise HoldNotCaptured(detail, field=REDEMPTION_FIELD, hold_status="expired")
+    if hold.status == "open":
+        detail = f"hold {hold_id} is open: capture it first"
+        raise HoldNotCapturedYet(detail, field=REDEMPTION_FIELD, hold_status="open")
+    if hold.status != "captured":
+        raise HoldNotCaptured(f"hold {hold_id} was {hold.status}", field=REDEMPTION_FIELD, hold_status=hold.status)
+    if paid_for is not None:
+        raise Conflict(f"hold {hold_id} already paid for {paid_for}", field=REDEMPTION_FIELD)
+    return hold
+
+
+def spent_slices(consumed: Sequence[Slice], captured: int) -> list[Slice]:
+    """The part of a capture's consumed slices that left for the system account: the
+    soonest-expiring `captured` points (plan_lots returned the rest of the hold to the
+    customer latest-expiring first), soonest first."""
+    spent: list[Slice] = []
+    left = captured
+    for piece in sorted(consumed, key=expiry_order):
+        if left == 0:
+            break
+        taken = min(piece.amount, left)
+        spent.append(msgspec.structs.replace(piece, amount=taken))
+        left -= taken
+    return spent
+
+
+def returned_slices(spent: Sequence[Slice], returned_before: int, amount: int) -> list[Slice]:
+    """The slices a refund gives back: `amount` of the spent ones, latest-expiring first,
+    after the `returned_before` points earlier refunds of the order gave back (so the order's
+    refunds together give back every spent slice exactly once)."""
+    returned: list[Slice] = []
+    skip, need = returned_before, amount
+    for piece in sorted(spent, key=expiry_order, reverse=True):
+        if need == 0:
+            break
+        skipped = min(skip, piece.amount)
+        skip -= skipped
+        taken = min(piece.amount - skipped, need)
+        if taken:
+            returned.append(msgspec.structs.replace(piece, amount=taken))
+            need -= taken
+    return returned
+
+
+def redemption_return_draft(customer_id: str, unit: Unit, amount: int, metadata: dict[str, Any]) -> EntryDraft:
+    """Redeemed points (or store credit) a refund gives back: from the system account the
+    capture credited to the customer's spendable account."""
+    spendable, _, captured_to = HOLD_ACCOUNTS[unit]
+    return transfer(
+        system_account(captured_to),
+        customer_account(customer_id, spendable),
+        amount,
+        kind="order.redemption_return",
+        metadata=metadata,
+    )

@@ -45,6 +45,7 @@ from service.domain.events import (
     PointsExpired,
     PointsExpiringSoon,
     PointsRedeemed,
+    PointsReturned,
     Purchase,
     WinBackDue,
 )
@@ -253,6 +254,15 @@ async def emit_points_redeemed(
         customer_id=customer_id, points=points, hold_id=hold_id, entry_id=entry_id, reference=reference
     )
     await emit(connection, program_id, EventType.POINTS_REDEEMED, redeemed, customer_id, occurred_at=occurred_at)
+
+
+async def emit_points_returned(
+    connection: asyncpg.Connection, program_id: str, returned: PointsReturned, occurred_at: datetime
+) -> None:
+    """In the transaction of a refund that gives back points its order's hold paid with."""
+    await emit(
+        connection, program_id, EventType.POINTS_RETURNED, returned, returned.customer_id, occurred_at=occurred_at
+    )
 
 
 async def emit_points_expired(

@@ -11,13 +11,14 @@ import asyncpg
 import msgspec
 
 from service.db import orders as rows
-from service.db.ledger import created_lots, write_entry
+from service.db.ledger import consumed_slices, created_lots, write_entry
 from service.db.transaction import drain, in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.earning import (
     Award,
     AwardComponent,
+    Clawback,
     Order,
     OrderLine,
     Refund,
@@ -26,33 +27,41 @@ from service.domain.earning import (
     claw_back,
 )
 from service.domain.errors import InvalidInput, NotFound, NotYetThere
+from service.domain.events import PointsReturned
 from service.domain.expiry import expires_at
-from service.domain.ledger import AccountKind
+from service.domain.ledger import AccountKind, Unit
 from service.domain.orders import (
     FUTURE_TOLERANCE,
     ReturnSettings,
     award_draft,
+    check_redemption_hold,
+    redemption_return_draft,
     refund_draft,
     release_at,
     release_draft,
+    returned_slices,
+    spent_slices,
     split_clawback,
 )
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_found
 from service.usecases.idempotency import derived_key, fingerprint, run_once
 from service.usecases.ledger_settings import settings_from_row
-from service.usecases.lifecycle import emit_order_events
+from service.usecases.lifecycle import emit_order_events, emit_points_returned
 
 RELEASE_ACTOR = "job:release-orders"
 T = TypeVar("T")
 
 
-class OrderPlacement(msgspec.Struct, frozen=True, kw_only=True):
-    """An order as a shop sends it; (shop, order_id) identifies it for good."""
+class OrderPlacement(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An order as a shop sends it; (shop, order_id) identifies it for good. Defaults are left
+    out of its encoding, so an order without a hold has the fingerprint it had before
+    `redemption_hold_id` existed (its retries still match)."""
 
     order_id: str
     customer_id: str
     order: Order
+    redemption_hold_id: str | None = None  # the captured hold that paid for it
 
 
 class RefundView(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +76,8 @@ class RefundView(msgspec.Struct, frozen=True, kw_only=True):
     forgiven: int
     entry_id: int | None
     created_at: datetime
+    points_returned: int = 0  # of the points (or credit) the order's hold paid with, by this refund
+    return_entry_id: int | None = None  # the entry that gave them back
 
 
 class OrderView(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +97,10 @@ class OrderView(msgspec.Struct, frozen=True, kw_only=True):
     refunded_net: int
     clawed_back: int
     refunds: tuple[RefundView, ...] = ()
+    redemption_hold_id: str | None = None
+    redemption_unit: Unit | None = None
+    points_redeemed: int = 0  # what the hold's capture spent on the order
+    points_returned: int = 0  # of it, given back by the order's refunds so far
 
 
 def _refund_view(row: asyncpg.Record) -> RefundView:
@@ -102,6 +117,8 @@ def _refund_view(row: asyncpg.Record) -> RefundView:
         forgiven=row["forgiven"],
         entry_id=row["entry_id"],
         created_at=row["created_at"],
+        points_returned=row["points_returned"],
+        return_entry_id=row["return_entry_id"],
     )
 
 
@@ -124,6 +141,10 @@ def _order_view(row: asyncpg.Record, refunds: list[asyncpg.Record] | None = None
         refunded_net=row["refunded_net"],
         clawed_back=row["clawed_back"],
         refunds=tuple(_refund_view(refund) for refund in refunds or ()),
+        redemption_hold_id=row["redemption_hold_id"],
+        redemption_unit=None if row["redemption_unit"] is None else Unit(row["redemption_unit"]),
+        points_redeemed=row["points_redeemed"],
+        points_returned=row["points_returned"],
     )
 
 
@@ -149,6 +170,11 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
             rows.order_inputs(connection, program_id, shop_id, placement.customer_id, order.placed_at, now)
         )
         shop, settings, returns = inputs["shop_name"], settings_from_row(inputs), rows.returns_from_row(inputs)
+        redemption = None
+        if placement.redemption_hold_id is not None:
+            hold_id = placement.redemption_hold_id
+            hold, paid_for = await rows.redemption_hold(connection, program_id, hold_id)
+            redemption = check_redemption_hold(hold_id, hold, placement.customer_id, now, paid_for)
         rules = rules_found(inputs["rules"], order.placed_at)
         bonus = inputs["campaign_bonus"]
         so_far = None if bonus is None else msgspec.json.decode(bonus, type=dict[str, int])
@@ -185,6 +211,9 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
                 "award_entry_id": entry_id,
                 "release_at": available_from,
                 "created_at": now,
+                "redemption_hold_id": None if redemption is None else redemption.id,
+                "redemption_unit": None if redemption is None else redemption.unit.value,
+                "points_redeemed": 0 if redemption is None else redemption.captured,
             },
             tiers.order_window(tier, settings.zone, now),
         )
@@ -247,8 +276,16 @@ async def refund_order(
         )
         context = await rows.order_context(connection, program_id, shop_id)
         policy = rows.returns_from_row(context).policy
-        split = split_clawback(clawback.points, pending, balances[AccountKind.AVAILABLE], policy)
         metadata = _order_metadata(shop_id, context["name"], order_id)
+        # the redeemed points come back first, so that a clawback the customer could not
+        # otherwise pay is paid from them rather than forgiven or owed
+        given_back = await _return_redeemed(
+            connection, program_id, order, clawback, metadata | {"refund_id": refund_id}, principal.actor, now
+        )
+        available = balances[AccountKind.AVAILABLE]
+        if given_back is not None and order["redemption_unit"] == Unit.POINTS:
+            available += given_back.points
+        split = split_clawback(clawback.points, pending, available, policy)
         draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
         entry_id = None
         if draft is not None:
@@ -271,10 +308,28 @@ async def refund_order(
                 "points": split.points,
                 "entry_id": entry_id,
                 "created_at": now,
+                "points_returned": 0 if given_back is None else given_back.points,
+                "return_entry_id": None if given_back is None else given_back.entry_id,
             },
         )
         refunded = clawback.refunded_net
-        await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points)
+        returned = 0 if given_back is None else given_back.points
+        await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points, returned)
+        if given_back is not None and order["redemption_unit"] == Unit.POINTS:
+            await emit_points_returned(
+                connection,
+                program_id,
+                PointsReturned(
+                    customer_id=customer_id,
+                    points=given_back.points,
+                    shop_id=shop_id,
+                    order_id=order_id,
+                    refund_id=refund_id,
+                    hold_id=order["redemption_hold_id"],
+                    entry_id=given_back.entry_id,
+                ),
+                now,
+            )
         await referrals.cancel_on_refund(connection, program_id, order, refunded, policy, principal.actor, now)
         await metrics.after_refund(connection, program_id, order, refunded)  # last, as in place_order
         return _refund_view(row)
@@ -282,6 +337,40 @@ async def refund_order(
     key = derived_key("refund", shop_id, order_id, refund_id)
     request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
     return await run_once(principal.program_id, key, request, RefundView, work)
+
+
+class _GivenBack(msgspec.Struct, frozen=True):
+    points: int
+    entry_id: int
+
+
+async def _return_redeemed(
+    connection: asyncpg.Connection,
+    program_id: str,
+    order: asyncpg.Record,
+    clawback: Clawback,
+    metadata: dict[str, Any],
+    actor: str,
+    now: datetime,
+) -> _GivenBack | None:
+    """Give back the refund's share of what the order's hold paid (`Clawback.share`, the
+    clawback's own rule), as its own entry, with the dates of the points the capture spent
+    (latest-expiring first, after what earlier refunds gave back); None if nothing is due."""
+    hold_id = order["redemption_hold_id"]
+    points = clawback.share(order["points_redeemed"]) if hold_id is not None else 0
+    if not points:
+        return None
+    capture_entry_id = await rows.capture_entry_of(connection, program_id, hold_id)
+    spent = spent_slices(await consumed_slices(connection, program_id, capture_entry_id), order["points_redeemed"])
+    restored = returned_slices(spent, order["points_returned"], points)
+    draft = redemption_return_draft(
+        order["customer_id"],
+        Unit(order["redemption_unit"]),
+        points,
+        metadata | {"hold_id": hold_id},
+    )
+    written = await write_entry(connection, program_id, draft, actor=actor, now=now, restored=restored)
+    return _GivenBack(points, written.id)
 
 
 async def release_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, now: datetime) -> bool:

@@ -1,16 +1,19 @@
 """A hypothesis state machine over checkout as a whole, on the real database: orders earn into
 `pending` (earning rules with a category multiplier, capped campaigns, an order cap and a
 tier ladder), refunds by lines and by amount under either return policy, the release job,
-redemptions (hold, capture, void, expiry) of available points, points expiry, admin grants
-and deductions, the service's scheduled jobs, replays under idempotency keys, and time
-passing; two shops, which may give their orders the same id.
+redemptions (hold, capture, void, expiry) of available points, orders paid with a captured
+hold (whose refunds give the redeemed points back, in proportion, with the dates of the
+points the capture spent), points expiry, admin grants and deductions, the service's
+scheduled jobs, replays under idempotency keys, and time passing; two shops, which may give
+their orders the same id.
 
 The model keeps each customer's balances (and their points by expiry date, as lots must
 hold them), their orders and refunds, holds and tier. After every step the database must
 agree with it and the features must agree with each other:
 the ledger balances per unit, balances equal postings and lots, no customer account is on
 the wrong side of zero (`owed` is a debt: zero or below), each customer's `pending` is what
-their unreleased orders still have pending, an order's `clawed_back` is its refunds' points,
+their unreleased orders still have pending, an order's `clawed_back` is its refunds' points
+(and its `points_returned` what its refunds gave back, all it redeemed once fully refunded),
 a released order has a release entry when something was pending, GET of an order shows the
 stored rows, the campaign bonus each customer keeps stays within the cap, the tier measure
 is the sum over the orders in the window, and the chain verifies once sealed. A refused
@@ -54,7 +57,17 @@ from service.domain.earning import (
     calculate_award,
     claw_back,
 )
-from service.domain.errors import DomainError, HoldNotOpen, InsufficientPoints, InvalidInput, NotFound, NotYetThere
+from service.domain.errors import (
+    Conflict,
+    DomainError,
+    HoldNotCaptured,
+    HoldNotCapturedYet,
+    HoldNotOpen,
+    InsufficientPoints,
+    InvalidInput,
+    NotFound,
+    NotYetThere,
+)
 from service.domain.expiry import ExpiryPolicy, ExpiryRule, expires_at
 from service.domain.orders import ReturnPolicy, ReturnSettings, release_at
 from service.domain.tiers import Basis, TierConfig, Window, qualified, window_start
@@ -64,7 +77,7 @@ from service.usecases.finance import verify_chain
 from service.usecases.programs import create_shop
 from tests.conftest import make_program
 from tests.integration.ledger_helpers import admin, checkout, enrol, ledger_invariants
-from tests.integration.test_ledger_state_machine import Expiry, Points
+from tests.integration.test_ledger_state_machine import Expiry, Points, soonest_first
 
 T = TypeVar("T")
 
@@ -131,6 +144,20 @@ class ModelRefund:
     owed: int
     forgiven: int
     has_entry: bool
+    returned: int = 0  # of the points the order's hold paid with
+
+
+@dataclass
+class ModelHold:
+    id: str
+    customer: str
+    amount: int
+    expires_at: datetime
+    reserved: list[tuple[Expiry, int]] = field(default_factory=list)  # the points it holds, by date
+    status: str = "open"
+    captured: int = 0
+    spent: list[tuple[Expiry, int]] = field(default_factory=list)  # what the capture spent, by date
+    pays_for: str | None = None  # the order it paid for
 
 
 @dataclass
@@ -148,17 +175,23 @@ class ModelOrder:
     released: bool = False
     has_release_entry: bool = False
     refunds: list[ModelRefund] = field(default_factory=list)
+    hold: ModelHold | None = None  # the captured hold that paid for it
+    returned: int = 0  # of what the hold spent, given back by refunds
 
 
-@dataclass
-class ModelHold:
-    id: str
-    customer: str
-    amount: int
-    expires_at: datetime
-    reserved: list[tuple[Expiry, int]] = field(default_factory=list)  # the points it holds, by date
-    status: str = "open"
-    captured: int = 0
+def returned_part(spent: list[tuple[Expiry, int]], before: int, amount: int) -> list[tuple[Expiry, int]]:
+    """What a refund gives back of the points a capture spent: latest-expiring first, after
+    the `before` points earlier refunds gave back."""
+    back: list[tuple[Expiry, int]] = []
+    for expiry, part in sorted(spent, key=lambda item: soonest_first(item[0]), reverse=True):
+        skipped = min(before, part)
+        before -= skipped
+        taken = min(part - skipped, amount)
+        if taken:
+            back.append((expiry, taken))
+            amount -= taken
+    assert amount == 0, "the model gave back more than was spent"
+    return back
 
 
 @dataclass(frozen=True)
@@ -222,8 +255,8 @@ def checkout_machine(
                 "SELECT code, balance, version FROM accounts WHERE program_id = $1 ORDER BY code",
                 "SELECT id, remaining FROM lots WHERE program_id = $1 ORDER BY id",
                 "SELECT id, status, captured FROM holds WHERE program_id = $1 ORDER BY id",
-                "SELECT shop_id, id, refunded_net, clawed_back, released_at, release_entry_id FROM orders"
-                " WHERE program_id = $1 ORDER BY shop_id, id",
+                "SELECT shop_id, id, refunded_net, clawed_back, released_at, release_entry_id, redemption_hold_id,"
+                " points_returned FROM orders WHERE program_id = $1 ORDER BY shop_id, id",
                 "SELECT shop_id, order_id, id FROM refunds WHERE program_id = $1 ORDER BY shop_id, order_id, id",
                 "SELECT customer_id, earned_code, effective_code, review_at FROM customer_tiers"
                 " WHERE program_id = $1 ORDER BY customer_id",
@@ -344,11 +377,39 @@ def checkout_machine(
             elsewhere = {o.id for o in self.orders if o.shop != shop} - {o.id for o in self.orders if o.shop == shop}
             fresh = st.just(self.next_id("o"))  # or an id another shop gave its order
             order_id = data.draw(fresh | st.sampled_from(sorted(elsewhere)) if elsewhere else fresh, label="order id")
-            placement = orders.OrderPlacement(order_id=order_id, customer_id=customer, order=order)
+            hold = None
+            if customer != UNKNOWN_CUSTOMER and self.holds:
+                # now and then a hold: mostly one that may pay for it, else any (refused unless it may)
+                payable = [h for h in self.holds if self.may_pay(h, customer)]
+                choices = st.sampled_from(payable) if payable else st.none()
+                hold = data.draw(st.none() | st.none() | choices | st.sampled_from(self.holds), label="hold")
+            self.place(customer, shop, order_id, order, hold)
+
+        @precondition(lambda self: any(self.balances[c]["available"] for c in self.customers))
+        @rule(data=st.data(), lines=order_lines())
+        def place_order_paid_with_points(self, data: st.DataObject, lines: tuple[OrderLine, ...]) -> None:
+            """The customer redeems points at checkout (a hold, captured in full or in part) and
+            the order names the hold as what paid for it."""
+            customer = data.draw(st.sampled_from([c for c in self.customers if self.balances[c]["available"]]))
+            available = self.balances[customer]["available"]
+            amount = data.draw(st.integers(1, available) | st.just(available), label="amount")
+            hold = self.redeem(customer, amount, data.draw(st.booleans(), label="in part"))
+            order = Order(currency="EUR", placed_at=clock.now(), lines=lines)
+            self.place(customer, data.draw(st.sampled_from(self.shops), label="shop"), self.next_id("o"), order, hold)
+
+        def place(self, customer: str, shop: str, order_id: str, order: Order, hold: ModelHold | None) -> None:
+            now = clock.now()
+            redemption = None if hold is None else hold.id
+            placement = orders.OrderPlacement(
+                order_id=order_id, customer_id=customer, order=order, redemption_hold_id=redemption
+            )
             before = self.snapshot()
             outcome = self.attempt(orders.place_order(self.till, shop, placement, clock))
             if customer == UNKNOWN_CUSTOMER:
                 self.expect_refusal(outcome, NotYetThere, before)
+                return
+            if hold is not None and not self.may_pay(hold, customer):
+                self.expect_refusal(outcome, self.hold_refusal(hold, customer), before)
                 return
             earned = self.earned[customer] or self.ladder.levels[0].code
             multiplier = self.ladder.level(earned).earn_multiplier_bp
@@ -361,7 +422,12 @@ def checkout_machine(
             assert outcome.available_from == due
             assert (outcome.award_entry_id is None) == (award.total == 0)
             expiry = self.expires(due)  # the points' validity runs from their release
-            self.orders.append(ModelOrder(shop, order_id, customer, order, award, due, expiry, pending=award.total))
+            self.orders.append(
+                ModelOrder(shop, order_id, customer, order, award, due, expiry, pending=award.total, hold=hold)
+            )
+            if hold is not None:
+                hold.pays_for = order_id
+                assert (outcome.redemption_hold_id, outcome.points_redeemed) == (hold.id, hold.captured), outcome
             self.balances[customer]["pending"] += award.total
             self.lots[(customer, "pending")].add(expiry, award.total)
             # the tier: the order's measure (itself included) may move the customer up
@@ -392,6 +458,17 @@ def checkout_machine(
             outcome = self.attempt(orders.place_order(self.till, self.shop_id, placement, clock))
             self.expect_refusal(outcome, NotFound if wrong == "before rules" else InvalidInput, before)
 
+        def may_pay(self, hold: ModelHold, customer: str) -> bool:
+            return hold.customer == customer and hold.status == "captured" and hold.pays_for is None
+
+        def hold_refusal(self, hold: ModelHold, customer: str) -> type[DomainError]:
+            """How an order naming a hold that may not pay for it is refused."""
+            if hold.customer != customer:
+                return NotFound
+            if hold.status == "open":
+                return HoldNotCapturedYet if clock.now() < hold.expires_at else HoldNotCaptured
+            return Conflict if hold.status == "captured" else HoldNotCaptured
+
         def refund(self, order: ModelOrder, request: Refund) -> None:
             refund_id = self.next_id("r")
             previous = [r.request for r in order.refunds]
@@ -412,6 +489,14 @@ def checkout_machine(
                 return
             assert isinstance(outcome, orders.RefundView), outcome
             balances = self.balances[order.customer]
+            # the redeemed points come back first, with the dates of what the capture spent
+            returned = 0 if order.hold is None else clawback.share(order.hold.captured)
+            if order.hold is not None and returned:
+                back = returned_part(order.hold.spent, order.returned, returned)
+                for expiry, part in back:
+                    self.lots[(order.customer, "available")].add(expiry, part)
+                balances["available"] += returned
+                order.returned += returned
             points = clawback.points
             from_pending = min(points, order.pending)
             from_available = min(points - from_pending, balances["available"])
@@ -427,6 +512,7 @@ def checkout_machine(
                 owed,
                 rest - owed,
                 has_entry=from_pending + from_available + owed > 0,
+                returned=returned,
             )
             got = ModelRefund(
                 outcome.refund_id,
@@ -438,7 +524,9 @@ def checkout_machine(
                 outcome.owed,
                 outcome.forgiven,
                 has_entry=outcome.entry_id is not None,
+                returned=outcome.points_returned,
             )
+            assert (outcome.return_entry_id is not None) == (returned > 0), outcome
             assert got == expected, (got, expected)
             order.refunds.append(expected)
             order.pending -= from_pending
@@ -453,6 +541,7 @@ def checkout_machine(
             available.take_soonest(from_available - min(own, from_available))
             if order.refunded_net == order.order.net:
                 assert order.clawed_back == order.award.total, "refunding everything takes back the whole award"
+                assert order.hold is None or order.returned == order.hold.captured, "and gives back all it redeemed"
 
         def some_order(self) -> st.SearchStrategy[ModelOrder]:
             """A recent order, a released one, or any."""
@@ -557,6 +646,12 @@ def checkout_machine(
                 held.take_from(expiry, part)
             self.lots[(hold.customer, "available")].take_over(hold.reserved, hold.amount - captured)
             hold.status, hold.captured = status, captured
+            spent, left = [], captured  # the soonest-expiring of the reserved points left for `redeemed`
+            for expiry, part in sorted(hold.reserved, key=lambda item: soonest_first(item[0])):
+                if left:
+                    spent.append((expiry, min(part, left)))
+                    left -= min(part, left)
+            hold.spent = spent
 
         @rule(data=st.data())
         def redeem_everything(self, data: st.DataObject) -> None:
@@ -565,20 +660,27 @@ def checkout_machine(
 
         def redeem_all(self, customer: str) -> None:
             amount = self.balances[customer]["available"]
-            if not amount:
-                return
+            if amount:
+                self.redeem(customer, amount)
+
+        def redeem(self, customer: str, amount: int, in_part: bool = False) -> ModelHold:
+            """Hold `amount` of what the customer has available and capture it (all of it, or
+            about half)."""
+            assert 0 < amount <= self.balances[customer]["available"]
             request = ledger.HoldRequest(customer_id=customer, amount=amount)
             held = self.attempt(ledger.hold_points(self.till, request, self.next_id("h"), clock))
             assert isinstance(held, ledger.Hold), held
-            captured = self.attempt(ledger.capture_hold(self.till, held.id, None, self.next_id("c"), clock))
-            assert isinstance(captured, ledger.Hold) and captured.captured == amount, captured
+            part = (amount + 1) // 2 if in_part else None
+            captured = self.attempt(ledger.capture_hold(self.till, held.id, part, self.next_id("c"), clock))
+            assert isinstance(captured, ledger.Hold) and captured.captured == (part or amount), captured
             moved = self.lots[(customer, "available")].take_soonest(amount)
             hold = ModelHold(held.id, customer, amount, held.expires_at, moved)
             self.balances[customer]["available"] -= amount
             self.balances[customer]["held"] += amount
             self.lots[(customer, "held")].take_over(moved, amount)
-            self.resolve(hold, amount, "captured")  # a capture takes out the points its hold reserved
+            self.resolve(hold, part or amount, "captured")  # a capture takes out the points its hold reserved
             self.holds.append(hold)
+            return hold
 
         @precondition(lambda self: bool(self.holds))
         @rule(data=st.data(), part=st.one_of(st.none(), st.integers(0, 450)))
@@ -805,6 +907,9 @@ def checkout_machine(
                 assert view.status == ("released" if order.released else "pending"), (view, order)
                 assert (view.release_entry_id is not None) == order.has_release_entry, (view, order)
                 assert (view.refunded_net, view.clawed_back) == (order.refunded_net, order.clawed_back), (view, order)
+                redeemed = (None, 0) if order.hold is None else (order.hold.id, order.hold.captured)
+                assert (view.redemption_hold_id, view.points_redeemed) == redeemed, (view, order)
+                assert view.points_returned == order.returned == sum(r.points_returned for r in view.refunds)
                 assert view.clawed_back == sum(r.points for r in view.refunds)
                 assert [r.refund_id for r in view.refunds] == [r.id for r in order.refunds]
                 for shown, modelled in zip(view.refunds, order.refunds, strict=True):
@@ -815,7 +920,7 @@ def checkout_machine(
                         modelled.owed,
                         modelled.forgiven,
                     )
-                    assert shown.refunded_net == modelled.refunded_net
+                    assert (shown.refunded_net, shown.points_returned) == (modelled.refunded_net, modelled.returned)
             # tiers: the measure is the sum over the orders in the window
             for customer, progress in zip(self.customers, found["tiers"], strict=True):
                 measure = self.measure(customer, now)

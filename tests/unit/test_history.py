@@ -79,6 +79,10 @@ def entry(kind: str, changes: dict[str, int], metadata: dict[str, Any] | None = 
             "250 points taken back: refund R-1 of order A-1001 (250 already spent, now owed)",
         ),
         (
+            entry("order.redemption_return", {"available": 125}, ORDER | {"refund_id": "R-1", "hold_id": "hld_1"}),
+            "125 points spent on order A-1001 given back: refund R-1",
+        ),
+        (
             entry("hold.authorize", {"available": -200, "held": 200}, {"hold_id": "hld_1", "reference": None}),
             "200 points reserved for a redemption",
         ),
@@ -145,6 +149,7 @@ def test_every_kind_in_plain_words(facts: EntryFacts, sentence: str) -> None:
             {"credit_held": -300, "credit_available": 100},
             "Redeemed 2.00 EUR of store credit, 1.00 EUR of store credit back from the reservation",
         ),
+        ("order.redemption_return", {"credit_available": 400}, "4.00 EUR of store credit spent on an order given back"),
     ],
 )
 def test_store_credit_is_money_in_the_programs_currency(kind: str, changes: dict[str, int], sentence: str) -> None:

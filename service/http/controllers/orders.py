@@ -17,7 +17,7 @@ from service.domain.earning import MAX_ORDER_NET, AwareDatetime, Currency, Order
 from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
-from service.http.params import CustomerRef, ShopId
+from service.http.params import CustomerRef, HoldRef, ShopId
 from service.usecases import orders
 from service.usecases.orders import OrderPlacement, OrderView, RefundView
 
@@ -32,10 +32,16 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     currency: Currency
     placed_at: AwareDatetime
     lines: Annotated[tuple[OrderLine, ...], msgspec.Meta(min_length=1, max_length=500)]
+    redemption_hold_id: HoldRef | None = None  # a captured hold of the customer that paid for this order
 
     def placement(self) -> OrderPlacement:
         order = Order(currency=self.currency, placed_at=self.placed_at, lines=self.lines)
-        return OrderPlacement(order_id=self.order_id, customer_id=self.customer_id, order=order)
+        return OrderPlacement(
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            order=order,
+            redemption_hold_id=self.redemption_hold_id,
+        )
 
 
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
