@@ -214,11 +214,16 @@ async def apply_signal(
     )
 
 
+# inactive since the last purchase day, or since the local day of enrolment for a customer
+# who never bought (a customer who joined yesterday has not been inactive for 60 days)
 _RISK_INPUTS = """
-SELECT c.id AS customer_id, $2::date - s.last_day AS days_inactive,
+SELECT c.id AS customer_id,
+       $2::date - coalesce(s.last_day, (c.enrolled_at AT TIME ZONE p.time_zone)::date) AS days_inactive,
+       s.last_day IS NULL AS never_bought,
        coalesce(cardinality(g.open_complaints), 0) AS open_complaints,
        coalesce(cardinality(g.open_tickets), 0) AS open_tickets, g.last_score
   FROM customers c
+  JOIN programs p ON p.id = c.program_id
   LEFT JOIN customer_summaries s ON s.program_id = c.program_id AND s.customer_id = c.id
   LEFT JOIN customer_signal_states g ON g.program_id = c.program_id AND g.customer_id = c.id
  WHERE c.program_id = $1

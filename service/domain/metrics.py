@@ -422,7 +422,7 @@ class MetricSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class CustomerSignals(msgspec.Struct, frozen=True, kw_only=True):
-    days_inactive: int | None  # since the last purchase; None: never bought
+    days_inactive: int  # since the last purchase, or since enrolment for a customer who never bought
     open_complaints: int = 0
     open_tickets: int = 0
     last_score: int | None = None
@@ -436,10 +436,10 @@ class Risk(msgspec.Struct, frozen=True, kw_only=True):
 def churn_risk(signals: CustomerSignals, rules: RiskRules) -> Risk:
     """Red before orange before green; the first rule that holds names the colour.
 
-    A customer who never bought counts as inactive since forever.
+    A customer who never bought is inactive since enrolment.
     """
     inactive = signals.days_inactive
-    if inactive is None or inactive >= rules.red_inactive_days:
+    if inactive >= rules.red_inactive_days:
         return Risk(colour=Colour.RED, rule=f"inactive {rules.red_inactive_days}+ days")
     if rules.red_on_open_complaint and signals.open_complaints:
         return Risk(colour=Colour.RED, rule="open complaint")

@@ -40,7 +40,8 @@ def _table(result: msgspec.Struct) -> Table:
         header = ["customer_id", "recency_days", "frequency", "monetary", "r", "f", "m", "segment"]
         return header, [[getattr(item, name) for name in header] for item in result.items]
     if isinstance(result, signals.RiskPage):
-        header = ["customer_id", "colour", "rule", "days_inactive", "open_complaints", "open_tickets", "last_score"]
+        header = ["customer_id", "colour", "rule", "days_inactive", "never_bought", "open_complaints", "open_tickets"]
+        header += ["last_score"]
         return header, [[getattr(item, name) for name in header] for item in result.items]
     if isinstance(result, clv.PredictionPage):
         header = ["customer_id", "x", "t_x", "t", "mean_value", "expected_purchases", "p_alive"]

@@ -148,7 +148,8 @@ class CustomerRisk(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
     colour: Colour
     rule: str
-    days_inactive: int | None
+    days_inactive: int  # since the last purchase, or since enrolment if `never_bought`
+    never_bought: bool
     open_complaints: int
     open_tickets: int
     last_score: int | None
@@ -221,6 +222,7 @@ async def risk_customers(
                             colour=risk.colour,
                             rule=risk.rule,
                             days_inactive=row["days_inactive"],
+                            never_bought=row["never_bought"],
                             open_complaints=row["open_complaints"],
                             open_tickets=row["open_tickets"],
                             last_score=row["last_score"],

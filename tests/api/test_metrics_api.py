@@ -183,18 +183,19 @@ async def test_signals_and_the_churn_risk_light(
     risk = (await client.get("/v1/metrics/risk/customers", headers=admin)).json()
     colours = {item["customer_id"]: (item["colour"], item["rule"]) for item in risk["items"]}
     assert colours[ids["cat"]] == ("orange", "satisfaction score below 7")
-    assert colours[ids["dan"]] == ("red", "inactive 60+ days")  # never bought
+    # dan never bought, and joined on 15 June, after the day of this view: not inactive
+    assert colours[ids["dan"]] == ("green", "no risk rule applies")
     assert colours[ids["ann"]] == ("red", "inactive 60+ days")  # last bought 13 March
 
     complaint = await client.post("/v1/signals", json=signal("s3", "complaint_opened", reference="C-9"), headers=till)
     assert complaint.status_code == 201
     counts = (await client.get("/v1/metrics/risk", headers=admin)).json()
-    assert (counts["customers"], counts["red"], counts["orange"], counts["green"]) == (4, 4, 0, 0)
+    assert (counts["customers"], counts["red"], counts["orange"], counts["green"]) == (4, 3, 0, 1)
     assert counts["by_rule"]["red: open complaint"] == 1
     await client.post("/v1/signals", json=signal("s4", "complaint_closed", reference="C-9"), headers=till)
     await client.post("/v1/signals", json=signal("s5", "satisfaction", score=9), headers=till)
     reds = (await client.get("/v1/metrics/risk/customers", params={"colour": "green"}, headers=admin)).json()
-    assert [item["customer_id"] for item in reds["items"]] == [ids["cat"]]
+    assert {item["customer_id"] for item in reds["items"]} == {ids["cat"], ids["dan"]}
 
     # rules per program: orange from 10 days without a purchase
     rules = {"retention_target_pct": 90, "risk": {"orange_inactive_days": 10, "red_inactive_days": 60}}
@@ -256,3 +257,22 @@ async def test_bad_requests_name_the_field(client: httpx.AsyncClient, program: P
     assert empty["periods"][0]["b"] == 0 and empty["periods"][0]["rate_pct"] is None
     forbidden = await client.get("/v1/metrics/lifetime-value", headers=program.auth("checkout"))
     assert_problem(forbidden, 403, "forbidden")
+
+
+async def test_a_customer_who_never_bought_is_inactive_since_joining(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    """Not red from the day they join: inactive since the local day of enrolment."""
+    clock.set(datetime(2026, 3, 1, 22, 30, tzinfo=UTC))  # 23:30 in Amsterdam: joined on 1 March, local
+    eve = await enrol_customer(client, program, "eve")
+    admin = program.auth("admin")
+
+    async def light(day: datetime) -> tuple[str, str, int, bool]:
+        clock.set(day)
+        items = (await client.get("/v1/metrics/risk/customers", headers=admin)).json()["items"]
+        item = next(item for item in items if item["customer_id"] == eve)
+        return item["colour"], item["rule"], item["days_inactive"], item["never_bought"]
+
+    assert await light(datetime(2026, 3, 11, 10, 0, tzinfo=UTC)) == ("green", "no risk rule applies", 10, True)
+    assert await light(datetime(2026, 3, 31, 10, 0, tzinfo=UTC)) == ("orange", "inactive 30+ days", 30, True)
+    assert await light(datetime(2026, 4, 30, 10, 0, tzinfo=UTC)) == ("red", "inactive 60+ days", 60, True)

@@ -197,7 +197,7 @@ def test_upsell_and_cross_sell_need_a_later_order() -> None:
 def test_churn_risk_names_the_rule() -> None:
     rules = RiskRules()
     assert churn_risk(CustomerSignals(days_inactive=60), rules).colour is Colour.RED
-    assert churn_risk(CustomerSignals(days_inactive=None), rules).rule == "inactive 60+ days"
+    assert churn_risk(CustomerSignals(days_inactive=61), rules).rule == "inactive 60+ days"
     assert churn_risk(CustomerSignals(days_inactive=1, open_complaints=1), rules).rule == "open complaint"
     assert churn_risk(CustomerSignals(days_inactive=30), rules).rule == "inactive 30+ days"
     assert churn_risk(CustomerSignals(days_inactive=2, open_tickets=2), rules).rule == "open support ticket"
