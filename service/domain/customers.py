@@ -16,6 +16,8 @@ Email = Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s
 PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
 ShopRef = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 MAX_ATTRIBUTE_DEPTH = 32
+# Every customer read answers its attributes (200 to a page of customers), so they are kept small.
+MAX_ATTRIBUTES_BYTES = 16 * 1024  # encoded as compact JSON, in UTF-8
 
 
 class Customer(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +60,15 @@ def same_enrolment(existing: Customer, request: Enrolment) -> bool:
 
 
 def check_attributes(attributes: dict[str, Any]) -> None:
-    """Refuse attributes jsonb cannot store (NUL in a key or a string) or absurdly deep ones."""
+    """Refuse attributes jsonb cannot store (NUL in a key or a string), absurdly deep ones, and
+    ones over MAX_ATTRIBUTES_BYTES as compact JSON."""
+    size = len(msgspec.json.encode(attributes))
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise InvalidInput(
+            f"attributes are at most {MAX_ATTRIBUTES_BYTES} bytes as compact JSON, not {size}",
+            field="attributes",
+            limit=MAX_ATTRIBUTES_BYTES,
+        )
     pending: list[tuple[object, int]] = [(attributes, 1)]
     while pending:
         value, depth = pending.pop()

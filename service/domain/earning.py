@@ -52,6 +52,16 @@ MAX_UNIT_PRICE = 10**12  # minor units
 MAX_QUANTITY = 10**6
 MAX_ORDER_NET = 10**15  # minor units: sums of many orders still fit 64-bit columns
 MAX_LEVEL = 10**6  # a product's level within its category (upsell: a later purchase at a higher one)
+MAX_ORDER_LINES = 500  # an order's award costs work per line and per multiplier (lines x multipliers)
+# A rules version is read for every order and quote, and each multiplier campaign is a pass over
+# the order's lines: what a version may hold is bounded where it is published (the stored
+# versions are read as they are, whatever they hold).
+MAX_CAMPAIGNS = 100
+MAX_CAMPAIGN_CATEGORIES = 100  # categories one campaign names
+MAX_CATEGORY_MULTIPLIERS = 1000
+MAX_MULTIPLIER_BP = 100 * NEUTRAL_BP  # 100x, as a tier's earn multiplier
+MAX_RULE_POINTS = 10**12  # a bonus or a cap, as an adjustment's amount
+MAX_POINTS_PER_UNIT = 10**6
 
 
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,10 +77,14 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         return self.unit_price * self.quantity - self.discount
 
 
+# the lines of an order, placed or quoted
+OrderLines = Annotated[tuple[OrderLine, ...], msgspec.Meta(min_length=1, max_length=MAX_ORDER_LINES)]
+
+
 class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     currency: Currency
     placed_at: AwareDatetime
-    lines: Annotated[tuple[OrderLine, ...], msgspec.Meta(min_length=1)]
+    lines: OrderLines
 
     @property
     def net(self) -> int:

@@ -56,6 +56,13 @@ class Conflict(DomainError):
     status = 409
 
 
+class TooManyEndpoints(Conflict):
+    """The program has as many webhook endpoints as it may (`limit`). Not remembered under
+    the idempotency key, so the same request succeeds once an endpoint is deleted."""
+
+    remembered = False
+
+
 class IdempotencyKeyReused(DomainError):
     """The Idempotency-Key was first used for a different request; nothing was done."""
 

@@ -32,6 +32,8 @@ from service.domain.errors import InvalidInput
 from service.domain.expiry import local_midnight
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+MAX_LEVELS = 20
+MAX_PERKS = 20  # per level; bounded where a ladder is set (tiers' TierConfigRequest), not when read back
 
 
 class Basis(StrEnum):
@@ -61,7 +63,7 @@ class TierLevel(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     basis: Basis
     window: Window
-    levels: Annotated[tuple[TierLevel, ...], msgspec.Meta(min_length=1, max_length=20)]
+    levels: Annotated[tuple[TierLevel, ...], msgspec.Meta(min_length=1, max_length=MAX_LEVELS)]
     grace_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 30
     downgrade: DowngradePolicy = DowngradePolicy.ONE_LEVEL
     warning_days: Annotated[int, msgspec.Meta(ge=0, le=365)] = 14

@@ -14,11 +14,15 @@ from service.db import events as event_rows
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.domain.destinations import PUBLIC_ONLY, DestinationPolicy, url_problem
-from service.domain.errors import Conflict, InvalidInput, NotFound
+from service.domain.errors import Conflict, InvalidInput, NotFound, TooManyEndpoints
 from service.domain.events import AnyEvent, EventType
 from service.domain.ids import new_id
 from service.domain.webhooks import new_secret, rotate
 from service.usecases.idempotency import fingerprint, run_once, run_once_if_keyed
+
+# Every event is delivered to each enabled endpoint that takes its type, and the list of
+# endpoints is answered whole: a program has at most this many (enabled or not).
+MAX_ENDPOINTS = 20
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,6 +133,18 @@ async def create_endpoint(
     secret = new_secret()
 
     async def work(connection: asyncpg.Connection) -> NewEndpoint:
+        # one create per program at a time, so two concurrent ones cannot both pass the count
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('webhook-endpoints:' || $1, 0))", program_id
+        )
+        count = await connection.fetchval("SELECT count(*) FROM webhook_endpoints WHERE program_id = $1", program_id)
+        if count >= MAX_ENDPOINTS:
+            raise TooManyEndpoints(
+                f"the program has {count} webhook endpoints, the most it may have ({MAX_ENDPOINTS});"
+                " delete one to register another",
+                field="url",
+                limit=MAX_ENDPOINTS,
+            )
         now = clock.now()
         row = await connection.fetchrow(
             f"INSERT INTO webhook_endpoints (program_id, id, url, description, event_types, secret,"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import asyncpg
 import httpx
 
+from tests.api.support import assert_names_field, assert_problem, snapshot
 from tests.conftest import ProgramFixture
+
+MAX_ATTRIBUTES_BYTES = 16 * 1024  # docs/api.md
 
 
 async def test_enrol_read_update_list(client: httpx.AsyncClient, program: ProgramFixture) -> None:
@@ -74,3 +80,37 @@ async def test_every_problem_type_resolves(client: httpx.AsyncClient, program: P
         item["type"].rsplit("/", 1)[1] for item in catalogue
     }
     assert (await client.get("/problems/no-such-thing")).status_code == 404
+
+
+def _attributes_of_size(size: int) -> dict[str, str]:
+    """Attributes whose compact JSON is `size` bytes: {"note":"xx..."} (11 bytes of frame)."""
+    attributes = {"note": "x" * (size - len('{"note":""}'))}
+    assert len(json.dumps(attributes, separators=(",", ":")).encode()) == size
+    return attributes
+
+
+async def test_attributes_are_at_most_16_kib_of_json(
+    client: httpx.AsyncClient, owner_connection: asyncpg.Connection, program: ProgramFixture
+) -> None:
+    """Every read answers a customer's attributes (a page of 200 customers at once), so they are
+    bounded well under the body limit: 16384 bytes as compact JSON, on enrolment and update."""
+    checkout = program.auth("checkout")
+    at_limit = _attributes_of_size(MAX_ATTRIBUTES_BYTES)
+    over = _attributes_of_size(MAX_ATTRIBUTES_BYTES + 1)
+    enrolled = await client.post("/v1/customers", json={"external_id": "big", "attributes": at_limit}, headers=checkout)
+    assert enrolled.status_code == 201, enrolled.text
+    assert enrolled.json()["attributes"] == at_limit
+    path = f"/v1/customers/{enrolled.json()['id']}"
+
+    before = await snapshot(owner_connection, program.id)
+    refused = await client.post("/v1/customers", json={"external_id": "bigger", "attributes": over}, headers=checkout)
+    assert_names_field(assert_problem(refused, 422, "invalid-input"), "attributes")
+    patched = await client.patch(path, json={"attributes": over}, headers=checkout)
+    assert_names_field(assert_problem(patched, 422, "invalid-input"), "attributes")
+    assert await snapshot(owner_connection, program.id) == before
+
+    smaller = {"note": "short"}
+    assert (await client.patch(path, json={"attributes": smaller}, headers=checkout)).json()["attributes"] == smaller
+    grown = await client.patch(path, json={"attributes": at_limit}, headers=checkout)
+    assert grown.status_code == 200, grown.text
+    assert grown.json()["attributes"] == at_limit

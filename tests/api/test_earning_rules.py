@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
+import pytest
 
 from service.domain.clock import ManualClock
+from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
 
 RULES = {
@@ -130,3 +134,127 @@ async def test_a_quote_refused_by_the_rules_names_the_field_of_its_order(
     )
     assert too_much.status_code == 422, too_much.text
     assert too_much.json()["field"] == "order.lines[0].discount"
+
+
+def _campaign(n: int, **changes: object) -> dict[str, object]:
+    return {"name": f"c{n}", "starts_on": "2026-10-01", "ends_on": "2026-10-31", "bonus_points": 1} | changes
+
+
+# (field named, a rule set at its limit, the same one over it): docs/api.md
+RULE_LIMITS: list[tuple[str, dict[str, object], dict[str, object]]] = [
+    ("campaigns", {"campaigns": [_campaign(n) for n in range(100)]}, {"campaigns": [_campaign(n) for n in range(101)]}),
+    (
+        "category_multipliers",
+        {"category_multipliers": {f"k{n}": 20000 for n in range(1000)}},
+        {"category_multipliers": {f"k{n}": 20000 for n in range(1001)}},
+    ),
+    (
+        "campaigns[0].categories",
+        {"campaigns": [_campaign(0, categories=[f"k{n}" for n in range(100)])]},
+        {"campaigns": [_campaign(0, categories=[f"k{n}" for n in range(101)])]},
+    ),
+    (
+        "category_multipliers[...]",  # msgspec names no key of a map
+        {"category_multipliers": {"coffee": 1_000_000}},
+        {"category_multipliers": {"coffee": 1_000_001}},
+    ),
+    (
+        "campaigns[0].multiplier_bp",
+        {"campaigns": [_campaign(0, bonus_points=None, multiplier_bp=1_000_000)]},
+        {"campaigns": [_campaign(0, bonus_points=None, multiplier_bp=1_000_001)]},
+    ),
+    (
+        "campaigns[0].bonus_points",
+        {"campaigns": [_campaign(0, bonus_points=10**12)]},
+        {"campaigns": [_campaign(0, bonus_points=10**12 + 1)]},
+    ),
+    (
+        "campaigns[0].customer_cap",
+        {"campaigns": [_campaign(0, customer_cap=10**12)]},
+        {"campaigns": [_campaign(0, customer_cap=10**12 + 1)]},
+    ),
+    ("points_per_unit", {"points_per_unit": 10**6}, {"points_per_unit": 10**6 + 1}),
+    ("unit_minor", {"unit_minor": 10**15}, {"unit_minor": 10**15 + 1}),
+    ("minimum_order_minor", {"minimum_order_minor": 10**15}, {"minimum_order_minor": 10**15 + 1}),
+    ("order_cap", {"order_cap": 10**12}, {"order_cap": 10**12 + 1}),
+]
+
+
+@pytest.mark.parametrize(("field", "at_limit", "over"), RULE_LIMITS, ids=[field for field, _, _ in RULE_LIMITS])
+async def test_a_rules_version_is_bounded(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    clock: ManualClock,
+    field: str,
+    at_limit: dict[str, object],
+    over: dict[str, object],
+) -> None:
+    """A version is read for every order and each campaign is a pass over its lines: its lists
+    and numbers are bounded. Over a bound is a 422 naming the field, and publishes nothing."""
+    clock.set(datetime(2026, 10, 1, 8, tzinfo=UTC))
+    admin = program.auth("admin")
+    refused = await client.post("/v1/earning/rules", json={**RULES, **over}, headers={**admin, "Idempotency-Key": "o"})
+    assert_names_field(assert_problem(refused, 422, "invalid-input"), field)
+    assert (await client.get("/v1/earning/rules", headers=admin)).json() == []
+    accepted = await client.post(
+        "/v1/earning/rules", json={**RULES, **at_limit}, headers={**admin, "Idempotency-Key": "a"}
+    )
+    assert accepted.status_code == 201, accepted.text
+    quoted = await client.post(
+        "/v1/earning/quote",
+        json={"order": order(datetime(2026, 10, 2, 8, tzinfo=UTC), ("coffee", 1250, 2))},
+        headers=program.auth("checkout"),
+    )
+    assert quoted.status_code == 200, quoted.text
+
+
+async def test_a_quote_has_at_most_500_lines_as_an_order(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    """The quote's order is an order: 1 to 500 lines (docs/api.md), 422 naming `order.lines` over it."""
+    clock.set(datetime(2026, 10, 1, 8, tzinfo=UTC))
+    created = await client.post(
+        "/v1/earning/rules", json=RULES, headers={**program.auth("admin"), "Idempotency-Key": "r"}
+    )
+    assert created.status_code == 201, created.text
+    checkout = program.auth("checkout")
+    placed = datetime(2026, 10, 2, 8, tzinfo=UTC)
+    at_limit = await client.post(
+        "/v1/earning/quote", json={"order": order(placed, *[("tea", 100, 1)] * 500)}, headers=checkout
+    )
+    assert at_limit.status_code == 200, at_limit.text
+    assert at_limit.json()["total"] == 500 + 50  # a point per euro, and the autumn bonus
+    over = await client.post(
+        "/v1/earning/quote", json={"order": order(placed, *[("tea", 100, 1)] * 501)}, headers=checkout
+    )
+    assert_names_field(assert_problem(over, 422, "invalid-input"), "order.lines")
+
+
+async def test_a_version_stored_before_the_bounds_still_applies(
+    client: httpx.AsyncClient, owner_connection: asyncpg.Connection, program: ProgramFixture
+) -> None:
+    """The bounds are the publishing request's: a version already stored past them (published
+    before they existed) is read as it is, so its program's orders and quotes go on."""
+    effective_from = datetime(2026, 10, 1, 8, tzinfo=UTC)
+    rules = {
+        **RULES,
+        "version": 1,
+        "effective_from": effective_from.isoformat(),
+        "campaigns": [_campaign(n, categories=[f"k{i}" for i in range(101)]) for n in range(101)],
+    }
+    await owner_connection.execute(
+        "INSERT INTO earning_rule_sets (program_id, version, effective_from, rules, published_by)"
+        " VALUES ($1, 1, $2, $3, 'test')",
+        program.id,
+        effective_from,
+        json.dumps(rules),
+    )
+    quoted = await client.post(
+        "/v1/earning/quote",
+        json={"order": order(datetime(2026, 10, 2, 8, tzinfo=UTC), ("k0", 1000, 1))},
+        headers=program.auth("checkout"),
+    )
+    assert quoted.status_code == 200, quoted.text
+    assert quoted.json()["total"] == 10 + 101  # a point per euro, and a point from each campaign
+    listed = await client.get("/v1/earning/rules", headers=program.auth("admin"))
+    assert len(listed.json()[0]["rules"]["campaigns"]) == 101

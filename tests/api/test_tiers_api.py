@@ -67,3 +67,18 @@ async def test_a_bad_ladder_names_the_field(client: httpx.AsyncClient, program: 
         "/v1/tiers", json={**LADDER, "window": "weekly"}, headers={**admin, "Idempotency-Key": "b3"}
     )
     assert_names_field(assert_problem(unknown, 422), "window")
+
+
+async def test_a_level_has_at_most_20_perks(client: httpx.AsyncClient, program: ProgramFixture) -> None:
+    """The ladder is read for every order: a level's perks are bounded (docs/api.md), 422
+    naming `levels[i].perks` over it, and nothing is set."""
+    admin = program.auth("admin")
+    perks = [f"perk {n}" for n in range(21)]
+    over = {**LADDER, "levels": [MEMBER, {**INSIDER, "perks": perks}]}
+    refused = await client.put("/v1/tiers", json=over, headers={**admin, "Idempotency-Key": "over"})
+    assert_names_field(assert_problem(refused, 422, "invalid-input"), "levels[1].perks")
+    assert_problem(await client.get("/v1/tiers", headers=admin), 404)
+    at_limit = {**LADDER, "levels": [MEMBER, {**INSIDER, "perks": perks[:20]}]}
+    accepted = await client.put("/v1/tiers", json=at_limit, headers={**admin, "Idempotency-Key": "at"})
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["config"]["levels"][1]["perks"] == perks[:20]

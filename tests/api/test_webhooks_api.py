@@ -3,6 +3,7 @@ the catalogue over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -537,3 +538,71 @@ async def test_the_feed_stops_before_an_event_it_cannot_read_and_never_passes_it
     assert stuck.headers["retry-after"] == "5"
     past = await client.get("/v1/events", params={"after": "2"}, headers=admin)  # a reader of seq 2 goes on
     assert [event["data"]["external_id"] for event in past.json()["items"]] == ["bob"]
+
+
+MAX_ENDPOINTS = 20  # docs/api.md
+
+
+async def _endpoint_rows(owner_connection: asyncpg.Connection, program_id: str) -> list[dict[str, Any]]:
+    rows = await owner_connection.fetch("SELECT * FROM webhook_endpoints WHERE program_id = $1 ORDER BY id", program_id)
+    return [dict(row) for row in rows]
+
+
+async def test_a_program_has_at_most_20_endpoints_and_a_refused_create_is_not_remembered(
+    client: httpx.AsyncClient, owner_connection: asyncpg.Connection, program: ProgramFixture
+) -> None:
+    """Each event fans out to every endpoint taking its type: the 21st is a 409 naming `url`
+    that stores nothing, disabled endpoints count too (they can be enabled again), and the
+    refusal is not kept under its key: the same request succeeds once an endpoint is gone."""
+    made = [await make_endpoint(client, program, url=f"https://crm.example.com/{n}") for n in range(MAX_ENDPOINTS)]
+    admin = program.auth("admin")
+    disabled = await client.patch(f"{ENDPOINTS}/{made[0]['id']}", json={"enabled": False}, headers=admin)
+    assert disabled.status_code == 200, disabled.text
+    before = await _endpoint_rows(owner_connection, program.id)
+    assert len(before) == MAX_ENDPOINTS
+
+    headers = keyed(admin)
+    body = {"url": "https://crm.example.com/one-more", "event_types": ["customer.enrolled"]}
+    refused = assert_problem(await client.post(ENDPOINTS, json=body, headers=headers), 409, "conflict")
+    assert refused["field"] == "url"
+    assert refused["limit"] == MAX_ENDPOINTS
+    assert await _endpoint_rows(owner_connection, program.id) == before
+
+    deleted = await client.delete(f"{ENDPOINTS}/{made[0]['id']}", headers=admin)
+    assert deleted.status_code == 204
+    again = await client.post(ENDPOINTS, json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert len(await _endpoint_rows(owner_connection, program.id)) == MAX_ENDPOINTS
+
+
+async def test_concurrent_creates_never_pass_the_endpoint_cap(
+    client: httpx.AsyncClient, owner_connection: asyncpg.Connection, program: ProgramFixture
+) -> None:
+    """Creates racing for the last free places: as many succeed as there were places, the
+    others are refused, and the program never holds more than the cap."""
+    for n in range(MAX_ENDPOINTS - 3):
+        await make_endpoint(client, program, url=f"https://crm.example.com/{n}")
+    admin = program.auth("admin")
+
+    async def create(n: int) -> httpx.Response:
+        body = {"url": f"https://racer.example.com/{n}", "event_types": ["customer.enrolled"]}
+        return await client.post(ENDPOINTS, json=body, headers=keyed(admin))
+
+    answers = await asyncio.gather(*(create(n) for n in range(8)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * 3 + [409] * 5, statuses
+    assert len(await _endpoint_rows(owner_connection, program.id)) == MAX_ENDPOINTS
+    answers = await asyncio.gather(*(create(n) for n in range(8, 12)))  # at the cap: every one refused
+    assert [answer.status_code for answer in answers] == [409] * 4
+    assert len(await _endpoint_rows(owner_connection, program.id)) == MAX_ENDPOINTS
+
+
+async def test_the_feed_filters_by_at_most_as_many_types_as_the_catalogue_has(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    """`types` is repeated once per type: up to as many times as the catalogue has types."""
+    admin = program.auth("admin")
+    every = [event_type.value for event_type in EventType]
+    assert (await client.get("/v1/events", params={"types": every}, headers=admin)).status_code == 200
+    refused = await client.get("/v1/events", params={"types": [*every, every[0]]}, headers=admin)
+    assert_names_field(assert_problem(refused, 422, "invalid-input"), "types")

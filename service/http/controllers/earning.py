@@ -14,14 +14,18 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.earning import (
+    MAX_CAMPAIGN_CATEGORIES,
+    MAX_CAMPAIGNS,
+    MAX_CATEGORY_MULTIPLIERS,
+    MAX_MULTIPLIER_BP,
+    MAX_ORDER_NET,
+    MAX_POINTS_PER_UNIT,
+    MAX_RULE_POINTS,
     NEUTRAL_BP,
     Award,
-    BasisPoints,
     Campaign,
     Currency,
-    Minor,
     Order,
-    Points,
     Text,
 )
 from service.http.auth import requires
@@ -29,17 +33,30 @@ from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.http.params import IdempotencyKey
 from service.usecases import earning_rules
 
+RulePoints = Annotated[int, msgspec.Meta(ge=0, le=MAX_RULE_POINTS)]
+Multiplier = Annotated[int, msgspec.Meta(ge=0, le=MAX_MULTIPLIER_BP)]
+
+
+class CampaignRequest(Campaign, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A campaign as published, with its categories and numbers bounded. The bounds are the
+    request's, not Campaign's: versions published before them are read as they were stored."""
+
+    categories: Annotated[frozenset[Text], msgspec.Meta(max_length=MAX_CAMPAIGN_CATEGORIES)] | None = None
+    multiplier_bp: Annotated[int, msgspec.Meta(gt=NEUTRAL_BP, le=MAX_MULTIPLIER_BP)] | None = None
+    bonus_points: Annotated[int, msgspec.Meta(gt=0, le=MAX_RULE_POINTS)] | None = None
+    customer_cap: RulePoints | None = None
+
 
 class EarningRulesRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A new version of the rules; it applies from `effective_from` (default: now)."""
 
     currency: Currency
-    points_per_unit: Points
-    unit_minor: Annotated[int, msgspec.Meta(gt=0)]
-    category_multipliers: dict[Text, BasisPoints] = {}
-    campaigns: tuple[Campaign, ...] = ()
-    minimum_order_minor: Minor = 0
-    order_cap: Points | None = None
+    points_per_unit: Annotated[int, msgspec.Meta(ge=0, le=MAX_POINTS_PER_UNIT)]
+    unit_minor: Annotated[int, msgspec.Meta(gt=0, le=MAX_ORDER_NET)]
+    category_multipliers: Annotated[dict[Text, Multiplier], msgspec.Meta(max_length=MAX_CATEGORY_MULTIPLIERS)] = {}
+    campaigns: Annotated[tuple[CampaignRequest, ...], msgspec.Meta(max_length=MAX_CAMPAIGNS)] = ()
+    minimum_order_minor: Annotated[int, msgspec.Meta(ge=0, le=MAX_ORDER_NET)] = 0
+    order_cap: RulePoints | None = None
     effective_from: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
 

@@ -62,7 +62,10 @@ class EventController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(name="limit", ge=1, le=500)] = 100,
         types: Annotated[
-            list[EventType] | None, QueryParameter(name="types", description="only these types (repeat the parameter)")
+            list[EventType] | None,
+            QueryParameter(
+                name="types", max_items=len(EventType), description="only these types (repeat the parameter)"
+            ),
         ] = None,
     ) -> EventPageResponse:
         """Published events in the program's order (each customer's in the order they happened)."""

@@ -13,7 +13,16 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import ExternalId
-from service.domain.earning import MAX_ORDER_NET, AwareDatetime, Currency, Order, OrderLine, Refund, RefundLine
+from service.domain.earning import (
+    MAX_ORDER_LINES,
+    MAX_ORDER_NET,
+    AwareDatetime,
+    Currency,
+    Order,
+    OrderLines,
+    Refund,
+    RefundLine,
+)
 from service.domain.orders import ReturnPolicy, ReturnSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
@@ -31,7 +40,7 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     customer_id: CustomerRef
     currency: Currency
     placed_at: AwareDatetime
-    lines: Annotated[tuple[OrderLine, ...], msgspec.Meta(min_length=1, max_length=500)]
+    lines: OrderLines
     redemption_hold_id: HoldRef | None = None  # a captured hold of the customer that paid for this order
 
     def placement(self) -> OrderPlacement:
@@ -48,7 +57,7 @@ class RefundRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Goods returned by line (`lines`), or money returned as an `amount` of net value."""
 
     refund_id: ExternalId
-    lines: Annotated[tuple[RefundLine, ...], msgspec.Meta(max_length=500)] = ()
+    lines: Annotated[tuple[RefundLine, ...], msgspec.Meta(max_length=MAX_ORDER_LINES)] = ()
     amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_ORDER_NET)] | None = None
 
 

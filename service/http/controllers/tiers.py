@@ -14,12 +14,24 @@ from service.db.tiers import TierChange, TierGrant
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.earning import Text
-from service.domain.tiers import Code, TierConfig, TierProgress
+from service.domain.tiers import MAX_LEVELS, MAX_PERKS, Code, TierConfig, TierLevel, TierProgress
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
 from service.http.params import CustomerId, IdempotencyKey
 from service.usecases import tiers
 from service.usecases.tiers import GrantRequest, TierSettings
+
+
+class TierLevelRequest(TierLevel, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A level as set, its perks bounded (ladders set before the bound are read as stored)."""
+
+    perks: Annotated[tuple[Text, ...], msgspec.Meta(max_length=MAX_PERKS)] = ()
+
+
+class TierConfigRequest(TierConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ladder to set."""
+
+    levels: Annotated[tuple[TierLevelRequest, ...], msgspec.Meta(min_length=1, max_length=MAX_LEVELS)]
 
 
 class TierGrantRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -37,7 +49,7 @@ class TierConfigController(Controller):
     @put(guards=[requires(Scope.ADMIN)], status_code=HTTP_200_OK, responses=BODY_PROBLEM_RESPONSES)
     async def configure(
         self,
-        data: JSONBody[TierConfig],
+        data: JSONBody[TierConfigRequest],
         idempotency_key: IdempotencyKey,
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],

@@ -18,7 +18,7 @@ from service.domain.clock import Clock
 from service.domain.events import EventType
 from service.domain.webhooks import MAX_PREVIOUS_SECRET_VALID_S, PREVIOUS_SECRET_VALID_S
 from service.http.auth import requires
-from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES
+from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, conflicts
 from service.http.params import IdempotencyKey
 from service.usecases import webhooks
 from service.usecases.webhooks import Delivery, Endpoint, EndpointChange
@@ -28,6 +28,12 @@ DeliveryId = Annotated[str, PathParameter(title="Delivery id", min_length=1, max
 Url = Annotated[str, msgspec.Meta(min_length=8, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00]+$")]
 Description = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^[^\x00]*$")]
 EventTypes = Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=len(EventType))]
+
+
+ENDPOINT_CREATE_CONFLICTS = conflicts(
+    f"`conflict` (field `url`): the program has {webhooks.MAX_ENDPOINTS} endpoints, the most it may have;"
+    " `idempotency-key-reused`: the key was used for another request"
+)
 
 
 class EndpointRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,7 +93,7 @@ class WebhookController(Controller):
     tags = ["webhooks"]
     guards = [requires(Scope.ADMIN)]
 
-    @post(status_code=HTTP_201_CREATED, responses=BODY_PROBLEM_RESPONSES)
+    @post(status_code=HTTP_201_CREATED, responses=ENDPOINT_CREATE_CONFLICTS)
     async def create(
         self,
         data: JSONBody[EndpointRequest],
