@@ -62,6 +62,9 @@ MAX_CATEGORY_MULTIPLIERS = 1000
 MAX_MULTIPLIER_BP = 100 * NEUTRAL_BP  # 100x, as a tier's earn multiplier
 MAX_RULE_POINTS = 10**12  # a bonus or a cap, as an adjustment's amount
 MAX_POINTS_PER_UNIT = 10**6
+# What one order may earn: an adjustment's largest amount. Rules within their bounds can
+# still multiply a large order past what the ledger's 64-bit amounts hold.
+MAX_AWARD_POINTS = 10**12
 
 
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -296,6 +299,9 @@ def calculate_award(
             taken = min(granted[name], cut)
             granted[name] -= taken
             cut -= taken
+    if total > MAX_AWARD_POINTS:
+        detail = f"the order would earn {total} points under rules version {rules.version}; an award is at most"
+        raise InvalidInput(f"{detail} {MAX_AWARD_POINTS}", field="lines")
     return Award(total=total, breakdown=tuple(components), campaign_bonus=granted, rules_version=rules.version)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,7 +12,7 @@ import pytest
 
 from service.domain.clock import ManualClock
 from service.usecases import orders
-from tests.api.orders_support import order_body
+from tests.api.orders_support import PLACED, RULES, order_body
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
 
@@ -206,3 +206,24 @@ async def test_amounts_beyond_the_bounds_are_refused_by_name(
     response = await client.post(f"/v1/shops/{program.shop_id}/orders", json=body, headers=program.auth("checkout"))
     body = assert_problem(response, 422)
     assert body["field"] == field, body
+
+
+async def test_an_order_earning_more_than_the_ledger_holds_is_refused_not_a_500(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
+) -> None:
+    # in force from now (a minute after PLACED): 10^6 points per minor unit of 10^15, 10^21
+    # points, more than a 64-bit amount holds (it was a 500)
+    generous = RULES | {"points_per_unit": 1_000_000, "unit_minor": 1}
+    published = await client.post(
+        "/v1/earning/rules", json=generous, headers={**program.auth("admin"), "Idempotency-Key": "generous"}
+    )
+    assert published.status_code == 201, published.text
+    before = await _journal_size(owner_connection, program.id)
+    line = {"sku": "gold", "category": "bullion", "unit_price": 10**12, "quantity": 1000}
+    response = await client.post(
+        f"/v1/shops/{program.shop_id}/orders",
+        json=order_body(ann, "BIG-1", lines=[line], placed_at=(PLACED + timedelta(minutes=1)).isoformat()),
+        headers=program.auth("checkout"),
+    )
+    assert assert_problem(response, 422, "invalid-input")["field"] == "lines"
+    assert await _journal_size(owner_connection, program.id) == before

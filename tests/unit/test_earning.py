@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.earning import (
+    MAX_AWARD_POINTS,
     NEUTRAL_BP,
     Award,
     AwardComponent,
@@ -517,3 +518,17 @@ def test_bonus_kept_follows_the_clawback_and_stays_within_the_bonus(
         assert bonus_kept(bonus, min(refunded + 1, net), net) <= kept  # more refunded, never more kept
         bonus_taken += bonus - kept
     assert bonus_taken <= taken  # a campaign's bonus comes back with the award it was part of
+
+
+def test_an_award_beyond_what_the_ledger_holds_is_refused_naming_the_lines() -> None:
+    """Rules within their bounds can multiply a large order past 64-bit amounts: at most
+    MAX_AWARD_POINTS per order, a 422 naming the lines instead of a failed write."""
+    big = OrderLine(sku="gold", category="bullion", unit_price=10**12, quantity=1000)  # net 10^15
+    generous = rules(points_per_unit=10**6, unit_minor=1)
+    with pytest.raises(InvalidInput) as refused:
+        award(order(big), generous)
+    assert refused.value.field == "lines" and str(MAX_AWARD_POINTS) in refused.value.detail
+    at_most = rules(points_per_unit=1, unit_minor=1000)  # exactly 10^12 points
+    assert award(order(big), at_most).total == MAX_AWARD_POINTS
+    capped = rules(points_per_unit=10**6, unit_minor=1, order_cap=500)  # the order cap applies first
+    assert award(order(big), capped).total == 500
