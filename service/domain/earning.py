@@ -62,9 +62,9 @@ MAX_CATEGORY_MULTIPLIERS = 1000
 MAX_MULTIPLIER_BP = 100 * NEUTRAL_BP  # 100x, as a tier's earn multiplier
 MAX_RULE_POINTS = 10**12  # a bonus or a cap, as an adjustment's amount
 MAX_POINTS_PER_UNIT = 10**6
-# What one order may earn: an adjustment's largest amount. Rules within their bounds can
-# still multiply a large order past what the ledger's 64-bit amounts hold.
-MAX_AWARD_POINTS = 10**12
+# What one order may earn, as its net value: rules within their bounds can multiply a large
+# order past what the ledger's 64-bit amounts hold; 9,000 such awards still fit one balance.
+MAX_AWARD_POINTS = 10**15
 
 
 class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

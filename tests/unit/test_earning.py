@@ -528,7 +528,7 @@ def test_an_award_beyond_what_the_ledger_holds_is_refused_naming_the_lines() -> 
     with pytest.raises(InvalidInput) as refused:
         award(order(big), generous)
     assert refused.value.field == "lines" and str(MAX_AWARD_POINTS) in refused.value.detail
-    at_most = rules(points_per_unit=1, unit_minor=1000)  # exactly 10^12 points
+    at_most = rules(points_per_unit=1, unit_minor=1)  # exactly 10^15 points
     assert award(order(big), at_most).total == MAX_AWARD_POINTS
     capped = rules(points_per_unit=10**6, unit_minor=1, order_cap=500)  # the order cap applies first
     assert award(order(big), capped).total == 500
