@@ -79,3 +79,26 @@ async def test_the_csv_keeps_negative_amounts_as_numbers_and_metadata_as_json(
     assert sorted(int(row["amount"]) for row in rows) == [-10, -4, 4, 10]
     assert {json.loads(row["metadata"])["reason"] for row in rows} == {'=HYPERLINK("http://evil.example","x")'}
     assert all(not value.startswith(("=", "+", "@")) for row in rows for value in row.values())
+
+
+async def test_journal_csv_gives_instants_as_every_answer_does_in_utc_with_z(
+    client: httpx.AsyncClient, program: ProgramFixture, clock: ManualClock
+) -> None:
+    """docs/api.md, Conventions: timestamps are RFC 3339 in UTC (`...Z`); the CSV export
+    writes each posting's `posted_at` as the NDJSON export of the same period does."""
+    ann = await enrol_customer(client, program, "ann")
+    grant = await client.post(
+        "/v1/ledger/adjustments",
+        json={"customer_id": ann, "amount": 10, "reason": "a"},
+        headers={**program.auth("admin"), "Idempotency-Key": "g-1"},
+    )
+    assert grant.status_code == 201, grant.text
+    posted_at = grant.json()["posted_at"]
+    assert posted_at.endswith("Z")
+    period = {"from": posted_at, "to": (clock.now() + timedelta(seconds=1)).isoformat()}
+    finance = program.auth("finance")
+    ndjson = await client.get("/v1/finance/journal", params=period, headers=finance)
+    assert [json.loads(line)["posted_at"] for line in ndjson.text.splitlines()] == [posted_at] * 2
+    exported = await client.get("/v1/finance/journal", params={**period, "format": "csv"}, headers=finance)
+    rows = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8"), newline="")))
+    assert [row["posted_at"] for row in rows] == [posted_at] * 2

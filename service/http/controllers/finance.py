@@ -50,8 +50,12 @@ def _csv(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[bytes]:
         writer = csv.writer(buffer)
         writer.writerow(finance.JOURNAL_COLUMNS)
         async for row in rows:
+            # instants as every answer gives them (and the NDJSON export): RFC 3339 in UTC, `...Z`
             writer.writerow(
-                [value.isoformat() if isinstance(value, datetime) else spreadsheet_cell(value) for value in row]
+                [
+                    msgspec.to_builtins(value) if isinstance(value, datetime) else spreadsheet_cell(value)
+                    for value in row
+                ]
             )
             if buffer.tell() > 64_000:
                 yield buffer.getvalue().encode()
