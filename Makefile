@@ -29,7 +29,7 @@ unit: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.ledger_throughput
 
-instructions: $(INSTALLED)  ## server instructions per grant and per TPC-B transaction (callgrind; needs valgrind; ~30 s)
+instructions: $(INSTALLED)  ## server instructions per grant, per batched grant and per TPC-B transaction (callgrind; needs valgrind; ~1 min)
 	$(BIN)/python -m bench.instructions
 
 faults: $(INSTALLED)  ## kill the app, restart PostgreSQL, exhaust the pool, each under load (~1 min; docs/performance.md)
