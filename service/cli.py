@@ -86,7 +86,9 @@ async def _serve_prepare(settings: Settings) -> str:
     return await prepare_database(settings)
 
 
-async def _run_jobs(settings: Settings) -> None:
+async def _run_jobs(settings: Settings) -> bool:
+    """Every job for every program once, then a pass of the dispatcher; prints what each did
+    and returns whether every job succeeded (a failed one is named, and the command exits 1)."""
     from service.db.engine import close_pool, start_pool
     from service.domain.clock import SystemClock
     from service.usecases.dispatch import DispatchConfig, dispatch_once
@@ -95,17 +97,24 @@ async def _run_jobs(settings: Settings) -> None:
 
     dsn = await prepare_database(settings)
     await start_pool(dsn, settings)
+    succeeded = True
     try:
         for report in await run_all(SystemClock(), lifecycle_rules(settings)):
+            failed = f"; failed: {', '.join(report.failed)}" if report.failed else ""
+            succeeded = succeeded and not report.failed
             print(
-                f"{report.program_id}: {report.orders_released} orders released, {report.holds_expired} holds expired,"
+                f"{report.program_id}: {report.orders_released} orders released,"
+                f" {report.referrals_rewarded} referrals rewarded, {report.tier_grants_ended} tier grants ended,"
+                f" {report.tiers_reviewed} tiers reviewed, {report.holds_expired} holds expired,"
                 f" {report.expiry_entries} expiry entries, {report.lifecycle_events} lifecycle events,"
-                f" {report.entries_sealed} entries sealed"
+                f" {report.churn_risk_red} churn-risk events, {report.events_published} events published,"
+                f" {report.entries_sealed} entries sealed{failed}"
             )
         sent = await dispatch_once(SystemClock(), DispatchConfig.from_settings(settings))
         print(f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts")
     finally:
         await close_pool()
+    return succeeded
 
 
 def _stop_database(settings: Settings) -> None:
@@ -219,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"loyalty: {refusal.detail}", file=sys.stderr)
             return 2
     elif args.command == "jobs":
-        asyncio.run(_run_jobs(settings))
+        if not asyncio.run(_run_jobs(settings)):
+            return 1  # a job failed (logged, and named in its program's line): cron sees it
     elif args.command == "stop-db":
         _stop_database(settings)
     return 0

@@ -74,7 +74,8 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
     async def work(connection: asyncpg.Connection) -> int:
         # the lots of the window through lots_expiring, each looking up its account, and each
         # warning its mark, by key: joined freely, the plan may walk every available account of
-        # the program, or every mark it ever wrote, whatever is due
+        # the program, or every mark it ever wrote, whatever is due. The key's day is written
+        # as ISO by to_char, as Python writes it, not by `::text`, which follows `datestyle`
         rows = await connection.fetch(
             "WITH soon AS MATERIALIZED ("
             "  SELECT (SELECT a.customer_id FROM accounts a WHERE a.program_id = l.program_id"
@@ -85,7 +86,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             "   AS last_day, min(s.expires_at) AS expires_at, sum(s.remaining)::bigint AS points"
             "  FROM soon s JOIN programs p ON p.id = $1 WHERE s.customer_id IS NOT NULL GROUP BY 1, 2) due"
             " WHERE (SELECT true FROM event_marks m WHERE m.program_id = $1"
-            "  AND m.key = 'expiring:' || due.customer_id || ':' || due.last_day::text) IS NULL"
+            "  AND m.key = 'expiring:' || due.customer_id || ':' || to_char(due.last_day, 'YYYY-MM-DD')) IS NULL"
             " ORDER BY due.expires_at LIMIT $4",
             program_id,
             now,

@@ -54,3 +54,39 @@ def test_an_unknown_program_is_exit_code_2_too(
     monkeypatch.setattr("service.usecases.programs.get_program", no_program)
     assert cli.main(["create-api-key", "prg_nope", "--scope", "checkout"]) == 2
     assert capsys.readouterr().err == "loyalty: program prg_nope not found\n"
+
+
+@pytest.mark.parametrize("failed", [[], ["referrals_rewarded", "expiry_entries"]])
+def test_jobs_run_prints_what_each_job_did_and_a_failed_job_is_exit_code_1(
+    failed: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`loyalty jobs run` from cron: a job that failed (logged, tried again next round) is named
+    in its program's line and the command exits 1, not 0 as if everything had been done."""
+    from service.usecases.dispatch import DispatchReport
+    from service.usecases.jobs import JobReport
+
+    async def migrated(*args: object) -> str:
+        return "postgresql://unused"
+
+    async def no_pool(*args: object) -> None:
+        return None
+
+    async def reports(*args: object) -> list[JobReport]:
+        done = JobReport(program_id="prg_a", orders_released=2, referrals_rewarded=1, tiers_reviewed=3)
+        return [done, JobReport(program_id="prg_b", expiry_entries=4, failed=list(failed))]
+
+    async def dispatched(*args: object) -> DispatchReport:
+        return DispatchReport(delivered=5)
+
+    monkeypatch.setattr(cli, "prepare_database", migrated)
+    monkeypatch.setattr("service.db.engine.start_pool", no_pool)
+    monkeypatch.setattr("service.db.engine.close_pool", no_pool)
+    monkeypatch.setattr("service.usecases.jobs.run_all", reports)
+    monkeypatch.setattr("service.usecases.dispatch.dispatch_once", dispatched)
+    assert cli.main(["jobs", "run"]) == (1 if failed else 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2] == "webhooks: 5 delivered, 0 failed attempts"
+    assert lines[0].startswith("prg_a: 2 orders released, 1 referrals rewarded,") and "3 tiers reviewed" in lines[0]
+    assert "failed" not in lines[0]
+    assert "4 expiry entries" in lines[1]
+    assert lines[1].endswith("; failed: referrals_rewarded, expiry_entries" if failed else "entries sealed")
