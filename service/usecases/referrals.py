@@ -512,10 +512,12 @@ async def _pay(connection: asyncpg.Connection, program_id: str, referral: Referr
         if isinstance(outcome, DomainError):
             raise outcome
     entry_ids = {id(p): w.id for p, w in zip(postings, written, strict=True) if not isinstance(w, DomainError)}
+    paid = bool(entry_ids)
     for p in planned:
         grant_id, note = None, None
         if p.reward.kind is RewardKind.TIER:
             grant_id, note = await _grant(connection, program_id, referral, p, now)
+            paid = paid or grant_id is not None
         await rows.insert_reward(
             connection,
             program_id,
@@ -535,7 +537,7 @@ async def _pay(connection: asyncpg.Connection, program_id: str, referral: Referr
             },
         )
     await rows.mark_rewarded(connection, program_id, referral.id, now)
-    if planned:  # settled with nothing configured to pay: no event says it was rewarded
+    if paid:  # settled with nothing paid (none configured, or only a tier no longer there): no event
         await _emit(connection, program_id, EventType.REFERRAL_REWARDED, referral, now)
 
 

@@ -576,3 +576,22 @@ async def test_an_order_placed_before_the_redemption_does_not_qualify_the_referr
     skewed = await placed("skewed", START - timedelta(minutes=2))  # a till's clock a little behind
     [referral] = (await referrals.list_referrals(program.id, bob, 1, None)).items
     assert (referral.status, referral.order_id) == ("qualified", skewed.order_id)
+
+
+async def test_a_referral_whose_only_reward_could_not_be_granted_is_not_told_as_rewarded(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Its only reward a tier that left the ladder: the referral is settled (nothing is left
+    to pay) but `referral.rewarded` does not go out, as when nothing is configured to pay."""
+    tier_only = {"kind": "tier", "tier_code": "gold", "tier_days": 30}
+    await setup(program, clock, referrer_reward=tier_only, referee_reward=None, milestones=[])
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    await redeem(program, clock, bob, await code_of(program, clock, ann))
+    qualifying = await buy(program, clock, bob, 2500)
+    ladder = LADDER | {"levels": LADDER["levels"][:1]}  # gold removed
+    await tiers.configure(admin(program.id), msgspec.convert(ladder, TierConfig), "ladder-2", clock)
+    clock.set(qualifying.available_from)
+    assert await run_jobs(program, clock) == 1
+    [referral] = (await referrals.list_referrals(program.id, ann, 50, None)).items
+    assert referral.status == "rewarded" and [reward.tier_grant_id for reward in referral.rewards] == [None]
+    assert "referral.rewarded" not in await referral_events(owner_connection, program.id, referral.id)
