@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -136,6 +137,27 @@ def _parse(variable: str, raw: str, kind: type) -> object:
     return raw
 
 
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with a postgresql:// URL that the driver would only refuse at the first
+    connection (with a traceback): brackets that do not pair, a port that is not 1 to 65535.
+    Several hosts (`db1:5432,db2:5433`) are allowed, as asyncpg takes them."""
+    try:
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError as error:
+        return str(error)
+    for host in hosts.split(","):
+        if host.startswith("["):
+            _, _, port = host.partition("]")
+            if port and not port.startswith(":"):
+                return f"{host!r} is not [address]:port"
+            port = port[1:]
+        else:
+            port = host.rpartition(":")[2] if ":" in host else ""
+        if port and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+            return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read Settings from the environment; a bad value raises SettingsError naming it."""
     env = os.environ if environ is None else environ
@@ -153,6 +175,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("LOYALTY_POOL_MIN_SIZE must not exceed LOYALTY_POOL_MAX_SIZE")
     if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
         raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    if settings.database_url is not None and (problem := _database_url_problem(settings.database_url)):
+        raise SettingsError(f"DATABASE_URL is malformed: {problem}")
     if not 60 <= settings.customer_token_ttl_s <= 86_400:
         raise SettingsError(
             f"LOYALTY_CUSTOMER_TOKEN_TTL_S must be between 60 and 86400, got {settings.customer_token_ttl_s}"

@@ -50,13 +50,10 @@ class ProfileChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 def same_enrolment(existing: Customer, request: Enrolment) -> bool:
-    """Whether a repeated enrolment asks for what is already recorded."""
-    return (
-        existing.email == request.email
-        and existing.name == request.name
-        and existing.shop_id == request.shop_id
-        and existing.attributes == request.attributes
-    )
+    """Whether a repeated enrolment asks for the email, name and shop already recorded. Its
+    attributes are compared by the database, as jsonb (which keeps numbers as decimals: 1e23
+    comes back as the integer 100000000000000000000000, and `true` is not `1`)."""
+    return existing.email == request.email and existing.name == request.name and existing.shop_id == request.shop_id
 
 
 def check_attributes(attributes: dict[str, Any]) -> None:

@@ -25,10 +25,11 @@ from service.domain.ids import new_id
 from service.usecases.programs import shop_exists
 
 _COLUMNS = "id, external_id, shop_id, email, name, attributes, enrolled_at, updated_at"
+_FIELDS = _COLUMNS.split(", ")
 
 
 def _customer(row: asyncpg.Record) -> Customer:
-    values: dict[str, Any] = dict(row)
+    values: dict[str, Any] = {column: row[column] for column in _FIELDS}
     values["attributes"] = msgspec.json.decode(values["attributes"])
     return msgspec.convert(values, Customer)
 
@@ -43,6 +44,8 @@ async def enrol_customer(principal: Principal, request: Enrolment, clock: Clock)
     if request.shop_id is not None and not await shop_exists(program_id, request.shop_id):
         raise InvalidInput(f"shop {request.shop_id} does not exist", field="shop_id")
 
+    attributes = msgspec.json.encode(request.attributes).decode()
+
     async def work(connection: asyncpg.Connection) -> tuple[Customer, bool]:
         now = clock.now()
         row = await connection.fetchrow(
@@ -55,7 +58,7 @@ async def enrol_customer(principal: Principal, request: Enrolment, clock: Clock)
             request.shop_id,
             request.email,
             request.name,
-            msgspec.json.encode(request.attributes).decode(),
+            attributes,
             now,
         )
         if row is not None:
@@ -71,8 +74,18 @@ async def enrol_customer(principal: Principal, request: Enrolment, clock: Clock)
             )
             await emit(connection, program_id, EventType.CUSTOMER_ENROLLED, enrolled, customer.id, occurred_at=now)
             return customer, True
-        existing = await _find_by_external_id(connection, program_id, request.external_id)
-        if not same_enrolment(existing, request):
+        # attributes compared as jsonb, as they are stored: it writes 1e23 back as an integer
+        row = await connection.fetchrow(
+            f"SELECT {_COLUMNS}, attributes = $3::jsonb AS same_attributes FROM customers"
+            " WHERE program_id = $1 AND external_id = $2",
+            program_id,
+            request.external_id,
+            attributes,
+        )
+        if row is None:
+            raise NotFound(f"customer {request.external_id!r} not found")
+        existing = _customer(row)
+        if not (row["same_attributes"] and same_enrolment(existing, request)):
             raise Conflict(
                 f"customer {request.external_id!r} is already enrolled with other details",
                 field="external_id",
@@ -81,17 +94,6 @@ async def enrol_customer(principal: Principal, request: Enrolment, clock: Clock)
         return existing, False
 
     return await in_transaction(work)
-
-
-async def _find_by_external_id(connection: asyncpg.Connection, program_id: str, external_id: str) -> Customer:
-    row = await connection.fetchrow(
-        f"SELECT {_COLUMNS} FROM customers WHERE program_id = $1 AND external_id = $2",
-        program_id,
-        external_id,
-    )
-    if row is None:
-        raise NotFound(f"customer {external_id!r} not found")
-    return _customer(row)
 
 
 async def get_customer(program_id: str, customer_id: str) -> Customer:

@@ -10,7 +10,7 @@ import pytest
 
 from service.usecases import ledger
 from tests.api.orders_support import order_body
-from tests.api.support import assert_problem
+from tests.api.support import assert_problem, enrol_customer
 from tests.conftest import ProgramFixture
 
 
@@ -88,3 +88,25 @@ async def test_a_lost_database_mid_way_is_a_503_to_retry_not_a_500(
     response = await client.post("/v1/bulk/awards", json={"items": items}, headers=program.auth("admin"))
     assert_problem(response, 503, "unavailable")
     assert response.headers["Retry-After"] == "1"
+
+
+async def test_items_sharing_a_key_are_applied_in_the_order_given_whatever_their_customers(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str
+) -> None:
+    """Items of different customers run concurrently, but two with one grant key (or one
+    order id) are one key's first use and its reuse: the first in the request must win, not
+    whichever task gets there first."""
+    bob = await enrol_customer(client, program, "bob")
+    items = [
+        {"type": "grant", "key": "welcome", "customer_id": ann, "amount": 10, "reason": "welcome"},
+        {"type": "grant", "key": "welcome", "customer_id": bob, "amount": 10, "reason": "welcome"},
+        {"type": "grant", "key": "spend", "customer_id": ann, "amount": -10, "reason": "spent"},
+        order_item(program, ann, "K-1"),
+        order_item(program, bob, "K-1"),
+    ]
+    response = await client.post("/v1/bulk/awards", json={"items": items}, headers=program.auth("admin"))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 409, 201, 201, 409], results
+    assert results[1]["problem"]["type"] == "/problems/idempotency-key-reused"
+    assert results[3]["order"]["customer_id"] == ann

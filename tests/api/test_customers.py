@@ -114,3 +114,22 @@ async def test_attributes_are_at_most_16_kib_of_json(
     grown = await client.patch(path, json={"attributes": at_limit}, headers=checkout)
     assert grown.status_code == 200, grown.text
     assert grown.json()["attributes"] == at_limit
+
+
+async def test_the_same_enrolment_again_is_200_whatever_numbers_its_attributes_hold(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    """jsonb keeps numbers as decimals and writes 1e23 back as 100000000000000000000000 (an
+    integer, not the float sent): a retry must still be the same enrolment; true is not 1."""
+    body = {"external_id": "numbers", "attributes": {"score": 1e23, "ratio": 5.0, "big": 1.5e300, "n": [1, 2.5]}}
+    created = await client.post("/v1/customers", json=body, headers=program.auth("checkout"))
+    assert created.status_code == 201, created.text
+    again = await client.post("/v1/customers", json=body, headers=program.auth("checkout"))
+    assert again.status_code == 200, again.text
+    assert again.json() == created.json()
+    flags = {"external_id": "flags", "attributes": {"vip": 1}}
+    assert (await client.post("/v1/customers", json=flags, headers=program.auth("checkout"))).status_code == 201
+    other = await client.post(
+        "/v1/customers", json={**flags, "attributes": {"vip": True}}, headers=program.auth("checkout")
+    )
+    assert_problem(other, 409, "conflict")

@@ -170,6 +170,9 @@ BAD_VALUES = [
     ("LOYALTY_RATE_LIMIT_BURST", "1.5"),
     ("DATABASE_URL", "mysql://db/loyalty"),
     ("DATABASE_URL", "db.internal:5432"),
+    ("DATABASE_URL", "postgresql://app@db.internal:port/loyalty"),
+    ("DATABASE_URL", "postgresql://app@db.internal:65536/loyalty"),
+    ("DATABASE_URL", "postgresql://app@[::1/loyalty"),
     ("LOYALTY_DATABASE_NAME", 'loyalty"; DROP DATABASE postgres; --'),
     ("LOYALTY_DATABASE_NAME", "1loyalty"),
     ("LOYALTY_DATABASE_NAME", "loyalty-test"),
@@ -181,6 +184,19 @@ BAD_VALUES = [
 def test_a_bad_value_raises_settings_error_naming_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         load_settings({variable: raw})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://db.internal/loyalty",
+        "postgresql://app:secret@[::1]:5432/loyalty",
+        "postgresql:///loyalty?host=/var/run/postgresql",
+        "postgresql://app@db1:5432,db2:5433/loyalty",
+    ],
+)
+def test_database_urls_asyncpg_takes_are_accepted(url: str) -> None:
+    assert load_settings({"DATABASE_URL": url}).database_url == url
 
 
 def test_pool_min_above_max_is_refused() -> None:
