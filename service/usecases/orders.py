@@ -269,6 +269,10 @@ async def refund_order(
         clawback = claw_back(lines, award, refund, previous)
         customer_id = order["customer_id"]
         kinds = [AccountKind.PENDING, AccountKind.AVAILABLE, AccountKind.OWED]
+        if order["redemption_unit"] == Unit.CREDIT:
+            # the store credit given back is locked with the rest, in id order as the ledger
+            # writer locks: locked after `owed` it deadlocks with a writer of credit and owed
+            kinds.append(AccountKind.CREDIT_AVAILABLE)
         balances = await rows.lock_customer_balances(connection, program_id, customer_id, kinds)
         pending = min(
             await rows.pending_of_order(connection, program_id, customer_id, order["award_entry_id"]),

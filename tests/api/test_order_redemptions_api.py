@@ -405,3 +405,67 @@ def test_an_order_without_a_hold_keeps_the_fingerprint_it_had_before_holds_could
     assert encoded == msgspec.json.encode({"order_id": "W-1", "customer_id": "cus_ann", "order": order})
     paid = msgspec.structs.replace(placement, redemption_hold_id="hld_1")
     assert msgspec.json.decode(msgspec.json.encode(paid))["redemption_hold_id"] == "hld_1"
+
+
+async def _waits_for_a_lock(connection: asyncpg.Connection) -> None:
+    """Until another session of this database waits for a row lock."""
+    for _ in range(500):
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the refund never waited for the lock")
+
+
+async def test_a_store_credit_refund_locks_the_customer_accounts_in_id_order(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
+) -> None:
+    """A writer that locks the customer's credit_available and then owed (in id order, as a
+    referral's clawback of store credit does) does not deadlock with the refund's return."""
+    till = program.auth("checkout")
+    await _grant(client, program, ann, 1000, "credit-1")
+    hold = await _hold(client, program, ann, 600, "h-credit", capture=400, unit="CREDIT")
+    path = f"/v1/shops/{program.shop_id}/orders"
+    placed = await client.post(path, json=order_body(ann, "C-1", redemption_hold_id=hold["id"]), headers=till)
+    assert placed.status_code == 201, placed.text
+    lock = "SELECT id FROM accounts WHERE program_id = $1 AND code = $2 FOR NO KEY UPDATE"
+    async with owner_connection.transaction():
+        await owner_connection.execute("SET LOCAL deadlock_timeout = '50ms'")  # this side detects it first
+        await owner_connection.execute(lock, program.id, f"customer:{ann}:credit_available")
+        refund = asyncio.create_task(
+            client.post(f"{path}/C-1/refunds", json={"refund_id": "R-1", "amount": NET}, headers=till)
+        )
+        await _waits_for_a_lock(owner_connection)
+        await owner_connection.execute(lock, program.id, f"customer:{ann}:owed")
+    answer = await refund
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["points_returned"] == 400
+    await _books_balance(client, program, owner_connection)
+
+
+async def test_concurrent_partial_refunds_of_one_order_give_back_each_point_once(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
+) -> None:
+    till = program.auth("checkout")
+    await _grant(client, program, ann, 1000, "g-1")
+    hold = await _hold(client, program, ann, 700, "h-1", capture=0)
+    path = f"/v1/shops/{program.shop_id}/orders"
+    placed = await client.post(path, json=order_body(ann, "P-1", redemption_hold_id=hold["id"]), headers=till)
+    assert placed.status_code == 201, placed.text
+    amounts = [100, 250, 1, 333, 416]  # NET in all
+    answers = await asyncio.gather(
+        *(
+            client.post(f"{path}/P-1/refunds", json={"refund_id": f"R-{n}", "amount": amount}, headers=till)
+            for n, amount in enumerate(amounts)
+        )
+    )
+    assert all(answer.status_code == 201 for answer in answers), [answer.text for answer in answers]
+    assert sum(answer.json()["points_returned"] for answer in answers) == 700
+    assert sum(answer.json()["points"] for answer in answers) == 18
+    order = await client.get(f"{path}/P-1", headers=till)
+    assert (order.json()["points_returned"], order.json()["clawed_back"]) == (700, 18)
+    assert await _system_balance(owner_connection, program.id, "redeemed") == 0
+    await _books_balance(client, program, owner_connection)
