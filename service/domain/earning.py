@@ -24,7 +24,9 @@ claw(x) = floor(total * x / net) and claw(net) = total (`share_taken`), a refund
 claw(refunded after it) - claw(refunded before it). Partial refunds therefore never take
 more than the award in sum, and refunding everything takes exactly all of it. The same
 rule gives back the points a captured hold paid for the order (`Clawback.share` of the
-redeemed amount), so there is one rounding rule for everything a refund moves.
+redeemed amount), so there is one rounding rule for everything a refund moves. An order of
+net value 0 (free items, perhaps paid with points) is measured in items instead: the items
+returned of those bought.
 """
 
 from __future__ import annotations
@@ -161,14 +163,17 @@ class Clawback(msgspec.Struct, frozen=True, kw_only=True):
     refunded_net: int  # cumulative, this refund included
     order_net: int
     refunded_before: int = 0  # cumulative, before this refund
+    # what the shares are measured in: the net value refunded of the order's net value, or for
+    # an order of net value 0 (free items, perhaps paid with points) the items returned of
+    # the items bought; (before this refund, after it, the whole)
+    measure: tuple[int, int, int] = (0, 0, 0)
 
     def share(self, total: int) -> int:
         """This refund's share of an amount that goes with the whole order (its award, the
         points a hold paid for it), by the one rule: cumulative, so the order's refunds
         together take exactly `total` once everything came back."""
-        return share_taken(total, self.refunded_net, self.order_net) - share_taken(
-            total, self.refunded_before, self.order_net
-        )
+        before, after, whole = self.measure
+        return share_taken(total, after, whole) - share_taken(total, before, whole)
 
 
 _S = TypeVar("_S", bound=msgspec.Struct)
@@ -345,7 +350,7 @@ def claw_back(
     net = sum(line.net for line in lines)
     returned = [0] * len(lines)
     by_amount = 0
-    before = after = 0
+    before = after = items_before = items_after = 0
     for position, item in enumerate([*previous, refund]):
         where = "" if position == len(previous) else f"previous[{position}]"  # the refund's own fields bare
 
@@ -367,8 +372,12 @@ def claw_back(
         # a line's refunded value rounds down until the whole line is back
         by_lines = sum(line.net * back // line.quantity for line, back in zip(lines, returned, strict=True))
         before, after = after, by_amount + by_lines
+        items_before, items_after = items_after, sum(returned)
         if after > net:
             raise InvalidInput(f"refunds {after} of an order net {net}", field=at("amount" if item.amount else "lines"))
 
-    clawback = Clawback(points=0, refunded_net=after, order_net=net, refunded_before=before)
+    # nothing to measure in value when the order's net value is 0: the items that came back
+    items = (items_before, items_after, sum(line.quantity for line in lines))
+    measure = (before, after, net) if net else items
+    clawback = Clawback(points=0, refunded_net=after, order_net=net, refunded_before=before, measure=measure)
     return msgspec.structs.replace(clawback, points=clawback.share(award.total))

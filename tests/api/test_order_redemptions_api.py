@@ -469,3 +469,31 @@ async def test_concurrent_partial_refunds_of_one_order_give_back_each_point_once
     assert (order.json()["points_returned"], order.json()["clawed_back"]) == (700, 18)
     assert await _system_balance(owner_connection, program.id, "redeemed") == 0
     await _books_balance(client, program, owner_connection)
+
+
+async def test_a_free_item_paid_with_points_gives_them_back_when_returned(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
+) -> None:
+    """A reward from the catalogue: an order of net value 0 paid with 500 points. Refunds
+    share by the items returned (nothing to measure in value): one of two mugs gives back
+    250, the other the rest."""
+    till = program.auth("checkout")
+    await _grant(client, program, ann, 500, "g-1")
+    hold = await _hold(client, program, ann, 500, "h-1", capture=0)
+    free = [{"sku": "mug", "category": "rewards", "unit_price": 1200, "quantity": 2, "discount": 2400}]
+    path = f"/v1/shops/{program.shop_id}/orders"
+    placed = await client.post(
+        path, json=order_body(ann, "FREE-1", lines=free, redemption_hold_id=hold["id"]), headers=till
+    )
+    assert placed.status_code == 201, placed.text
+    assert (placed.json()["net"], placed.json()["points"], placed.json()["points_redeemed"]) == (0, 0, 500)
+    returned = []
+    for refund_id in ("R-1", "R-2"):
+        refund = {"refund_id": refund_id, "lines": [{"line": 0, "quantity": 1}]}
+        answer = await client.post(f"{path}/FREE-1/refunds", json=refund, headers=till)
+        assert answer.status_code == 201, answer.text
+        returned.append(answer.json()["points_returned"])
+    assert returned == [250, 250]
+    balance = (await client.get(f"/v1/customers/{ann}/balance", headers=till)).json()
+    assert balance["available"] == 500
+    await ledger_invariants(owner_connection, program.id)

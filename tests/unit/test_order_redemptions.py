@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.domain.earning import Award, OrderLine, Refund, bonus_kept, claw_back, share_taken
+from service.domain.earning import Award, OrderLine, Refund, RefundLine, bonus_kept, claw_back, share_taken
 from service.domain.errors import Conflict, DomainError, HoldNotCaptured, HoldNotCapturedYet, NotFound
 from service.domain.ledger import AccountKind, Slice, Unit, net_by_account, system_account, validate_entry
 from service.domain.orders import (
@@ -141,3 +141,21 @@ def test_the_return_moves_from_where_the_capture_put_it(
     net = {account.kind: amount for account, amount in net_by_account(draft.postings).items()}
     assert net == {source: -125, destination: 125}
     assert draft.postings[0].account == system_account(source)
+
+
+def test_an_order_of_net_value_0_shares_by_the_items_that_came_back() -> None:
+    """A free item paid with points (a reward from the catalogue): nothing to measure in
+    value, so a refund's share is the items returned of those bought, and returning every
+    item gives back everything."""
+    lines = (
+        OrderLine(sku="mug", category="rewards", unit_price=1200, quantity=2, discount=2400),
+        OrderLine(sku="tote", category="rewards", unit_price=0, quantity=1),
+    )
+    award = Award(total=0, breakdown=(), campaign_bonus={}, rules_version=1)
+    one_mug = Refund(lines=(RefundLine(line=0, quantity=1),))
+    first = claw_back(lines, award, one_mug)
+    assert (first.points, first.refunded_net, first.share(500)) == (0, 0, 166)  # 1 of 3 items
+    rest = claw_back(
+        lines, award, Refund(lines=(RefundLine(line=0, quantity=1), RefundLine(line=1, quantity=1))), [one_mug]
+    )
+    assert first.share(500) + rest.share(500) == 500
