@@ -49,6 +49,7 @@ from service.domain.events import (
     Purchase,
     WinBackDue,
 )
+from service.usecases.ledger_settings import ledger_settings
 
 
 class LifecycleRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,16 +76,19 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
         # the lots of the window through lots_expiring, each looking up its account, and each
         # warning its mark, by key: joined freely, the plan may walk every available account of
         # the program, or every mark it ever wrote, whatever is due. The key's day is written
-        # as ISO by to_char, as Python writes it, not by `::text`, which follows `datestyle`
+        # as ISO by to_char, as Python writes it, not by `::text`, which follows `datestyle`.
+        # The program's zone is read by key first: joined, its row was read by a scan of every
+        # program whenever the statistics called the table small
+        zone = (await ledger_settings(connection, program_id)).zone
         rows = await connection.fetch(
             "WITH soon AS MATERIALIZED ("
             "  SELECT (SELECT a.customer_id FROM accounts a WHERE a.program_id = l.program_id"
             "   AND a.id = l.account_id AND a.kind = 'available') AS customer_id, l.expires_at, l.remaining"
             "  FROM lots l WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at > $2 AND l.expires_at <= $3)"
             " SELECT * FROM ("
-            "  SELECT s.customer_id, ((s.expires_at - interval '1 microsecond') AT TIME ZONE p.time_zone)::date"
+            "  SELECT s.customer_id, ((s.expires_at - interval '1 microsecond') AT TIME ZONE $5::text)::date"
             "   AS last_day, min(s.expires_at) AS expires_at, sum(s.remaining)::bigint AS points"
-            "  FROM soon s JOIN programs p ON p.id = $1 WHERE s.customer_id IS NOT NULL GROUP BY 1, 2) due"
+            "  FROM soon s WHERE s.customer_id IS NOT NULL GROUP BY 1, 2) due"
             " WHERE (SELECT true FROM event_marks m WHERE m.program_id = $1"
             "  AND m.key = 'expiring:' || due.customer_id || ':' || to_char(due.last_day, 'YYYY-MM-DD')) IS NULL"
             " ORDER BY due.expires_at LIMIT $4",
@@ -92,6 +96,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             now,
             now + timedelta(days=rules.expiring_soon_days),
             BATCH,
+            zone.key,
         )
         emitted = 0
         for row in rows:
