@@ -68,6 +68,29 @@ async def _hold(
     return result
 
 
+async def _paid_order(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    customer: str,
+    order_id: str,
+    *,
+    granted: int,
+    held: int,
+    captured: int = 0,
+    unit: str = "POINTS",
+    **order: Any,
+) -> dict[str, Any]:
+    """An order paid with a hold of `held` captured for `captured` (all of it with 0), after a
+    grant of `granted` in the hold's unit; the order's answer."""
+    await _grant(client, program, customer, granted, "credit-1" if unit == "CREDIT" else "g-1")
+    hold = await _hold(client, program, customer, held, "h-1", capture=captured, unit=unit)
+    body = order_body(customer, order_id, redemption_hold_id=hold["id"], **order)
+    placed = await client.post(f"/v1/shops/{program.shop_id}/orders", json=body, headers=program.auth("checkout"))
+    assert placed.status_code == 201, placed.text
+    result: dict[str, Any] = placed.json()
+    return result
+
+
 async def _lots(connection: asyncpg.Connection, program_id: str, entry_id: int) -> list[tuple[datetime | None, int]]:
     """The lots an entry created: (expires_at, amount), latest-expiring first."""
     rows = await connection.fetch(
@@ -226,11 +249,9 @@ async def test_a_full_refund_by_lines_returns_exactly_what_a_partial_capture_spe
     client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
 ) -> None:
     till = program.auth("checkout")
-    await _grant(client, program, ann, 333, "g-1")
-    hold = await _hold(client, program, ann, 300, "h-1", capture=217)
+    placed = await _paid_order(client, program, ann, "W-7", granted=333, held=300, captured=217)
+    assert placed["points_redeemed"] == 217, placed
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(path, json=order_body(ann, "W-7", redemption_hold_id=hold["id"]), headers=till)
-    assert placed.json()["points_redeemed"] == 217, placed.text
     first = await client.post(
         f"{path}/W-7/refunds", json={"refund_id": "R-1", "lines": [{"line": 0, "quantity": 1}]}, headers=till
     )
@@ -255,12 +276,9 @@ async def test_the_redeemed_points_pay_a_clawback_the_customer_could_not_otherwi
     """Given back first: a refund of a released order whose points were spent takes them from
     the redeemed points coming back rather than forgiving them (within_balance)."""
     till = program.auth("checkout")
-    await _grant(client, program, ann, 400, "g-1")
-    hold = await _hold(client, program, ann, 400, "h-1", capture=0)
+    placed = await _paid_order(client, program, ann, "W-1", granted=400, held=400)
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(path, json=order_body(ann, redemption_hold_id=hold["id"]), headers=till)
-    assert placed.status_code == 201, placed.text
-    clock.set(datetime.fromisoformat(placed.json()["available_from"]))
+    clock.set(datetime.fromisoformat(placed["available_from"]))
     assert await orders.release_due_orders(program.id, clock) == 1
     await _hold(client, program, ann, 18, "h-2", capture=0)  # the earned points are spent too
     refund = await client.post(f"{path}/W-1/refunds", json={"refund_id": "R-1", "amount": NET}, headers=till)
@@ -279,12 +297,9 @@ async def test_a_credit_hold_gives_back_store_credit(
     owner_connection: asyncpg.Connection,
 ) -> None:
     till = program.auth("checkout")
-    await _grant(client, program, ann, 1000, "credit-1")
-    hold = await _hold(client, program, ann, 600, "h-credit", capture=400, unit="CREDIT")
+    placed = await _paid_order(client, program, ann, "C-1", granted=1000, held=600, captured=400, unit="CREDIT")
+    assert (placed["redemption_unit"], placed["points_redeemed"]) == ("CREDIT", 400)
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(path, json=order_body(ann, "C-1", redemption_hold_id=hold["id"]), headers=till)
-    assert placed.status_code == 201, placed.text
-    assert (placed.json()["redemption_unit"], placed.json()["points_redeemed"]) == ("CREDIT", 400)
     refund = await client.post(f"{path}/C-1/refunds", json={"refund_id": "R-1", "amount": NET}, headers=till)
     assert refund.status_code == 201, refund.text
     assert (refund.json()["points_returned"], refund.json()["points"]) == (400, 18)
@@ -426,11 +441,8 @@ async def test_a_store_credit_refund_locks_the_customer_accounts_in_id_order(
     """A writer that locks the customer's credit_available and then owed (in id order, as a
     referral's clawback of store credit does) does not deadlock with the refund's return."""
     till = program.auth("checkout")
-    await _grant(client, program, ann, 1000, "credit-1")
-    hold = await _hold(client, program, ann, 600, "h-credit", capture=400, unit="CREDIT")
+    await _paid_order(client, program, ann, "C-1", granted=1000, held=600, captured=400, unit="CREDIT")
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(path, json=order_body(ann, "C-1", redemption_hold_id=hold["id"]), headers=till)
-    assert placed.status_code == 201, placed.text
     lock = "SELECT id FROM accounts WHERE program_id = $1 AND code = $2 FOR NO KEY UPDATE"
     async with owner_connection.transaction():
         await owner_connection.execute("SET LOCAL deadlock_timeout = '50ms'")  # this side detects it first
@@ -450,11 +462,8 @@ async def test_concurrent_partial_refunds_of_one_order_give_back_each_point_once
     client: httpx.AsyncClient, program: ProgramFixture, ann: str, owner_connection: asyncpg.Connection
 ) -> None:
     till = program.auth("checkout")
-    await _grant(client, program, ann, 1000, "g-1")
-    hold = await _hold(client, program, ann, 700, "h-1", capture=0)
+    await _paid_order(client, program, ann, "P-1", granted=1000, held=700)
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(path, json=order_body(ann, "P-1", redemption_hold_id=hold["id"]), headers=till)
-    assert placed.status_code == 201, placed.text
     amounts = [100, 250, 1, 333, 416]  # NET in all
     answers = await asyncio.gather(
         *(
@@ -478,15 +487,10 @@ async def test_a_free_item_paid_with_points_gives_them_back_when_returned(
     share by the items returned (nothing to measure in value): one of two mugs gives back
     250, the other the rest."""
     till = program.auth("checkout")
-    await _grant(client, program, ann, 500, "g-1")
-    hold = await _hold(client, program, ann, 500, "h-1", capture=0)
     free = [{"sku": "mug", "category": "rewards", "unit_price": 1200, "quantity": 2, "discount": 2400}]
+    placed = await _paid_order(client, program, ann, "FREE-1", granted=500, held=500, lines=free)
+    assert (placed["net"], placed["points"], placed["points_redeemed"]) == (0, 0, 500)
     path = f"/v1/shops/{program.shop_id}/orders"
-    placed = await client.post(
-        path, json=order_body(ann, "FREE-1", lines=free, redemption_hold_id=hold["id"]), headers=till
-    )
-    assert placed.status_code == 201, placed.text
-    assert (placed.json()["net"], placed.json()["points"], placed.json()["points_redeemed"]) == (0, 0, 500)
     returned = []
     for refund_id in ("R-1", "R-2"):
         refund = {"refund_id": refund_id, "lines": [{"line": 0, "quantity": 1}]}
