@@ -163,16 +163,17 @@ class Clawback(msgspec.Struct, frozen=True, kw_only=True):
     refunded_net: int  # cumulative, this refund included
     order_net: int
     refunded_before: int = 0  # cumulative, before this refund
-    # what the shares are measured in: the net value refunded of the order's net value, or for
-    # an order of net value 0 (free items, perhaps paid with points) the items returned of
-    # the items bought; (before this refund, after it, the whole)
-    measure: tuple[int, int, int] = (0, 0, 0)
+    # items returned before this refund, after it, and bought: what an order of net value 0
+    # (free items, perhaps paid with points) is measured in, having no value to measure
+    items: tuple[int, int, int] = (0, 0, 0)
 
     def share(self, total: int) -> int:
         """This refund's share of an amount that goes with the whole order (its award, the
         points a hold paid for it), by the one rule: cumulative, so the order's refunds
         together take exactly `total` once everything came back."""
-        before, after, whole = self.measure
+        before, after, whole = (
+            (self.refunded_before, self.refunded_net, self.order_net) if self.order_net else self.items
+        )
         return share_taken(total, after, whole) - share_taken(total, before, whole)
 
 
@@ -376,8 +377,6 @@ def claw_back(
         if after > net:
             raise InvalidInput(f"refunds {after} of an order net {net}", field=at("amount" if item.amount else "lines"))
 
-    # nothing to measure in value when the order's net value is 0: the items that came back
     items = (items_before, items_after, sum(line.quantity for line in lines))
-    measure = (before, after, net) if net else items
-    clawback = Clawback(points=0, refunded_net=after, order_net=net, refunded_before=before, measure=measure)
+    clawback = Clawback(points=0, refunded_net=after, order_net=net, refunded_before=before, items=items)
     return msgspec.structs.replace(clawback, points=clawback.share(award.total))
