@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import msgspec
@@ -16,6 +16,10 @@ from service.domain.ids import b64url, new_id, unb64url
 
 API_KEY_PREFIX = "lk"
 CUSTOMER_TOKEN_PREFIX = "ct"  # noqa: S105 - a prefix, not a secret
+# The longest a customer token lives (`ttl_seconds`, LOYALTY_CUSTOMER_TOKEN_TTL_S: 60 s to 24 h).
+MAX_CUSTOMER_TOKEN_TTL_S = 86_400
+# How far the clocks of the processes that issued a token and revoked a key may disagree.
+_CLOCK_MARGIN = timedelta(minutes=5)
 # Keys and tokens are made of ids and url-safe base64 joined by dots; anything else (a NUL,
 # say, which PostgreSQL would refuse in a query) is not a credential.
 _CREDENTIAL_CHARACTERS = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -112,15 +116,26 @@ def secret_matches(secret: str, stored_hash: bytes) -> bool:
 
 
 class CustomerClaims(msgspec.Struct, frozen=True):
-    """What a customer token asserts."""
+    """What a customer token asserts. `key_id` is the checkout key that issued it; tokens
+    signed before tokens named their key have none (and decoders of that version ignore it)."""
 
     customer_id: str
     expires_at: int  # unix seconds
+    key_id: str | None = None
+
+    def issued_no_earlier_than(self) -> datetime:
+        """The earliest the token can have been issued: no token lives longer than
+        MAX_CUSTOMER_TOKEN_TTL_S (plus a margin for the clocks of the other processes)."""
+        latest_life = timedelta(seconds=MAX_CUSTOMER_TOKEN_TTL_S) + _CLOCK_MARGIN
+        return datetime.fromtimestamp(self.expires_at, UTC) - latest_life
 
 
-def sign_customer_token(program_id: str, customer_id: str, expires_at: datetime, key: bytes) -> str:
-    """`ct.<program>.<claims>.<hmac>`: readable by the service only, bound to one customer."""
-    claims = msgspec.json.encode(CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp())))
+def sign_customer_token(program_id: str, customer_id: str, expires_at: datetime, key: bytes, *, key_id: str) -> str:
+    """`ct.<program>.<claims>.<hmac>`: readable by the service only, bound to one customer and
+    to the checkout key `key_id` that asked for it."""
+    claims = msgspec.json.encode(
+        CustomerClaims(customer_id=customer_id, expires_at=int(expires_at.timestamp()), key_id=key_id)
+    )
     body = f"{CUSTOMER_TOKEN_PREFIX}.{program_id}.{b64url(claims)}"
     signature = hmac.new(key, body.encode(), hashlib.sha256).digest()
     return f"{body}.{b64url(signature)}"
@@ -150,3 +165,34 @@ def verify_customer_token(text: str, key: bytes, now: datetime) -> CustomerClaim
     if claims.expires_at <= int(now.timestamp()):
         raise Unauthorized("customer token expired")
     return claims
+
+
+class TokenStanding(msgspec.Struct, frozen=True, kw_only=True):
+    """What the database says, on each request, of what a customer token rests on.
+
+    `issuer_scope` is the scope of the key the token names (None: no such key in the token's
+    program). `issuer_revoked` says that key is revoked; for a token that names no key, that
+    a checkout key of its program was revoked since the token may have been issued."""
+
+    customer_known: bool
+    issuer_scope: str | None
+    issuer_revoked: bool
+
+
+def check_token_standing(claims: CustomerClaims, standing: TokenStanding) -> None:
+    """Unauthorized unless the program still permits a verified token: its key is a checkout
+    key of the program that is not revoked, and its customer exists.
+
+    A token that names no key (signed before tokens did) cannot be tied to one, so it is
+    refused as soon as any checkout key of its program that might have issued it is revoked."""
+    if claims.key_id is not None and standing.issuer_scope != Scope.CHECKOUT.value:
+        raise Unauthorized("customer token issued by an unknown API key")
+    if standing.issuer_revoked:
+        if claims.key_id is not None:
+            raise Unauthorized("the API key that issued this customer token is revoked")
+        raise Unauthorized(
+            "this customer token does not name the API key that issued it, and a checkout key of its"
+            " program was revoked since it may have been issued; ask for a new token"
+        )
+    if not standing.customer_known:
+        raise Unauthorized("customer token for an unknown customer")

@@ -15,7 +15,7 @@ from service.db.transaction import autocommit, transaction
 from service.domain import access
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
-from service.domain.errors import ApiKeySecretShownOnce, InvalidInput, NotFound, Unauthorized
+from service.domain.errors import ApiKeySecretShownOnce, Forbidden, InvalidInput, NotFound, Unauthorized
 from service.domain.ids import new_id
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, ProgramSettings
 from service.domain.programs import Program as ProgramRecord
@@ -172,8 +172,10 @@ async def revoke_api_key(program_id: str, key_id: str, clock: Clock) -> ApiKeyRe
 async def authenticate(credential: str, clock: Clock) -> Principal:
     """Turn a presented API key or customer token into a Principal, or raise Unauthorized.
 
-    One statement on a pooled connection for an API key (revocation takes effect on the
-    next request); none for a customer token once its program's secret is known."""
+    One statement on a pooled connection for an API key, and one for a customer token once
+    its program's secret is known (after its signature and expiry are checked): the key
+    that issued the token and the customer, so revoking a key ends its tokens on the next
+    request too, in every process."""
     parsed = access.parse_api_key(credential)
     if parsed is not None:
         async with autocommit() as connection:
@@ -190,14 +192,28 @@ async def authenticate(credential: str, clock: Clock) -> Principal:
         raise Unauthorized("credential is neither an API key nor a customer token")
     secret = await _token_secret(program_id)
     claims = access.verify_customer_token(credential, secret, clock.now())
+    async with autocommit() as connection:
+        if claims.key_id is not None:
+            row = await credentials.token_standing(connection, program_id, claims.customer_id, claims.key_id)
+        else:  # signed before tokens named their key (by the previous version, in a rolling deploy)
+            row = await credentials.unattributed_token_standing(
+                connection, program_id, claims.customer_id, claims.issued_no_earlier_than()
+            )
+    access.check_token_standing(claims, access.TokenStanding(**dict(row)))
     return Principal(program_id=program_id, scope=Scope.CUSTOMER, customer_id=claims.customer_id)
 
 
-async def issue_customer_token(program_id: str, customer_id: str, ttl: timedelta, clock: Clock) -> tuple[str, datetime]:
-    """A short-lived token that lets the app act as one customer only."""
+async def issue_customer_token(
+    issuer: Principal, customer_id: str, ttl: timedelta, clock: Clock
+) -> tuple[str, datetime]:
+    """A short-lived token that lets the app act as one customer only, for as long as the
+    checkout key that asks for it (`issuer`) is not revoked."""
+    if issuer.key_id is None or issuer.scope is not Scope.CHECKOUT:
+        raise Forbidden("customer tokens are issued to checkout keys")
     expires_at = clock.now() + ttl
-    secret = await _token_secret(program_id)
-    return access.sign_customer_token(program_id, customer_id, expires_at, secret), expires_at
+    secret = await _token_secret(issuer.program_id)
+    token = access.sign_customer_token(issuer.program_id, customer_id, expires_at, secret, key_id=issuer.key_id)
+    return token, expires_at
 
 
 _token_secrets: dict[str, bytes] = {}  # a program's secret is made with it and never changes

@@ -1,11 +1,25 @@
-"""The access rules: which shop a credential may act for, and which keys may be bound to one."""
+"""The access rules: which shop a credential may act for, which keys may be bound to one, and
+what a customer token rests on."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import msgspec
 import pytest
 
-from service.domain.access import Principal, Scope, check_key_shop
-from service.domain.errors import Forbidden, InvalidInput
+from service.domain.access import (
+    CustomerClaims,
+    Principal,
+    Scope,
+    TokenStanding,
+    check_key_shop,
+    check_token_standing,
+    sign_customer_token,
+    verify_customer_token,
+)
+from service.domain.errors import Forbidden, InvalidInput, Unauthorized
+from service.domain.ids import unb64url
 
 TILL = Principal(program_id="prg_a", scope=Scope.CHECKOUT, key_id="key_till", shop_id="shp_a")
 
@@ -57,3 +71,57 @@ def test_only_checkout_keys_may_be_bound_to_a_shop() -> None:
             check_key_shop(scope, "shp_a")
         assert refused.value.field == "shop_id"
         assert scope.value in refused.value.detail
+
+
+NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
+SECRET = b"s" * 32
+
+
+def test_a_token_carries_its_key_and_the_previous_version_still_reads_it() -> None:
+    token = sign_customer_token("prg_a", "cus_a", NOW + timedelta(minutes=15), SECRET, key_id="key_till")
+    claims = verify_customer_token(token, SECRET, NOW)
+    assert claims == CustomerClaims(customer_id="cus_a", expires_at=int(NOW.timestamp()) + 900, key_id="key_till")
+
+    class PreviousClaims(msgspec.Struct, frozen=True):  # the claims as the previous version decodes them
+        customer_id: str
+        expires_at: int
+
+    body = token.split(".")[2]
+    decoded = msgspec.json.decode(unb64url(body), type=PreviousClaims)
+    assert decoded == PreviousClaims(customer_id="cus_a", expires_at=claims.expires_at)
+
+
+def test_a_token_without_a_key_may_have_been_issued_a_day_and_a_margin_before_it_expires() -> None:
+    claims = CustomerClaims(customer_id="cus_a", expires_at=int(NOW.timestamp()))
+    assert claims.key_id is None
+    assert claims.issued_no_earlier_than() == NOW - timedelta(days=1, minutes=5)
+
+
+IN_FORCE = TokenStanding(customer_known=True, issuer_scope="checkout", issuer_revoked=False)
+WITH_KEY = CustomerClaims(customer_id="cus_a", expires_at=0, key_id="key_till")
+WITHOUT_KEY = CustomerClaims(customer_id="cus_a", expires_at=0)
+
+
+@pytest.mark.parametrize("claims", [WITH_KEY, WITHOUT_KEY])
+def test_a_token_of_a_checkout_key_in_force_for_a_known_customer_stands(claims: CustomerClaims) -> None:
+    check_token_standing(claims, IN_FORCE)
+
+
+@pytest.mark.parametrize(
+    ("claims", "standing", "detail"),
+    [
+        (WITH_KEY, TokenStanding(customer_known=True, issuer_scope="checkout", issuer_revoked=True), "revoked"),
+        (WITHOUT_KEY, TokenStanding(customer_known=True, issuer_scope="checkout", issuer_revoked=True), "revoked"),
+        (WITH_KEY, TokenStanding(customer_known=True, issuer_scope=None, issuer_revoked=False), "unknown API key"),
+        (WITH_KEY, TokenStanding(customer_known=True, issuer_scope="admin", issuer_revoked=False), "unknown API key"),
+        (WITH_KEY, TokenStanding(customer_known=False, issuer_scope="checkout", issuer_revoked=False), "customer"),
+        (WITHOUT_KEY, TokenStanding(customer_known=False, issuer_scope="checkout", issuer_revoked=False), "customer"),
+    ],
+)
+def test_a_token_the_program_no_longer_permits_is_unauthorized(
+    claims: CustomerClaims, standing: TokenStanding, detail: str
+) -> None:
+    with pytest.raises(Unauthorized) as refused:
+        check_token_standing(claims, standing)
+    assert refused.value.status == 401
+    assert detail in refused.value.detail

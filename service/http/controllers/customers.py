@@ -12,7 +12,7 @@ from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from service.config import Settings
-from service.domain.access import Principal, Scope
+from service.domain.access import MAX_CUSTOMER_TOKEN_TTL_S, Principal, Scope
 from service.domain.clock import Clock
 from service.domain.customers import Enrolment, ProfileChange
 from service.http.auth import requires
@@ -113,12 +113,12 @@ class CustomerController(Controller):
         principal: NamedDependency[Principal],
         clock: NamedDependency[Clock],
         settings: NamedDependency[Settings],
-        ttl_seconds: Annotated[int | None, QueryParameter(ge=60, le=86_400)] = None,
+        ttl_seconds: Annotated[int | None, QueryParameter(ge=60, le=MAX_CUSTOMER_TOKEN_TTL_S)] = None,
     ) -> CustomerTokenResponse:
         """A short-lived bearer token for the customer's app; it sees only this customer."""
         customer = await customers.get_customer(principal.program_id, customer_id)
         token, expires_at = await issue_customer_token(
-            principal.program_id,
+            principal,
             customer.id,
             timedelta(seconds=ttl_seconds or settings.customer_token_ttl_s),
             clock,
