@@ -16,6 +16,11 @@ the customers whose last order is at or before the cutoff and whose lapse was no
 (the active customers sit above the cutoff, the told ones left the index), a round of
 cross-sell the single-category customers with enough orders and no event yet.
 
+Days are the program's local days, not 24-hour periods (`service.domain.lifecycle`): the
+win-back cutoff is the last instant of the local day `win_back_days` before today, and the
+expiring-soon window ends at the local midnight `expiring_soon_days` days ahead, whatever
+clock changes fall between.
+
 Why not a watermark ("customers whose last order crossed the cutoff since the last
 round") or a look-back window below the cutoff: an order that commits late, a backdated
 order (imports carry old `placed_at`), a round skipped while the jobs were down or a
@@ -29,7 +34,7 @@ nothing, and its row is marked anyway so that it leaves the index).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -49,6 +54,7 @@ from service.domain.events import (
     Purchase,
     WinBackDue,
 )
+from service.domain.lifecycle import expiring_soon_until, local_days_between, win_back_cutoff
 from service.usecases.ledger_settings import ledger_settings
 
 
@@ -68,8 +74,9 @@ _LOCKED_IN_ORDER = (
 
 
 async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
-    """Warn once per customer and last valid day about available points that expire within
-    `expiring_soon_days`; returns how many events were emitted."""
+    """Warn once per customer and last valid day about available points whose last valid day is
+    one of the next `expiring_soon_days` local days (today the first); returns how many events
+    were emitted."""
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> int:
@@ -94,7 +101,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             " ORDER BY due.expires_at LIMIT $4",
             program_id,
             now,
-            now + timedelta(days=rules.expiring_soon_days),
+            expiring_soon_until(now, rules.expiring_soon_days, zone),
             BATCH,
             zone.key,
         )
@@ -115,16 +122,19 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
 
 
 async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
-    """Emit `customer.win_back_due` once per lapse: for a customer whose last order is at
-    least `win_back_days` old (a new order and a new lapse emit it again)."""
+    """Emit `customer.win_back_due` once per lapse: for a customer whose last order was placed
+    at least `win_back_days` local days before today (a new order and a new lapse emit it
+    again)."""
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> int:
-        # the due rows whose lapse was not told, through customer_lifecycle_win_back (0018)
+        # the due rows whose lapse was not told, through customer_lifecycle_win_back (0018); the
+        # program's zone read by key first, as for the warnings above
+        zone = (await ledger_settings(connection, program_id)).zone
         rows = await connection.fetch(
             "SELECT customer_id, last_order_at, orders, key FROM lifecycle_win_back_due($1, $2, $3)",
             program_id,
-            now - timedelta(days=rules.win_back_days),
+            win_back_cutoff(now, rules.win_back_days, zone),
             BATCH,
         )
         emitted = 0
@@ -132,7 +142,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             payload = WinBackDue(
                 customer_id=row["customer_id"],
                 last_order_at=row["last_order_at"],
-                days_since_last_order=(now - row["last_order_at"]).days,
+                days_since_last_order=local_days_between(row["last_order_at"], now, zone),
                 orders=row["orders"],
             )
             kind = EventType.WIN_BACK_DUE

@@ -7,8 +7,9 @@ points expiring soon reads what is due, not the program's history."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -33,6 +34,7 @@ DEFINITION = (
     " FROM orders o CROSS JOIN LATERAL jsonb_array_elements(o.lines) AS line"
     " WHERE o.program_id = $1 GROUP BY o.customer_id ORDER BY o.customer_id"
 )
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")  # the program's zone
 ROLLUP = (
     "SELECT customer_id, last_order_at, orders, category, win_back_emitted_for, cross_sell_emitted"
     " FROM customer_lifecycle WHERE program_id = $1 ORDER BY customer_id"
@@ -61,7 +63,8 @@ async def payloads(program: ProgramFixture, clock: ManualClock, type: str) -> li
 
 
 def lapse(customer_id: str, last_order_at: datetime, orders: int, now: datetime) -> dict[str, Any]:
-    days = (now - last_order_at).days
+    """The event of a lapse told at `now`: its days are local days in the program's zone."""
+    days = (now.astimezone(AMSTERDAM).date() - last_order_at.astimezone(AMSTERDAM).date()).days
     payload = WinBackDue(
         customer_id=customer_id, last_order_at=last_order_at, days_since_last_order=days, orders=orders
     )
@@ -337,3 +340,80 @@ async def test_points_expiring_soon_reads_past_the_customers_told_whatever_the_d
     assert rounds == [1, 1, 1, 0]
     told = await payloads(program, clock, "points.expiring_soon")
     assert sorted(data["customer_id"] for data in told) == sorted(customers)
+
+
+# Amsterdam's clock changes of 2026: 29 March (02:00 CET becomes 03:00 CEST, a 23-hour day)
+# and 25 October (03:00 CEST becomes 02:00 CET, a 25-hour day).
+def amsterdam(day: tuple[int, int, int], hour: int = 0, minute: int = 0, *rest: int) -> datetime:
+    """A local time in Amsterdam, the program's zone (`rest`: seconds, microseconds), as the
+    UTC instant the clock gives."""
+    second, microsecond = (*rest, 0, 0)[:2]
+    return datetime.combine(date(*day), time(hour, minute, second, microsecond), tzinfo=AMSTERDAM).astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("order_day", "order_time", "day_before"),
+    [
+        # 00:30 on 24 October: 48 hours are up at 23:30 on the 25th (25 hours long), still day D + 1
+        ((2026, 10, 24), (0, 30), (2026, 10, 25)),
+        # 23:30 on 28 March: day D + 2 begins 47 hours later (the 29th has 23 hours)
+        ((2026, 3, 28), (23, 30), (2026, 3, 29)),
+    ],
+    ids=["autumn", "spring"],
+)
+async def test_win_back_is_due_on_the_local_day_n_days_after_the_last_order(
+    program: ProgramFixture,
+    clock: ManualClock,
+    order_day: tuple[int, int, int],
+    order_time: tuple[int, int],
+    day_before: tuple[int, int, int],
+) -> None:
+    """Inactivity counts local days, not 24-hour periods: a last order on local day D is due
+    from the first instant of D + N, whatever clock change falls between, and the event says
+    how many local days have passed."""
+    await setup_program(program, clock)
+    rules = lifecycle.LifecycleRules(win_back_days=2)
+    ann = await enrol(program.id, "ann", clock)
+    placed_at = amsterdam(order_day, *order_time)
+    clock.set(placed_at)
+    await place(program, ann, "A-1", basket("coffee", placed_at=placed_at), clock)
+
+    clock.set(amsterdam(day_before, 23, 30))
+    assert await lifecycle.win_back_due(program.id, clock, rules) == 0
+    clock.set(amsterdam(day_before, 23, 59, 59, 999999))  # the last instant of day D + 1
+    assert await lifecycle.win_back_due(program.id, clock, rules) == 0
+    clock.set(amsterdam(day_before, 23, 59, 59, 999999) + timedelta(microseconds=1))  # day D + 2 begins
+    assert await lifecycle.win_back_due(program.id, clock, rules) == 1
+    assert await payloads(program, clock, "customer.win_back_due") == [
+        msgspec.to_builtins(WinBackDue(customer_id=ann, last_order_at=placed_at, days_since_last_order=2, orders=1))
+    ]
+
+
+async def test_points_expiring_soon_warns_from_the_local_midnight_n_days_before_expiry(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """The warning window is N local days: points that expire at the start of local day E are
+    told from the start of day E - 7, not 7 x 24 hours before (an hour early across the spring
+    change, an hour late across the autumn one)."""
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 11))
+    ann, bob = await enrol(program.id, "ann", clock), await enrol(program.id, "bob", clock)
+    clock.set(amsterdam((2026, 3, 20), 12))  # valid through 31 March, expiring at 00:00 on 1 April (CEST)
+    await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=30, reason="gift"), "g-1", clock)
+    clock.set(amsterdam((2026, 10, 18), 12))  # valid through 29 October, expiring at 00:00 on the 30th (CET)
+    await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=bob, amount=40, reason="gift"), "g-2", clock)
+
+    clock.set(amsterdam((2026, 3, 24), 23, 30))  # 7 x 24 hours before the expiry is 23:00 on the 24th
+    assert await lifecycle.points_expiring_soon(program.id, clock, RULES) == 0
+    clock.set(amsterdam((2026, 3, 25), 0, 0))  # day E - 7 begins
+    assert await lifecycle.points_expiring_soon(program.id, clock, RULES) == 1
+
+    clock.set(amsterdam((2026, 10, 22), 23, 59, 59))
+    assert await lifecycle.points_expiring_soon(program.id, clock, RULES) == 0
+    clock.set(amsterdam((2026, 10, 23), 0, 30))  # day E - 7; 7 x 24 hours before the expiry is 01:00
+    assert await lifecycle.points_expiring_soon(program.id, clock, RULES) == 1
+
+    told = await payloads(program, clock, "points.expiring_soon")
+    assert [(data["customer_id"], data["points"], data["last_day"], data["expires_at"]) for data in told] == [
+        (ann, 30, "2026-03-31", "2026-03-31T22:00:00Z"),
+        (bob, 40, "2026-10-29", "2026-10-29T23:00:00Z"),
+    ]
