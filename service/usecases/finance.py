@@ -194,7 +194,8 @@ class CustomerBalance(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def customer_balance(program_id: str, customer_id: str, now: datetime, days: int = 30) -> CustomerBalance:
-    """A customer's balances, and the points that expire in the next `days` days by local date."""
+    """A customer's balances, and the points whose last valid day is one of the next `days`
+    local days (today the first)."""
     async with autocommit() as connection:  # one statement: one snapshot, one round trip
         rows = await connection.fetch(
             "SELECT a.kind, a.balance, NULL::date AS last_day FROM accounts a"
@@ -205,12 +206,17 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
             " JOIN programs p ON p.id = l.program_id"
             " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
-            " AND l.expires_at > $3 AND l.expires_at <= $4 GROUP BY 3"
+            # the window ends at the local midnight `days` days ahead (a day a clock change
+            # makes 23 or 25 hours long is still one day; a skipped midnight is read as the
+            # day's first instant, as service.domain.expiry.local_midnight does)
+            " AND l.expires_at > $3"
+            " AND l.expires_at <= ((($3 AT TIME ZONE p.time_zone)::date + $4::integer)::timestamp"
+            " AT TIME ZONE p.time_zone) GROUP BY 3"
             " ORDER BY 3 NULLS FIRST",
             program_id,
             customer_id,
             now,
-            now + timedelta(days=days),
+            days,
         )
     expiring = [row for row in rows if row["kind"] is None]
     rows = [row for row in rows if row["kind"] is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -195,3 +196,21 @@ async def test_the_last_valid_day_where_the_clocks_skip_midnight(
     assert warned == "2024-09-07"
     clock.set(datetime(2024, 9, 8, 4, tzinfo=UTC))  # 01:00 on the 8th: the first instant of that day
     assert await ledger_jobs.expire_points(program.id, clock) == 1
+
+
+async def test_the_balance_lists_the_points_expiring_in_the_next_30_local_days(
+    program: ProgramFixture, clock: ManualClock
+) -> None:
+    """The balance's `expiring` list covers 30 local days, today the first, not 30 x 24 hours:
+    across the spring change those reach an hour into the 31st day."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 34))
+    clock.set(datetime(2026, 3, 20, 12, tzinfo=amsterdam))  # valid through 23 April
+    ann = await enrol(program.id, "ann", clock)
+    await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=30, reason="a"), "g1", clock)
+
+    # instants in UTC, as the clock gives them
+    late_on_the_24th = datetime(2026, 3, 24, 23, 30, tzinfo=amsterdam).astimezone(UTC)  # + 30 x 24 h: 24 April 00:30
+    assert (await customer_balance(program.id, ann, late_on_the_24th)).expiring == []
+    the_25th = datetime(2026, 3, 25, tzinfo=amsterdam).astimezone(UTC)  # 25 March to 23 April: 30 local days
+    assert (await customer_balance(program.id, ann, the_25th)).expiring == [ExpiringPoints(date(2026, 4, 23), 30)]
