@@ -245,7 +245,7 @@ async def mark_released(
 
 REFUND_COLUMNS = (
     "id, request, refunded_net, points, from_pending, from_available, owed, forgiven, entry_id, created_at,"
-    " points_returned, return_entry_id"
+    " points_returned, return_entry_id, return_settled"
 )
 
 
@@ -273,7 +273,7 @@ async def insert_refund(
 ) -> asyncpg.Record:
     row = await connection.fetchrow(
         f"INSERT INTO refunds (program_id, shop_id, order_id, {REFUND_COLUMNS})"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {REFUND_COLUMNS}",
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING {REFUND_COLUMNS}",
         program_id,
         shop_id,
         order_id,
@@ -289,6 +289,7 @@ async def insert_refund(
         values["created_at"],
         values["points_returned"],
         values["return_entry_id"],
+        values["return_settled"],
     )
     assert row is not None
     return row

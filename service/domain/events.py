@@ -117,7 +117,8 @@ class PointsRedeemed(msgspec.Struct, frozen=True, kw_only=True):
 
 class PointsReturned(msgspec.Struct, frozen=True, kw_only=True):
     """Points a customer spent on an order (a captured hold that paid for it) came back to
-    them because the order was refunded: this refund's share of them."""
+    them because the order was refunded: this refund's share of them (a debt in `owed` paid
+    off from them first)."""
 
     customer_id: str
     points: int
@@ -126,6 +127,7 @@ class PointsReturned(msgspec.Struct, frozen=True, kw_only=True):
     refund_id: str
     hold_id: str
     entry_id: int
+    owed_settled: int = 0  # of `points`, what paid off points the customer owed; the rest is available
 
 
 class PointsExpiringSoon(msgspec.Struct, frozen=True, kw_only=True):

@@ -160,7 +160,9 @@ def _refund(entry: EntryFacts, words: Wording) -> str:
 def _redemption_return(entry: EntryFacts, words: Wording) -> str:
     refund_id = _text(entry.metadata, "refund_id")
     text = f"{words.amount(_gain(entry.changes), _unit(entry.changes))} spent on {_order(entry.metadata)} given back"
-    return f"{text}: refund {refund_id}" if refund_id else text
+    text = f"{text}: refund {refund_id}" if refund_id else text
+    settled = entry.changes.get(AccountKind.OWED.value, 0)
+    return f"{text} ({settled:,} paid off points owed)" if settled > 0 else text
 
 
 def _authorize(entry: EntryFacts, words: Wording) -> str:

@@ -12,7 +12,8 @@ gives back the same share of them as it takes of the award (`Clawback.share`), f
 system account the capture credited to the customer's spendable account, as lots with the
 dates of the points the capture spent: the latest-expiring of them first, so what stays
 spent after a partial refund is what would have expired first, as when a partial capture
-returns the rest of a hold.
+returns the rest of a hold. A debt in `owed` is paid off from them first (what the refund's
+own clawback leaves of them), as from points released, and only the rest becomes available.
 """
 
 from __future__ import annotations
@@ -222,14 +223,38 @@ def returned_slices(spent: Sequence[Slice], returned_before: int, amount: int) -
     return returned
 
 
-def redemption_return_draft(customer_id: str, unit: Unit, amount: int, metadata: dict[str, Any]) -> EntryDraft:
+def split_refund(
+    points: int, pending: int, available: int, owed_balance: int, returned: int, policy: ReturnPolicy
+) -> tuple[ClawbackSplit, int]:
+    """Where a refund's clawback of `points` comes from, and how many of the `returned`
+    redeemed points (given back in the same transaction, before the clawback) pay off a debt
+    (`owed_balance` < 0) instead of becoming available.
+
+    The clawback is split as if every returned point were available, so it takes from them
+    what the customer no longer has rather than forgive it or owe it; the debt is then
+    settled from what the clawback leaves of them, as a release settles it from the points
+    it releases. So the settling never changes the clawback (it neither forgives more nor
+    makes a new debt while paying off an old one), and no returned point is left to spend
+    while the customer owes points."""
+    split = split_clawback(points, pending, available + returned, policy)
+    settled = max(0, min(returned, -owed_balance, available + returned - split.from_available))
+    return split, settled
+
+
+def redemption_return_draft(
+    customer_id: str, unit: Unit, amount: int, metadata: dict[str, Any], settled: int = 0
+) -> EntryDraft:
     """Redeemed points (or store credit) a refund gives back: from the system account the
-    capture credited to the customer's spendable account."""
+    capture credited, `settled` of them to the customer's debt (`owed`, points only) and the
+    rest to their spendable account (the settled part is noted in the metadata, as a
+    release notes it)."""
+    if settled and unit is not Unit.POINTS:
+        raise ValueError("only points pay off points owed")
     spendable, _, captured_to = HOLD_ACCOUNTS[unit]
-    return transfer(
-        system_account(captured_to),
-        customer_account(customer_id, spendable),
-        amount,
-        kind="order.redemption_return",
-        metadata=metadata,
-    )
+    postings = [PostingDraft(system_account(captured_to), -amount)]
+    if settled:
+        postings.append(PostingDraft(customer_account(customer_id, AccountKind.OWED), settled))
+    if amount - settled:
+        postings.append(PostingDraft(customer_account(customer_id, spendable), amount - settled))
+    metadata = metadata | {"settled": settled}
+    return EntryDraft(kind="order.redemption_return", postings=tuple(postings), metadata=metadata)

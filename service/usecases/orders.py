@@ -18,7 +18,6 @@ from service.domain.clock import Clock
 from service.domain.earning import (
     Award,
     AwardComponent,
-    Clawback,
     Order,
     OrderLine,
     Refund,
@@ -41,7 +40,7 @@ from service.domain.orders import (
     release_draft,
     returned_slices,
     spent_slices,
-    split_clawback,
+    split_refund,
 )
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_found
@@ -78,6 +77,7 @@ class RefundView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     points_returned: int = 0  # of the points (or credit) the order's hold paid with, by this refund
     return_entry_id: int | None = None  # the entry that gave them back
+    owed_settled: int = 0  # of points_returned, what paid off points owed (the rest went to available)
 
 
 class OrderView(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +119,7 @@ def _refund_view(row: asyncpg.Record) -> RefundView:
         created_at=row["created_at"],
         points_returned=row["points_returned"],
         return_entry_id=row["return_entry_id"],
+        owed_settled=row["return_settled"],
     )
 
 
@@ -281,15 +282,30 @@ async def refund_order(
         context = await rows.order_context(connection, program_id, shop_id)
         policy = rows.returns_from_row(context).policy
         metadata = _order_metadata(shop_id, context["name"], order_id)
+        hold_id = order["redemption_hold_id"]
+        returned = clawback.share(order["points_redeemed"]) if hold_id is not None else 0
+        in_points = order["redemption_unit"] == Unit.POINTS
         # the redeemed points come back first, so that a clawback the customer could not
-        # otherwise pay is paid from them rather than forgiven or owed
-        given_back = await _return_redeemed(
-            connection, program_id, order, clawback, metadata | {"refund_id": refund_id}, principal.actor, now
+        # otherwise pay is paid from them rather than forgiven or owed; what the clawback
+        # leaves of them pays off a debt before it becomes available, as a release does
+        split, settled = split_refund(
+            clawback.points,
+            pending,
+            balances[AccountKind.AVAILABLE],
+            balances[AccountKind.OWED],
+            returned if in_points else 0,
+            policy,
         )
-        available = balances[AccountKind.AVAILABLE]
-        if given_back is not None and order["redemption_unit"] == Unit.POINTS:
-            available += given_back.points
-        split = split_clawback(clawback.points, pending, available, policy)
+        given_back = await _return_redeemed(
+            connection,
+            program_id,
+            order,
+            returned,
+            settled,
+            metadata | {"refund_id": refund_id},
+            principal.actor,
+            now,
+        )
         draft = refund_draft(customer_id, split, metadata | {"refund_id": refund_id})
         entry_id = None
         if draft is not None:
@@ -312,14 +328,14 @@ async def refund_order(
                 "points": split.points,
                 "entry_id": entry_id,
                 "created_at": now,
-                "points_returned": 0 if given_back is None else given_back.points,
+                "points_returned": returned,
                 "return_entry_id": None if given_back is None else given_back.entry_id,
+                "return_settled": settled,
             },
         )
         refunded = clawback.refunded_net
-        returned = 0 if given_back is None else given_back.points
         await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points, returned)
-        if given_back is not None and order["redemption_unit"] == Unit.POINTS:
+        if given_back is not None and in_points:
             await emit_points_returned(
                 connection,
                 program_id,
@@ -331,6 +347,7 @@ async def refund_order(
                     refund_id=refund_id,
                     hold_id=order["redemption_hold_id"],
                     entry_id=given_back.entry_id,
+                    owed_settled=settled,
                 ),
                 now,
             )
@@ -352,16 +369,19 @@ async def _return_redeemed(
     connection: asyncpg.Connection,
     program_id: str,
     order: asyncpg.Record,
-    clawback: Clawback,
+    points: int,
+    settled: int,
     metadata: dict[str, Any],
     actor: str,
     now: datetime,
 ) -> _GivenBack | None:
-    """Give back the refund's share of what the order's hold paid (`Clawback.share`, the
-    clawback's own rule), as its own entry, with the dates of the points the capture spent
-    (latest-expiring first, after what earlier refunds gave back); None if nothing is due."""
+    """Give back the refund's share of what the order's hold paid (`points`, by
+    `Clawback.share`, the clawback's own rule), as its own entry, `settled` of them to the
+    customer's debt and the rest with the dates of the points the capture spent
+    (latest-expiring first, after what earlier refunds gave back; the settled part is the
+    soonest-expiring of those); None if nothing is due. The caller holds the customer's
+    accounts locked, `owed` among them."""
     hold_id = order["redemption_hold_id"]
-    points = clawback.share(order["points_redeemed"]) if hold_id is not None else 0
     if not points:
         return None
     capture_entry_id = await rows.capture_entry_of(connection, program_id, hold_id)
@@ -372,6 +392,7 @@ async def _return_redeemed(
         Unit(order["redemption_unit"]),
         points,
         metadata | {"hold_id": hold_id},
+        settled,
     )
     written = await write_entry(connection, program_id, draft, actor=actor, now=now, restored=restored)
     return _GivenBack(points, written.id)

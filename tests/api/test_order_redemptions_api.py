@@ -240,6 +240,7 @@ async def test_refunds_give_back_the_redeemed_points_in_proportion_with_their_da
             "refund_id": refund["refund_id"],
             "hold_id": hold["id"],
             "entry_id": refund["return_entry_id"],
+            "owed_settled": 0,
         }
         for refund in (first, last)
     ]
@@ -501,3 +502,147 @@ async def test_a_free_item_paid_with_points_gives_them_back_when_returned(
     balance = (await client.get(f"/v1/customers/{ann}/balance", headers=till)).json()
     assert balance["available"] == 500
     await ledger_invariants(owner_connection, program.id)
+
+
+async def _entry_postings(connection: asyncpg.Connection, program_id: str, entry_id: int) -> dict[str, int]:
+    """An entry's postings: account code -> amount."""
+    rows = await connection.fetch(
+        "SELECT a.code, p.amount FROM postings p JOIN accounts a ON a.program_id = p.program_id AND a.id = p.account_id"
+        " WHERE p.program_id = $1 AND p.entry_id = $2 ORDER BY p.line",
+        program_id,
+        entry_id,
+    )
+    return {row["code"]: row["amount"] for row in rows}
+
+
+async def _owe_18(
+    client: httpx.AsyncClient, program: ProgramFixture, customer: str, clock: ManualClock, grant: int
+) -> None:
+    """Under `allow_negative`: an order's 18 points released at once (window 0) and spent, then
+    the order refunded in full: the customer owes 18. `grant` points are granted (and kept
+    available) first; the window is 14 days again afterwards."""
+    admin, till = program.auth("admin"), program.auth("checkout")
+    returns = {"window_days": 0, "policy": "allow_negative"}
+    assert (await client.put("/v1/program/returns", json=returns, headers=admin)).status_code == 200
+    if grant:
+        await _grant(client, program, customer, grant, "g-0")
+    path = f"/v1/shops/{program.shop_id}/orders"
+    placed = await client.post(path, json=order_body(customer, "D-1"), headers=till)
+    assert placed.status_code == 201, placed.text
+    assert await orders.release_due_orders(program.id, clock) == 1
+    await _hold(client, program, customer, 18 + grant, "h-spend", capture=0)  # everything spent
+    refund = await client.post(f"{path}/D-1/refunds", json={"refund_id": "R-D", "amount": NET}, headers=till)
+    assert refund.status_code == 201, refund.text
+    assert refund.json()["owed"] == 18, refund.text
+    again = await client.put("/v1/program/returns", json=returns | {"window_days": 14}, headers=admin)
+    assert again.status_code == 200, again.text
+    balance = await _balance(client, program, customer)
+    assert (balance["available"], balance["owed"]) == (0, -18)
+
+
+async def test_redeemed_points_given_back_settle_a_debt_first(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    clock: ManualClock,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    """A customer who owes points gets redeemed points back: they pay off the debt first, as
+    released points do, and only the rest becomes available (never owing and spending at once)."""
+    till = program.auth("checkout")
+    await _owe_18(client, program, ann, clock, grant=0)
+    placed = await _paid_order(client, program, ann, "W-1", granted=400, held=400)
+    assert (placed["points_redeemed"], placed["points"]) == (400, 18)
+    path = f"/v1/shops/{program.shop_id}/orders"
+
+    half = await client.post(f"{path}/W-1/refunds", json={"refund_id": "R-1", "amount": NET // 2}, headers=till)
+    assert half.status_code == 201, half.text
+    first = half.json()
+    # 200 given back: 18 pay off the debt, 182 become available; the clawback (9) is from pending
+    assert (first["points_returned"], first["owed_settled"]) == (200, 18)
+    assert (first["points"], first["from_pending"], first["from_available"], first["owed"]) == (9, 9, 0, 0)
+    assert await _entry_postings(owner_connection, program.id, first["return_entry_id"]) == {
+        "system:redeemed": -200,
+        f"customer:{ann}:owed": 18,
+        f"customer:{ann}:available": 182,
+    }
+    balance = await _balance(client, program, ann)
+    assert (balance["available"], balance["owed"], balance["pending"]) == (182, 0, 9)
+    again = await client.post(f"{path}/W-1/refunds", json={"refund_id": "R-1", "amount": NET // 2}, headers=till)
+    assert again.json() == first  # a retry: the same answer, nothing settled twice
+
+    rest = await client.post(f"{path}/W-1/refunds", json={"refund_id": "R-2", "amount": NET // 2}, headers=till)
+    assert rest.status_code == 201, rest.text
+    last = rest.json()
+    assert (last["points_returned"], last["owed_settled"]) == (200, 0)  # no debt left: all available
+    assert (await _balance(client, program, ann))["available"] == 382
+
+    view = (await client.get(f"{path}/W-1", headers=program.auth("finance"))).json()
+    assert [(r["refund_id"], r["points_returned"], r["owed_settled"]) for r in view["refunds"]] == [
+        ("R-1", 200, 18),
+        ("R-2", 200, 0),
+    ]
+    assert view["points_returned"] == 400
+    assert await _system_balance(owner_connection, program.id, "redeemed") == 18  # the spending that made the debt
+    await _books_balance(client, program, owner_connection)
+
+    history = await client.get(f"/v1/customers/{ann}/history", headers=till)
+    returned = [item for item in history.json()["items"] if item["kind"] == "order.redemption_return"]
+    assert [(item["description"], item["changes"]) for item in returned] == [
+        ("200 points spent on order W-1 given back: refund R-2", {"available": 200}),
+        (
+            "200 points spent on order W-1 given back: refund R-1 (18 paid off points owed)",
+            {"owed": 18, "available": 182},
+        ),
+    ]
+    events = [event["data"] for event in await _feed(client, program, clock) if event["type"] == "points.returned"]
+    assert [(data["refund_id"], data["points"], data["owed_settled"]) for data in events] == [
+        ("R-1", 200, 18),
+        ("R-2", 200, 0),
+    ]
+
+
+async def test_the_refunds_clawback_is_paid_from_the_points_given_back_before_a_debt(
+    client: httpx.AsyncClient,
+    program: ProgramFixture,
+    ann: str,
+    clock: ManualClock,
+    owner_connection: asyncpg.Connection,
+) -> None:
+    """The order's points were released and spent: the refund's own clawback is paid from the
+    redeemed points coming back (as without a debt), and only what is left settles the debt,
+    so the refund neither forgives nor makes a new debt while paying off an old one."""
+    till = program.auth("checkout")
+    await _owe_18(client, program, ann, clock, grant=0)
+    placed = await _paid_order(client, program, ann, "W-1", granted=30, held=30)
+    clock.set(datetime.fromisoformat(placed["available_from"]))
+    assert await orders.release_due_orders(program.id, clock) == 1  # 18 settle the debt, nothing available
+    await _grant(client, program, ann, 5, "g-more")
+    # a new debt of 18: another order released at once and spent, then refunded
+    returns = {"window_days": 0, "policy": "allow_negative"}
+    assert (await client.put("/v1/program/returns", json=returns, headers=program.auth("admin"))).status_code == 200
+    path = f"/v1/shops/{program.shop_id}/orders"
+    assert (await client.post(path, json=order_body(ann, "D-2"), headers=till)).status_code == 201
+    assert await orders.release_due_orders(program.id, clock) == 1
+    await _hold(client, program, ann, 23, "h-spend-2", capture=0)
+    refund = await client.post(f"{path}/D-2/refunds", json={"refund_id": "R-D2", "amount": NET}, headers=till)
+    assert refund.json()["owed"] == 18, refund.text
+    balance = await _balance(client, program, ann)
+    assert (balance["available"], balance["owed"]) == (0, -18)
+
+    # W-1's 18 points were released (to the old debt): its refund's clawback of 18 is taken
+    # from the 30 given back, and the 12 left pay off 12 of the debt
+    answer = await client.post(f"{path}/W-1/refunds", json={"refund_id": "R-1", "amount": NET}, headers=till)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["points_returned"], body["owed_settled"]) == (30, 12)
+    assert (body["points"], body["from_pending"], body["from_available"], body["owed"], body["forgiven"]) == (
+        18,
+        0,
+        18,
+        0,
+        0,
+    )
+    balance = await _balance(client, program, ann)
+    assert (balance["available"], balance["owed"]) == (0, -6)
+    await _books_balance(client, program, owner_connection)

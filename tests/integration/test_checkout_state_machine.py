@@ -489,17 +489,24 @@ def checkout_machine(
                 return
             assert isinstance(outcome, orders.RefundView), outcome
             balances = self.balances[order.customer]
-            # the redeemed points come back first, with the dates of what the capture spent
+            # the redeemed points come back first, with the dates of what the capture spent;
+            # what the clawback leaves of them pays off a debt, the soonest-expiring first
             returned = 0 if order.hold is None else clawback.share(order.hold.captured)
-            if order.hold is not None and returned:
-                back = returned_part(order.hold.spent, order.returned, returned)
-                for expiry, part in back:
-                    self.lots[(order.customer, "available")].add(expiry, part)
-                balances["available"] += returned
-                order.returned += returned
             points = clawback.points
             from_pending = min(points, order.pending)
-            from_available = min(points - from_pending, balances["available"])
+            from_available = min(points - from_pending, balances["available"] + returned)
+            settled = 0
+            if order.hold is not None and returned:
+                settled = min(returned, -balances["owed"], balances["available"] + returned - from_available)
+                back = returned_part(order.hold.spent, order.returned, returned)
+                keep = returned - settled
+                for expiry, part in back:  # latest-expiring first: those stay available
+                    if keep:
+                        self.lots[(order.customer, "available")].add(expiry, min(part, keep))
+                    keep -= min(part, keep)
+                balances["available"] += returned - settled
+                balances["owed"] += settled
+                order.returned += returned
             rest = points - from_pending - from_available
             owed = rest if self.returns.policy is ReturnPolicy.ALLOW_NEGATIVE else 0
             expected = ModelRefund(
@@ -527,6 +534,7 @@ def checkout_machine(
                 returned=outcome.points_returned,
             )
             assert (outcome.return_entry_id is not None) == (returned > 0), outcome
+            assert outcome.owed_settled == settled, (outcome, settled)
             assert got == expected, (got, expected)
             order.refunds.append(expected)
             order.pending -= from_pending

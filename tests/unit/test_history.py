@@ -83,6 +83,20 @@ def entry(kind: str, changes: dict[str, int], metadata: dict[str, Any] | None = 
             "125 points spent on order A-1001 given back: refund R-1",
         ),
         (
+            entry(
+                "order.redemption_return",
+                {"owed": 18, "available": 182},
+                ORDER | {"refund_id": "R-1", "hold_id": "hld_1", "settled": 18},
+            ),
+            "200 points spent on order A-1001 given back: refund R-1 (18 paid off points owed)",
+        ),
+        (
+            entry(
+                "order.redemption_return", {"owed": 40}, ORDER | {"refund_id": "R-2", "hold_id": "hld_1", "settled": 40}
+            ),
+            "40 points spent on order A-1001 given back: refund R-2 (40 paid off points owed)",
+        ),
+        (
             entry("hold.authorize", {"available": -200, "held": 200}, {"hold_id": "hld_1", "reference": None}),
             "200 points reserved for a redemption",
         ),

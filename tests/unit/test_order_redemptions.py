@@ -11,13 +11,24 @@ from hypothesis import strategies as st
 
 from service.domain.earning import Award, OrderLine, Refund, RefundLine, bonus_kept, claw_back, share_taken
 from service.domain.errors import Conflict, DomainError, HoldNotCaptured, HoldNotCapturedYet, NotFound
-from service.domain.ledger import AccountKind, Slice, Unit, net_by_account, system_account, validate_entry
+from service.domain.ledger import (
+    AccountKind,
+    Slice,
+    Unit,
+    customer_account,
+    net_by_account,
+    system_account,
+    validate_entry,
+)
 from service.domain.orders import (
     RedemptionHold,
+    ReturnPolicy,
     check_redemption_hold,
     redemption_return_draft,
     returned_slices,
     spent_slices,
+    split_clawback,
+    split_refund,
 )
 
 NOW = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
@@ -159,3 +170,70 @@ def test_an_order_of_net_value_0_shares_by_the_items_that_came_back() -> None:
         lines, award, Refund(lines=(RefundLine(line=0, quantity=1), RefundLine(line=1, quantity=1))), [one_mug]
     )
     assert first.share(500) + rest.share(500) == 500
+
+
+def test_points_given_back_pay_off_a_debt_first_and_the_rest_becomes_available() -> None:
+    draft = redemption_return_draft("cus_ann", Unit.POINTS, 200, {"order_id": "W-1"}, settled=18)
+    validate_entry(draft)
+    assert net_by_account(draft.postings) == {
+        system_account(AccountKind.REDEEMED): -200,
+        customer_account("cus_ann", AccountKind.OWED): 18,
+        customer_account("cus_ann", AccountKind.AVAILABLE): 182,
+    }
+    assert draft.metadata == {"order_id": "W-1", "settled": 18}
+    paid_off = redemption_return_draft("cus_ann", Unit.POINTS, 40, {}, settled=40)
+    validate_entry(paid_off)
+    assert net_by_account(paid_off.postings) == {
+        system_account(AccountKind.REDEEMED): -40,
+        customer_account("cus_ann", AccountKind.OWED): 40,
+    }
+
+
+def test_store_credit_given_back_pays_off_no_debt_of_points() -> None:
+    with pytest.raises(ValueError, match="points"):
+        redemption_return_draft("cus_ann", Unit.CREDIT, 400, {}, settled=1)
+
+
+@pytest.mark.parametrize(
+    ("points", "pending", "available", "owed", "returned", "settled", "split"),
+    [
+        (9, 18, 0, -18, 200, 18, (9, 0, 0, 0)),  # the clawback from pending: the debt paid in full
+        (18, 0, 0, -18, 30, 12, (0, 18, 0, 0)),  # the clawback first from what comes back, 12 left
+        (18, 0, 100, -18, 30, 18, (0, 18, 0, 0)),  # the clawback paid from available points
+        (50, 0, 0, -18, 30, 0, (0, 30, 20, 0)),  # nothing left to settle; the rest owed
+        (9, 18, 0, 0, 200, 0, (9, 0, 0, 0)),  # no debt
+        (9, 18, 0, -18, 0, 0, (9, 0, 0, 0)),  # nothing given back
+    ],
+)
+def test_a_refund_settles_a_debt_from_what_its_clawback_leaves_of_the_points_given_back(
+    points: int,
+    pending: int,
+    available: int,
+    owed: int,
+    returned: int,
+    settled: int,
+    split: tuple[int, int, int, int],
+) -> None:
+    got, paid_off = split_refund(points, pending, available, owed, returned, ReturnPolicy.ALLOW_NEGATIVE)
+    assert paid_off == settled
+    assert (got.from_pending, got.from_available, got.owed, got.forgiven) == split
+
+
+@given(
+    points=st.integers(0, 500),
+    pending=st.integers(0, 500),
+    available=st.integers(0, 500),
+    owed=st.integers(-500, 0),
+    returned=st.integers(0, 500),
+    policy=st.sampled_from(ReturnPolicy),
+)
+def test_settling_a_debt_never_changes_the_clawback_and_takes_all_it_may(
+    points: int, pending: int, available: int, owed: int, returned: int, policy: ReturnPolicy
+) -> None:
+    split, settled = split_refund(points, pending, available, owed, returned, policy)
+    assert split == split_clawback(points, pending, available + returned, policy)  # as without a debt
+    assert 0 <= settled <= min(returned, -owed)
+    left = available + returned - settled - split.from_available
+    assert left >= 0  # the clawback is still paid from available
+    # as much as may be: all given back, all owed, or nothing left available
+    assert settled in (returned, -owed) or left == 0
