@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -47,6 +47,7 @@ import asyncpg
 import msgspec
 
 from bench.ledger_throughput import AWARD_POINTS, RESULTS, Workload, _machine, _pgbench_binary, _run, _setup_program
+from bench.stripped import GUARANTEES, Guarantee, without
 from service.config import load_settings
 from service.db.embedded import start_embedded, stop_embedded, with_database
 from service.db.engine import close_pool, start_pool
@@ -271,6 +272,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the TPC-B random values (default 42)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch cluster, statements and callgrind files")
+    parser.add_argument(
+        "--guarantees",
+        action="store_true",
+        help="also count a grant with each of the ledger's guarantees removed (bench/stripped.py; ~2 min more)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.low < args.high:
         parser.error("need 0 < --low < --high")
@@ -283,8 +289,33 @@ def _version(command: list[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True).stdout.strip()
 
 
+def _price_guarantees(pgdata: Path, out: Path, grant: Script) -> list[tuple[str, float, float]]:
+    """Per guarantee: instructions per grant with it removed alone, and with it and every
+    one listed before it removed."""
+
+    def per_grant(name: str, removed: tuple[Guarantee, ...]) -> float:
+        template = f"strip_{name}"
+        copy = f"DROP DATABASE IF EXISTS {template};\n\nCREATE DATABASE {template} TEMPLATE grant_tmpl;\n\n"
+        _single(pgdata, "postgres", copy)
+        _single(pgdata, template, "".join(f"{s};\n\n" for s in without(removed)))
+        script = replace(grant, name=template, template=template)
+        low, high = script.runs
+        return (_count(pgdata, out, script, high) - _count(pgdata, out, script, low)) / (high - low)
+
+    priced = []
+    for n, guarantee in enumerate(GUARANTEES):
+        alone, together = per_grant(f"alone_{n}", (guarantee,)), per_grant(f"upto_{n}", GUARANTEES[: n + 1])
+        priced.append((guarantee.name, alone, together))
+        print(f"without {guarantee.name}: {alone:,.0f} alone, {together:,.0f} with those above", flush=True)
+    return priced
+
+
 def _report(
-    args: argparse.Namespace, started: datetime, scripts: list[Script], counts: dict[str, dict[int, int]]
+    args: argparse.Namespace,
+    started: datetime,
+    scripts: list[Script],
+    counts: dict[str, dict[int, int]],
+    priced: list[tuple[str, float, float]] | None,
 ) -> None:
     labels = {
         "grant": "one grant (append_credit_entry, its COMMIT)",
@@ -305,6 +336,16 @@ def _report(
     table = "\n".join(lines) + (
         f"\n\none grant = {ratio:.2f} TPC-B transactions; a grant in a batch = {batch_ratio:.2f}"
     )
+    if priced is not None:
+        base = per["grant"]
+        rows = ["| removed | a grant, instructions | change | with every one above removed | change |"]
+        rows.append("|---|---:|---:|---:|---:|")
+        rows += [
+            f"| {name} | {alone:,.0f} | {alone - base:+,.0f} | {together:,.0f} | {together - base:+,.0f} |"
+            for name, alone, together in priced
+        ]
+        table += f"\n\nA grant without the ledger's guarantees (bench/stripped.py), against {per['grant']:,.0f}:\n\n"
+        table += "\n".join(rows) + f"\n\nwith all removed: {priced[-1][2] / per['tpcb']:.2f} TPC-B transactions"
     print(f"\n{table}")
     versions = [_version([tool, "--version"]) for tool in ("valgrind", _postgres())]
     result: dict[str, Any] = {"started": started.isoformat(), "arguments": vars(args), "versions": versions}
@@ -315,6 +356,7 @@ def _report(
         "ratio": ratio,
         "batch_ratio": batch_ratio,
         "table": table,
+        "guarantees": priced,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"instructions-{started:%Y%m%dT%H%M%SZ}.json"
@@ -341,13 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for script in scripts:
             counts[script.name] = {n: _count(pgdata, out, script, n) for n in script.runs}
             print(f"{script.name}: {counts[script.name]}", flush=True)
+        priced = _price_guarantees(pgdata, out, scripts[0]) if args.guarantees else None
     finally:
         if args.keep:
             print(f"kept {scratch} (pgdata: `postgres --single -D {pgdata}`; callgrind/: *.sql, *.callgrind)")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    _report(args, started, scripts, counts)
+    _report(args, started, scripts, counts, priced)
     return 0
 
 

@@ -56,6 +56,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench.stripped import GUARANTEES, without
 from service.config import Settings, load_settings
 from service.db.embedded import start_embedded, stop_embedded, with_database
 from service.db.engine import close_pool, start_pool
@@ -812,6 +813,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also time bare round trips (15 per tx, and 1) at --batch-writers writers",
     )
     parser.add_argument(
+        "--without-guarantees",
+        action="store_true",
+        help="an experiment: the one-grant call without the checks and records of bench/stripped.py",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of benchmarking, cProfile one writer for --seconds",
@@ -983,6 +989,8 @@ async def _report(
         ),
     ):
         outcome = "not measured" if ratio is None else ("met" if met else "MISSED")
+        if args.without_guarantees:
+            outcome += " (an experiment without the guarantees: not the ledger)"
         print(f"{label}: {ratio}x TPC-B (target >= {target}x) -> {outcome}")
 
     result = {
@@ -1027,6 +1035,14 @@ async def run(args: argparse.Namespace) -> int:
     dsn = await _recreate(server_dsn, BENCH_DATABASE)
     DB.configure({"dsn": dsn})
     await migrate()
+    if args.without_guarantees:
+        connection = await asyncpg.connect(dsn)
+        try:
+            for statement in without(GUARANTEES):
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+        print("EXPERIMENT: the one-grant call without the ledger's guarantees (bench/stripped.py)", flush=True)
     pool = await start_pool(dsn, settings)
     backend: int = await pool.fetchval("SELECT pg_backend_pid()")
     ours = {BENCH_DATABASE, PGBENCH_DATABASE, "postgres"}
