@@ -206,12 +206,16 @@ async def customer_balance(program_id: str, customer_id: str, now: datetime, day
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
             " JOIN programs p ON p.id = l.program_id"
             " WHERE l.program_id = $1 AND a.customer_id = $2 AND a.kind = 'available' AND l.remaining > 0"
-            # the window ends at the local midnight `days` days ahead (a day a clock change
-            # makes 23 or 25 hours long is still one day; a skipped midnight is read as the
-            # day's first instant, as service.domain.expiry.local_midnight does)
+            # the window is `days` local days, today the first, by the last valid day the list
+            # names (a day a clock change makes 23 or 25 hours long is still one day). The local
+            # midnight `days` days ahead bounds the lots read, but only roughly: `::timestamp AT
+            # TIME ZONE` reads a repeated midnight as its second instant, an hour after the day
+            # starts (service.domain.expiry.local_midnight's first), a skipped one as the first
             " AND l.expires_at > $3"
             " AND l.expires_at <= ((($3 AT TIME ZONE p.time_zone)::date + $4::integer)::timestamp"
-            " AT TIME ZONE p.time_zone) GROUP BY 3"
+            " AT TIME ZONE p.time_zone)"
+            " AND ((l.expires_at - interval '1 microsecond') AT TIME ZONE p.time_zone)::date"
+            " < ($3 AT TIME ZONE p.time_zone)::date + $4::integer GROUP BY 3"
             " ORDER BY 3 NULLS FIRST",
             program_id,
             customer_id,

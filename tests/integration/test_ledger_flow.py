@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from service.db.ledger import write_entry
+from service.db.transaction import in_transaction
 from service.domain.clock import ManualClock
 from service.domain.errors import (
     AlreadyReversed,
@@ -16,6 +18,7 @@ from service.domain.errors import (
     InsufficientPoints,
 )
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
+from service.domain.ledger import AccountKind, customer_account, system_account, transfer
 from service.usecases import ledger, ledger_jobs, lifecycle
 from service.usecases.finance import ExpiringPoints, customer_balance, verify_chain
 from tests.conftest import ProgramFixture, make_program
@@ -214,3 +217,32 @@ async def test_the_balance_lists_the_points_expiring_in_the_next_30_local_days(
     assert (await customer_balance(program.id, ann, late_on_the_24th)).expiring == []
     the_25th = datetime(2026, 3, 25, tzinfo=amsterdam).astimezone(UTC)  # 25 March to 23 April: 30 local days
     assert (await customer_balance(program.id, ann, the_25th)).expiring == [ExpiringPoints(date(2026, 4, 23), 30)]
+
+
+async def test_the_balance_window_ends_at_the_first_of_two_local_midnights(database: str, clock: ManualClock) -> None:
+    """In Havana the clocks go back from 01:00 to 00:00 on 1 November 2026: that day starts
+    at 04:00 UTC and its midnight comes again at 05:00 UTC. Seen on 2 October, the 30 local
+    days end with 31 October, so points valid into the first hour of 1 November (a lot dated
+    by another zone database, or written with its own expiry) are not listed: their last
+    valid day, as the list names it, is the 31st day."""
+    program = await make_program(time_zone="America/Havana")
+    clock.set(datetime(2026, 10, 2, 16, tzinfo=UTC))  # noon on 2 October, local
+    ann = await enrol(program.id, "ann", clock)
+    between = datetime(2026, 11, 1, 4, 30, tzinfo=UTC)  # 00:30 on 1 November, the first time
+    draft = transfer(
+        system_account(AccountKind.ADJUSTMENTS),
+        customer_account(ann, AccountKind.AVAILABLE),
+        10,
+        kind="adjustment.grant",
+        metadata={"reason": "a"},
+        lot_expires_at=between,
+    )
+
+    async def grant(connection: asyncpg.Connection) -> None:
+        await write_entry(connection, program.id, draft, actor="key:key_test", now=clock.now())
+
+    await in_transaction(grant)
+    assert (await customer_balance(program.id, ann, clock.now())).expiring == []
+    # a day later the window takes in 1 November, and the lot is listed on that day
+    clock.set(datetime(2026, 10, 3, 16, tzinfo=UTC))
+    assert (await customer_balance(program.id, ann, clock.now())).expiring == [ExpiringPoints(date(2026, 11, 1), 10)]
