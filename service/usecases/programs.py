@@ -195,7 +195,8 @@ async def authenticate(credential: str, clock: Clock) -> Principal:
     async with autocommit() as connection:
         if claims.key_id is not None:
             row = await credentials.token_standing(connection, program_id, claims.customer_id, claims.key_id)
-        else:  # signed before tokens named their key (by the previous version, in a rolling deploy)
+        else:  # signed before tokens named their key (by the previous version, in a rolling deploy);
+            # none is left 24 h after every process names the key: then this branch can go
             row = await credentials.unattributed_token_standing(
                 connection, program_id, claims.customer_id, claims.issued_no_earlier_than()
             )
