@@ -73,7 +73,7 @@ _UPSELL = """
 WITH o AS (
     SELECT customer_id, lines,
            row_number() OVER (PARTITION BY customer_id ORDER BY placed_at, shop_id, id) AS k
-      FROM orders WHERE program_id = $1 AND (refunded_net < net OR net = 0)
+      FROM orders WHERE program_id = $1 AND metric_purchase(program_id, shop_id, id, net, refunded_net, lines)
 ), items AS (
     SELECT o.customer_id, o.k, l->>'category' AS category, (l->>'level')::numeric AS level
       FROM o CROSS JOIN LATERAL jsonb_array_elements(o.lines) AS l

@@ -463,8 +463,15 @@ class RefundEffect(msgspec.Struct, frozen=True, kw_only=True):
     purchase_lost: bool
 
 
-def refund_effect(order_net: int, refunded_before: int, refunded_after: int) -> RefundEffect:
+def refund_effect(
+    order_net: int, refunded_before: int, refunded_after: int, items: tuple[int, int, int] = (0, 0, 0)
+) -> RefundEffect:
     """A refund lowers the day's net; the one that makes the order fully refunded removes
-    its purchase (an order of net 0 stays a purchase: nothing of it can be refunded)."""
-    lost = order_net > 0 and refunded_before < order_net <= refunded_after
+    its purchase. An order of net 0 (free items) is refunded in items, `items` = (returned
+    before, returned after, bought): it is fully refunded once every item is back."""
+    if order_net > 0:
+        lost = refunded_before < order_net <= refunded_after
+    else:
+        returned_before, returned_after, bought = items
+        lost = returned_before < bought <= returned_after
     return RefundEffect(net_delta=refunded_after - refunded_before, purchase_lost=lost)

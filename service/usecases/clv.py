@@ -87,6 +87,7 @@ class CustomerPrediction(msgspec.Struct, frozen=True, kw_only=True):
 class PredictionPage(msgspec.Struct, frozen=True, kw_only=True):
     definition: str
     reference: str
+    as_of: date  # the local day the customers' ages T run to (the fit's own is fit.as_of)
     fit: Fit
     horizon_months: int
     monthly_discount: float
@@ -134,6 +135,7 @@ async def predictions(
     return PredictionPage(
         definition=Definition.PREDICTED_LTV.value,
         reference=DEFINITIONS,
+        as_of=today,
         fit=fit,
         horizon_months=horizon_months,
         monthly_discount=monthly_discount,

@@ -52,11 +52,16 @@ async def after_order(connection: asyncpg.Connection, program_id: str, order: as
 
 
 async def after_refund(
-    connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, refunded_after: int
+    connection: asyncpg.Connection,
+    program_id: str,
+    order: asyncpg.Record,
+    refunded_after: int,
+    items: tuple[int, int, int] = (0, 0, 0),
 ) -> None:
     """Lower the rollups by a refund, in the refund's transaction; `order` is the row as it
-    was before the refund (its refunded_net is what was refunded before)."""
-    effect = refund_effect(order["net"], order["refunded_net"], refunded_after)
+    was before the refund (its refunded_net is what was refunded before), `items` the items
+    returned before and after the refund and bought (what an order of net 0 is refunded in)."""
+    effect = refund_effect(order["net"], order["refunded_net"], refunded_after, items)
     if not effect.net_delta and not effect.purchase_lost:
         return
     customer_id = order["customer_id"]
@@ -140,20 +145,23 @@ async def repeat_report(program_id: str, start: date, end: date, counted_as: Pur
 class LifetimeValue(msgspec.Struct, frozen=True, kw_only=True):
     definition: str
     reference: str
+    as_of: date  # the local day "to date" ends with
     customers: int
     net: int
     mean: float | None
     median: float | None
 
 
-async def historical_ltv(program_id: str) -> LifetimeValue:
+async def historical_ltv(program_id: str, now: datetime) -> LifetimeValue:
     """Net revenue per customer with a purchase to date: total, mean and median."""
     async with snapshot() as connection:
+        today = await local_today(connection, program_id, now)
         row = await rows.lifetime_totals(connection, program_id)
     customers = row["customers"]
     return LifetimeValue(
         definition=Definition.HISTORICAL_LTV.value,
         reference=DEFINITIONS,
+        as_of=today,
         customers=customers,
         net=row["net"],
         mean=None if customers == 0 else round(row["net"] / customers, 2),
@@ -272,6 +280,7 @@ async def rfm_customers(program_id: str, now: datetime, segment: str | None, cur
 class SellRates(msgspec.Struct, frozen=True, kw_only=True):
     definitions: list[str]
     reference: str
+    as_of: date  # the local day the purchases to date end with
     repeat_customers: int  # customers with 2 or more purchases (the denominator)
     upsold: int
     cross_sold: int
@@ -279,14 +288,16 @@ class SellRates(msgspec.Struct, frozen=True, kw_only=True):
     cross_sell_rate_pct: float | None
 
 
-async def sell_rates(program_id: str) -> SellRates:
+async def sell_rates(program_id: str, now: datetime) -> SellRates:
     """Upsell and cross-sell rates from the lines (category, level) of the program's purchases."""
     async with snapshot() as connection:
+        today = await local_today(connection, program_id, now)
         row = await rows.upsell_totals(connection, program_id)
     base = row["repeat_customers"]
     return SellRates(
         definitions=[Definition.UPSELL.value, Definition.CROSS_SELL.value],
         reference=DEFINITIONS,
+        as_of=today,
         repeat_customers=base,
         upsold=row["upsold"],
         cross_sold=row["cross_sold"],

@@ -352,7 +352,7 @@ async def refund_order(
                 now,
             )
         await referrals.cancel_on_refund(connection, program_id, order, refunded, policy, principal.actor, now)
-        await metrics.after_refund(connection, program_id, order, refunded)  # last, as in place_order
+        await metrics.after_refund(connection, program_id, order, refunded, clawback.items)  # last, as in place_order
         return _refund_view(row)
 
     key = derived_key("refund", shop_id, order_id, refund_id)

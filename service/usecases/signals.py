@@ -136,6 +136,7 @@ async def record_signal(principal: Principal, signal: Signal, clock: Clock) -> t
 class RiskCounts(msgspec.Struct, frozen=True, kw_only=True):
     definition: str
     reference: str
+    as_of: date  # the local day inactivity is counted to
     rules: RiskRules
     customers: int
     green: int
@@ -158,6 +159,7 @@ class CustomerRisk(msgspec.Struct, frozen=True, kw_only=True):
 class RiskPage(msgspec.Struct, frozen=True, kw_only=True):
     definition: str
     reference: str
+    as_of: date  # the local day inactivity is counted to
     rules: RiskRules
     colour: Colour | None
     items: list[CustomerRisk]
@@ -193,6 +195,7 @@ async def risk_counts(program_id: str, now: datetime) -> RiskCounts:
     return RiskCounts(
         definition=Definition.RISK.value,
         reference=DEFINITIONS,
+        as_of=today,
         rules=rules,
         customers=sum(colours.values()),
         green=colours[Colour.GREEN.value],
@@ -236,6 +239,7 @@ async def risk_customers(
     return RiskPage(
         definition=Definition.RISK.value,
         reference=DEFINITIONS,
+        as_of=today,
         rules=rules,
         colour=colour,
         items=page,

@@ -115,7 +115,7 @@ async def test_repeat_value_cohorts_rfm_and_sell_rates(
     assert days["figures"]["repeat_customer_rate_pct"] == 33.33 and days["figures"]["counted"] == 5
 
     ltv = (await client.get("/v1/metrics/lifetime-value", headers=admin)).json()
-    assert (ltv["customers"], ltv["net"], ltv["mean"]) == (3, 4400, 1466.67)
+    assert (ltv["customers"], ltv["net"], ltv["mean"], ltv["as_of"]) == (3, 4400, 1466.67, "2026-06-15")
 
     cohorts = (
         await client.get("/v1/metrics/cohorts", params={"from": "2026-01-01", "to": "2026-05-31"}, headers=admin)
@@ -151,7 +151,7 @@ async def test_repeat_value_cohorts_rfm_and_sell_rates(
 
     sells = (await client.get("/v1/metrics/sell-rates", headers=admin)).json()
     assert (sells["repeat_customers"], sells["upsold"], sells["cross_sold"]) == (2, 1, 1)
-    assert (sells["upsell_rate_pct"], sells["cross_sell_rate_pct"]) == (50.0, 50.0)
+    assert (sells["upsell_rate_pct"], sells["cross_sell_rate_pct"], sells["as_of"]) == (50.0, 50.0, "2026-06-15")
 
 
 async def test_signals_and_the_churn_risk_light(

@@ -320,5 +320,5 @@ async def test_the_median_lifetime_value_of_an_even_count_is_the_middle_of_the_t
     await with_rules(program, clock)
     for name, net in (("ann", 100), ("bob", 300), ("cat", 700), ("dan", 800)):
         await buy(program, clock, await enrol(program.id, name, clock), f"{name}-1", START, net)
-    ltv = await metrics.historical_ltv(program.id)
+    ltv = await metrics.historical_ltv(program.id, clock.now())
     assert (ltv.customers, ltv.net, ltv.mean, ltv.median) == (4, 1900, 475.0, 500.0)  # not 300, the lower one

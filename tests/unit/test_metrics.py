@@ -214,3 +214,12 @@ def test_refund_effect() -> None:
     full = refund_effect(1000, 400, 1000)
     assert (full.net_delta, full.purchase_lost) == (600, True)
     assert refund_effect(0, 0, 0).purchase_lost is False
+
+
+def test_a_free_order_is_refunded_in_items() -> None:
+    # an order of net 0 is fully refunded once every item is back: (before, after, bought)
+    assert refund_effect(0, 0, 0, (0, 1, 2)).purchase_lost is False
+    assert refund_effect(0, 0, 0, (1, 2, 2)) == refund_effect(0, 0, 0, (0, 2, 2))
+    assert refund_effect(0, 0, 0, (0, 2, 2)).purchase_lost is True
+    assert refund_effect(0, 0, 0, (2, 2, 2)).purchase_lost is False  # already gone
+    assert refund_effect(1000, 0, 999, (0, 3, 3)).purchase_lost is False  # with a value: by value

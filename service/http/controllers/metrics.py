@@ -99,10 +99,15 @@ class MetricsController(Controller):
 
     @get("/lifetime-value", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def lifetime_value(
-        self, principal: NamedDependency[Principal], format: FormatQuery = None, accept: Accept = None
+        self,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+        format: FormatQuery = None,
+        accept: Accept = None,
     ) -> Response[metrics.LifetimeValue]:
         """Historical lifetime value: net revenue per customer to date, total, mean, median."""
-        return render(await metrics.historical_ltv(principal.program_id), "lifetime-value", format, accept)
+        ltv = await metrics.historical_ltv(principal.program_id, clock.now())
+        return render(ltv, "lifetime-value", format, accept)
 
     @get("/cohorts", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def cohorts(
@@ -149,10 +154,14 @@ class MetricsController(Controller):
 
     @get("/sell-rates", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def sell_rates(
-        self, principal: NamedDependency[Principal], format: FormatQuery = None, accept: Accept = None
+        self,
+        principal: NamedDependency[Principal],
+        clock: NamedDependency[Clock],
+        format: FormatQuery = None,
+        accept: Accept = None,
     ) -> Response[metrics.SellRates]:
         """Upsell and cross-sell rates from the order lines' category and level."""
-        return render(await metrics.sell_rates(principal.program_id), "sell-rates", format, accept)
+        return render(await metrics.sell_rates(principal.program_id, clock.now()), "sell-rates", format, accept)
 
     @get("/risk", responses=PROBLEM_RESPONSES, operation_class=TableOperation)
     async def risk(
