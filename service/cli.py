@@ -86,6 +86,9 @@ async def _serve_prepare(settings: Settings) -> str:
     return await prepare_database(settings)
 
 
+SHOWN_FAILING_ITEMS = 20
+
+
 async def _run_jobs(settings: Settings) -> bool:
     """Every job for every program once, then a pass of the dispatcher; prints what each did
     and returns whether every job succeeded (a failed one is named, and the command exits 1)."""
@@ -101,7 +104,7 @@ async def _run_jobs(settings: Settings) -> bool:
     try:
         for report in await run_all(SystemClock(), lifecycle_rules(settings)):
             failed = f"; failed: {', '.join(report.failed)}" if report.failed else ""
-            succeeded = succeeded and not report.failed
+            succeeded = succeeded and not report.failed and not report.failing_items
             print(
                 f"{report.program_id}: {report.orders_released} orders released,"
                 f" {report.referrals_rewarded} referrals rewarded, {report.tier_grants_ended} tier grants ended,"
@@ -110,8 +113,20 @@ async def _run_jobs(settings: Settings) -> bool:
                 f" {report.churn_risk_red} churn-risk events, {report.events_published} events published,"
                 f" {report.entries_sealed} entries sealed{failed}"
             )
+            if report.seal_stuck:
+                print(f"  sealing stuck at {report.seal_stuck}")
+            for item in report.failing_items[:SHOWN_FAILING_ITEMS]:
+                print(
+                    f"  failing: {item.job} {item.item}, {item.attempts} attempts since"
+                    f" {item.first_failed_at.isoformat()}, retry at {item.retry_at.isoformat()}: {item.last_error}"
+                )
+            if len(report.failing_items) > SHOWN_FAILING_ITEMS:
+                print(f"  failing: {len(report.failing_items) - SHOWN_FAILING_ITEMS} more items")
         sent = await dispatch_once(SystemClock(), DispatchConfig.from_settings(settings))
-        print(f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts")
+        errors = f", {sent.errors} dispatcher errors" if sent.errors else ""
+        failed = f"; failed: {', '.join(sent.failed)}" if sent.failed else ""
+        print(f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts{errors}{failed}")
+        succeeded = succeeded and not sent.failed and not sent.errors
     finally:
         await close_pool()
     return succeeded

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 
 from service.domain.chain import (
     GENESIS,
@@ -66,46 +67,95 @@ def _sealed_entry(row: asyncpg.Record) -> SealedEntry:
     )
 
 
-async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int, after: int = 0) -> list[int]:
+class Unsealable(msgspec.Struct, frozen=True):
+    """A queued entry the sealer cannot hash (its content is missing or cannot be encoded)."""
+
+    entry_id: int
+    reason: str
+
+
+class SealedBatch(msgspec.Struct, frozen=True):
+    """The ids a batch sealed, in chain order, and the entry it stopped at, if one stopped it."""
+
+    ids: list[int]
+    stuck: Unsealable | None = None
+
+
+async def seal_batch(connection: asyncpg.Connection, program_id: str, limit: int, after: int = 0) -> SealedBatch:
     """Seal up to `limit` committed entries queued with an id above `after`, in entry order;
-    one sealer per program at a time. Returns the ids sealed, in chain order."""
+    one sealer per program at a time.
+
+    The chain is the entries in id order and may not skip one: an entry that cannot be
+    hashed ends the batch. The entries before it are sealed and it is returned as `stuck`;
+    it and every entry after it stay queued until it is mended."""
     got_lock = await connection.fetchval(
         "SELECT pg_try_advisory_xact_lock(hashtextextended('seal:' || $1, 0))", program_id
     )
     if not got_lock:
-        return []
+        return SealedBatch([])
     # by key in the primary key's order, whatever the statistics say (migration 0014)
     queued = await connection.fetch(
         "SELECT q.entry_id FROM take_seal_batch($1, $2, $3) AS q (entry_id)", program_id, after, limit
     )
     if not queued:
-        return []
+        return SealedBatch([])
     ids = sorted(row["entry_id"] for row in queued)
     last = await connection.fetchrow(
         "SELECT seq, chain_hash FROM entry_seals WHERE program_id = $1 ORDER BY seq DESC LIMIT 1",
         program_id,
     )
     seq, previous = (last["seq"], bytes(last["chain_hash"])) if last else (0, GENESIS)
-    contents = {row["id"]: _sealed_entry(row) for row in await connection.fetch(_ENTRY_CONTENT, program_id, ids)}
+    contents: dict[int, SealedEntry | Unsealable] = {}
+    for row in await connection.fetch(_ENTRY_CONTENT, program_id, ids):
+        try:
+            contents[row["id"]] = _sealed_entry(row)
+        except (ValueError, TypeError, msgspec.ValidationError) as error:
+            contents[row["id"]] = Unsealable(row["id"], f"{type(error).__name__}: {error}")
     seqs, entry_ids, entry_hashes, chain_hashes = [], [], [], []
+    stuck: Unsealable | None = None
     for entry_id in ids:
-        digest = entry_hash(contents[entry_id])
+        content = contents.get(entry_id, Unsealable(entry_id, "the entry or its postings are missing"))
+        try:
+            digest = content if isinstance(content, Unsealable) else entry_hash(content)
+        except (ValueError, TypeError, msgspec.EncodeError) as error:
+            digest = Unsealable(entry_id, f"{type(error).__name__}: {error}")
+        if isinstance(digest, Unsealable):
+            stuck = digest
+            break
         previous = chain_hash(previous, digest)
         seq += 1
         seqs.append(seq)
         entry_ids.append(entry_id)
         entry_hashes.append(digest)
         chain_hashes.append(previous)
-    await connection.execute(
-        "INSERT INTO entry_seals (program_id, seq, entry_id, entry_hash, chain_hash)"
-        " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[])",
+    if entry_ids:
+        await connection.execute(
+            "INSERT INTO entry_seals (program_id, seq, entry_id, entry_hash, chain_hash)"
+            " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[])",
+            program_id,
+            seqs,
+            entry_ids,
+            entry_hashes,
+            chain_hashes,
+        )
+    if stuck is not None:  # taken from the queue with the batch: they go back, unsealed
+        await connection.execute(
+            "INSERT INTO seal_queue (program_id, entry_id) SELECT $1, unnest($2::bigint[])",
+            program_id,
+            ids[len(entry_ids) :],
+        )
+    return SealedBatch(entry_ids, stuck)
+
+
+async def oldest_unsealed(connection: asyncpg.Connection, program_id: str) -> asyncpg.Record | None:
+    """The first entry in the program's seal queue (the one the chain waits for): its id and
+    `posted_at`, or None when everything is sealed."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT e.id, e.posted_at FROM entries e WHERE e.program_id = $1 AND e.id = ("
+        " SELECT q.entry_id FROM seal_queue q WHERE q.program_id = $1 ORDER BY q.entry_id LIMIT 1)",
         program_id,
-        seqs,
-        entry_ids,
-        entry_hashes,
-        chain_hashes,
     )
-    return ids
+    return row
 
 
 async def iter_chain_breaks(

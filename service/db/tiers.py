@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from service.db.job_failures import not_waiting
 from service.domain.ids import new_id
 from service.domain.tiers import Basis, TierConfig
 
@@ -216,14 +217,18 @@ async def grants_in_force(
     return [msgspec.convert(dict(row), TierGrant) for row in rows]
 
 
-async def ended_grants(connection: asyncpg.Connection, program_id: str, now: datetime, limit: int) -> list[str]:
-    """Customers with a grant that ended and whose tier has not been recomputed since."""
+async def ended_grants(
+    connection: asyncpg.Connection, program_id: str, now: datetime, limit: int, job: str
+) -> list[str]:
+    """Customers with a grant that ended and whose tier has not been recomputed since (but
+    for those waiting for a retry of `job` after a failure)."""
     rows = await connection.fetch(
         "SELECT DISTINCT customer_id FROM tier_grants WHERE program_id = $1 AND closed_at IS NULL AND ends_at <= $2"
-        " LIMIT $3",
+        f" AND {not_waiting('$4', '$2', 'tier_grants.customer_id')} LIMIT $3",
         program_id,
         now,
         limit,
+        job,
     )
     return [row["customer_id"] for row in rows]
 
@@ -238,13 +243,20 @@ async def close_grants(connection: asyncpg.Connection, program_id: str, customer
     )
 
 
-async def due_reviews(connection: asyncpg.Connection, program_id: str, now: datetime, limit: int) -> list[str]:
+async def due_reviews(
+    connection: asyncpg.Connection, program_id: str, now: datetime, limit: int, job: str
+) -> list[str]:
+    """Customers whose tier review is due, the longest due first (but for those waiting for a
+    retry of `job` after a failure)."""
     rows = await connection.fetch(
         "SELECT customer_id FROM customer_tiers WHERE program_id = $1 AND review_at IS NOT NULL"
-        " AND coalesce(grace_ends_at, review_at) <= $2 ORDER BY coalesce(grace_ends_at, review_at) LIMIT $3",
+        " AND coalesce(grace_ends_at, review_at) <= $2"
+        f" AND {not_waiting('$4', '$2', 'customer_tiers.customer_id')}"
+        " ORDER BY coalesce(grace_ends_at, review_at) LIMIT $3",
         program_id,
         now,
         limit,
+        job,
     )
     return [row["customer_id"] for row in rows]
 

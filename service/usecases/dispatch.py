@@ -94,6 +94,8 @@ class DispatchReport(msgspec.Struct, kw_only=True):
     failed_attempts: int = 0
     gave_up: int = 0
     endpoints_disabled: int = 0
+    errors: int = 0  # deliveries the dispatcher itself failed on (recorded as failed attempts)
+    failed: list[str] = msgspec.field(default_factory=list)  # "<program>: <step>" that failed
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
@@ -350,13 +352,22 @@ async def _round(
     if not claimed:
         return None
     limit = asyncio.Semaphore(config.concurrency)
+    errors: list[str] = []
 
     async def deliver(claimed: Claimed) -> str:
         async with limit:
             if clock.now() + timedelta(seconds=config.timeout_s) > claimed.claimed_until:
                 return "stale"  # the lease could run out mid-send: left to whoever claims it next
-            status, error = await send(client, claimed, clock, config, resolver)
-        return await record(claimed, status, error, clock, config)
+            try:
+                status, error = await send(client, claimed, clock, config, resolver)
+            except Exception as failure:
+                # a delivery the dispatcher cannot send (not the receiver's failure) is one
+                # failed attempt of it, retried with back-off and given up like any other;
+                # the rest of the batch goes on
+                log.exception("delivery %s of program %s could not be sent", claimed.delivery_id, program_id)
+                status, error = None, f"dispatcher error: {type(failure).__name__}: {failure}"[:MAX_ERROR_CHARS]
+                errors.append(claimed.delivery_id)
+        return await _record_or_log(claimed, status, error, clock, config)
 
     outcomes = await asyncio.gather(*(deliver(one) for one in claimed))
     return DispatchReport(
@@ -364,7 +375,22 @@ async def _round(
         failed_attempts=len(outcomes) - outcomes.count("delivered") - outcomes.count("stale"),
         gave_up=outcomes.count("failed"),
         endpoints_disabled=outcomes.count("disabled"),
+        errors=len(errors) + outcomes.count("unrecorded"),
     )
+
+
+async def _record_or_log(claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig) -> str:
+    """`record`, or "unrecorded" when even that fails: logged, and the delivery keeps its lease
+    and is due again when it runs out, while the rest of the batch goes on."""
+    try:
+        return await record(claimed, status, error, clock, config)
+    except Exception:
+        log.exception(
+            "the attempt of delivery %s of program %s could not be recorded; due again when its lease ends",
+            claimed.delivery_id,
+            claimed.program_id,
+        )
+        return "unrecorded"
 
 
 def _add(total: DispatchReport, report: DispatchReport) -> None:
@@ -418,9 +444,11 @@ async def dispatch_once(
                 total.published += await publish_events(program_id, clock, config.publish_batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one program's failure does not hold up the others' webhooks
-                log.exception("webhook dispatch failed for program %s; the next pass tries again", program_id)
-                continue
+            except Exception:
+                # one program's failure does not hold up the others' webhooks, nor the program's
+                # deliveries already published: they are still sent
+                log.exception("publishing the events of program %s failed; the next pass tries again", program_id)
+                total.failed.append(f"{program_id}: publish")
             turns.append(program_id)
         for _ in range(max_rounds):
             still_due = []
@@ -431,6 +459,7 @@ async def dispatch_once(
                     raise
                 except Exception:
                     log.exception("webhook dispatch failed for program %s; the next pass tries again", program_id)
+                    total.failed.append(f"{program_id}: send")
                     continue
                 if sent is not None:
                     _add(total, sent)
@@ -447,7 +476,7 @@ async def dispatch_forever(clock: Clock, config: DispatchConfig) -> None:
         while True:
             try:
                 report = await dispatch_once(clock, config, client)
-                if report.failed_attempts or report.endpoints_disabled:
+                if report.failed_attempts or report.endpoints_disabled or report.failed:
                     log.info("webhooks dispatched", extra={"fields": msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from service.config import Settings
+from service.db import job_failures
+from service.db.job_failures import FailingItem
 from service.db.programs import program_ids
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
@@ -33,6 +36,8 @@ class JobReport(msgspec.Struct, kw_only=True):
     entries_sealed: int = 0
     failed: list[str] = msgspec.field(default_factory=list)
     ltv_fits_refreshed: int = 0
+    seal_stuck: str | None = None  # the entry the program's chain cannot go past, and why
+    failing_items: list[FailingItem] = msgspec.field(default_factory=list)  # isolated, waiting for a retry
 
 
 async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules | None = None) -> JobReport:
@@ -60,9 +65,20 @@ async def run_program_jobs(program_id: str, clock: Clock, rules: LifecycleRules 
             setattr(report, field, await step())
         except asyncio.CancelledError:
             raise
+        except ledger_jobs.SealingStuck as stuck:
+            log.error("%s", stuck)
+            report.entries_sealed, report.seal_stuck = stuck.sealed, f"entry {stuck.entry_id}: {stuck.reason}"
+            report.failed.append(field)
         except Exception:
             log.exception("job %s failed for program %s; the next round tries again", field, program_id)
             report.failed.append(field)
+    try:
+        report.failing_items = await in_transaction(lambda connection: job_failures.failing(connection, program_id))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("the failing items of program %s could not be read", program_id)
+        report.failed.append("failing_items")
     return report
 
 
@@ -75,15 +91,27 @@ async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[Job
     return [await run_program_jobs(program_id, clock, rules) for program_id in await in_transaction(program_ids)]
 
 
+STUCK_LOG_EVERY_S = 60.0
+_stuck_logged: dict[str, tuple[int, float]] = {}  # program -> (entry, when) of the last stuck log
+
+
 async def seal_all() -> int:
     """Seal the queued entries of every program; one program's failure is logged and does
-    not keep the others unsealed until the next full round."""
+    not keep the others unsealed until the next full round. A program stuck at an entry is
+    logged as an error when it gets stuck, then once a minute (the full rounds report it too)."""
     sealed = 0
     for program_id in await in_transaction(program_ids):
         try:
             sealed += await ledger_jobs.seal_chain(program_id)
+            _stuck_logged.pop(program_id, None)
         except asyncio.CancelledError:
             raise
+        except ledger_jobs.SealingStuck as stuck:
+            sealed += stuck.sealed
+            entry, logged_at = _stuck_logged.get(program_id, (0, -STUCK_LOG_EVERY_S))
+            if entry != stuck.entry_id or time.monotonic() - logged_at >= STUCK_LOG_EVERY_S:
+                _stuck_logged[program_id] = (stuck.entry_id, time.monotonic())
+                log.error("%s", stuck)
         except Exception:
             log.exception("sealing failed for program %s; the next round tries again", program_id)
     return sealed

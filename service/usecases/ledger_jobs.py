@@ -11,11 +11,12 @@ from functools import partial
 
 import asyncpg
 
+from service.db import job_failures
 from service.db.chain import seal_batch
 from service.db.ledger import write_entry
 from service.db.transaction import in_transaction, transaction
 from service.domain.clock import Clock
-from service.domain.errors import DomainError, HoldNotOpen
+from service.domain.errors import HoldNotOpen
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
 from service.usecases.ledger import resolve_hold
 from service.usecases.lifecycle import emit_points_expired
@@ -24,44 +25,59 @@ JOB_ACTOR = "job:{}"
 log = logging.getLogger("loyalty.jobs")
 
 
+EXPIRE_HOLDS = "expire-holds"
+EXPIRE_POINTS = "expire-points"
+
+
 async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
-    """Void every open hold past its expiry; returns how many this run resolved."""
+    """Void every open hold past its expiry; returns how many this run resolved.
+
+    Each hold in a transaction of its own: one that cannot be expired is logged and recorded
+    (`job_failures`), left out of the batches until its retry, and the others go on."""
     now = clock.now()
     async with transaction() as connection:
         due = await connection.fetch(
             "SELECT id FROM holds WHERE program_id = $1 AND status = 'open' AND expires_at <= $2"
+            f" AND {job_failures.not_waiting('$4', '$2', 'holds.id')}"
             " ORDER BY expires_at LIMIT $3",
             program_id,
             now,
             batch,
+            EXPIRE_HOLDS,
         )
+        failed_before = await job_failures.waiting(connection, program_id, EXPIRE_HOLDS)
     resolved = 0
     for row in due:
 
-        async def work(connection: asyncpg.Connection, hold_id: str = row["id"]) -> None:
-            await resolve_hold(connection, program_id, hold_id, 0, "expired", JOB_ACTOR.format("expire-holds"), now)
+        async def work(connection: asyncpg.Connection, hold_id: str = row["id"]) -> bool:
+            try:
+                await resolve_hold(connection, program_id, hold_id, 0, "expired", JOB_ACTOR.format(EXPIRE_HOLDS), now)
+            except HoldNotOpen:
+                return False  # captured or voided meanwhile, or another worker got there first
+            return True
 
-        try:
-            await in_transaction(work)
-            resolved += 1
-        except HoldNotOpen:
-            continue  # captured or voided meanwhile, or another worker got there first
-        except DomainError:
-            log.exception("hold %s could not be expired; the next run tries again", row["id"])
+        done = await job_failures.run_item(program_id, EXPIRE_HOLDS, row["id"], work, now, failed_before)
+        resolved += done is True
     return resolved
 
 
 async def expire_points(program_id: str, clock: Clock) -> int:
-    """Move the unspent rest of expired lots to `expired`, one entry per customer."""
+    """Move the unspent rest of expired lots to `expired`, one entry per customer.
+
+    Each customer in a transaction of its own: one whose points cannot be expired is logged
+    and recorded (`job_failures`), left out until its retry, and the others go on."""
     now = clock.now()
     async with transaction() as connection:
         due = await connection.fetch(
             "SELECT DISTINCT a.customer_id FROM lots l"
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
-            " WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at <= $2 AND a.kind = 'available'",
+            " WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at <= $2 AND a.kind = 'available'"
+            f" AND {job_failures.not_waiting('$3', '$2', 'a.customer_id')}",
             program_id,
             now,
+            EXPIRE_POINTS,
         )
+        failed_before = await job_failures.waiting(connection, program_id, EXPIRE_POINTS)
     entries = 0
     for row in due:
 
@@ -89,13 +105,24 @@ async def expire_points(program_id: str, clock: Clock) -> int:
                 kind="expiry",
                 metadata={"reason": "points expired", "as_of": now.isoformat()},
             )
-            written = await write_entry(connection, program_id, draft, actor=JOB_ACTOR.format("expire-points"), now=now)
+            written = await write_entry(connection, program_id, draft, actor=JOB_ACTOR.format(EXPIRE_POINTS), now=now)
             await emit_points_expired(connection, program_id, customer_id, amount, written.id, written.posted_at)
             return True
 
-        if await in_transaction(work):
-            entries += 1
+        done = await job_failures.run_item(program_id, EXPIRE_POINTS, row["customer_id"], work, now, failed_before)
+        entries += done is True
     return entries
+
+
+class SealingStuck(Exception):
+    """The program's chain cannot go past an entry: it and every entry after it stay unsealed."""
+
+    def __init__(self, program_id: str, entry_id: int, reason: str, sealed: int) -> None:
+        super().__init__(
+            f"sealing of program {program_id} is stuck at entry {entry_id}: {reason};"
+            f" it and the entries after it stay unsealed until it is mended"
+        )
+        self.program_id, self.entry_id, self.reason, self.sealed = program_id, entry_id, reason, sealed
 
 
 async def seal_chain(program_id: str, batch: int = 1000) -> int:
@@ -103,11 +130,17 @@ async def seal_chain(program_id: str, batch: int = 1000) -> int:
 
     Each batch starts above the previous one's last id, so it does not walk again over the
     queue rows just deleted (dead until vacuumed, and kept while any older snapshot lives);
-    an entry with a lower id that commits meanwhile is sealed by the next run."""
+    an entry with a lower id that commits meanwhile is sealed by the next run.
+
+    The chain may not skip an entry: one that cannot be sealed stops the program's sealing
+    there (what comes before it is sealed) and raises `SealingStuck`, every run, until it is
+    mended, so that the job reports it as failed rather than leaving the rest silently unsealed."""
     total = after = 0
     while True:
         sealed = await in_transaction(partial(seal_batch, program_id=program_id, limit=batch, after=after))
-        total += len(sealed)
-        if len(sealed) < batch:
+        total += len(sealed.ids)
+        if sealed.stuck is not None:
+            raise SealingStuck(program_id, sealed.stuck.entry_id, sealed.stuck.reason, total)
+        if len(sealed.ids) < batch:
             return total
-        after = sealed[-1]
+        after = sealed.ids[-1]

@@ -34,12 +34,14 @@ nothing, and its row is marked anyway so that it leaves the index).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
 import msgspec
 
 from service.config import Settings
+from service.db import job_failures
 from service.db.events import emit, emit_all, emit_once
 from service.db.transaction import in_transaction
 from service.domain.clock import Clock
@@ -79,7 +81,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
     were emitted."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> int:
+    async def work(connection: asyncpg.Connection) -> _Round:
         # the lots of the window through lots_expiring, each looking up its account, and each
         # warning its mark, by key: joined freely, the plan may walk every available account of
         # the program, or every mark it ever wrote, whatever is due. The key's day is written
@@ -105,20 +107,25 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             BATCH,
             zone.key,
         )
-        emitted = 0
+        run = _Round(connection, program_id, EXPIRING_SOON_JOB, now)
+        await run.start()
         for row in rows:
-            payload = PointsExpiringSoon(
-                customer_id=row["customer_id"],
-                points=row["points"],
-                last_day=row["last_day"],
-                expires_at=row["expires_at"],
-            )
             key = f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}"
-            kind = EventType.POINTS_EXPIRING_SOON
-            emitted += await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
-        return emitted
 
-    return await in_transaction(work)
+            async def one(row: asyncpg.Record = row, key: str = key) -> bool:
+                payload = PointsExpiringSoon(
+                    customer_id=row["customer_id"],
+                    points=row["points"],
+                    last_day=row["last_day"],
+                    expires_at=row["expires_at"],
+                )
+                kind = EventType.POINTS_EXPIRING_SOON
+                return await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
+
+            await run.item(key, one)
+        return run
+
+    return await (await in_transaction(work)).finish()
 
 
 async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
@@ -127,7 +134,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
     again)."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> int:
+    async def work(connection: asyncpg.Connection) -> _Round:
         # the due rows whose lapse was not told, through customer_lifecycle_win_back (0018); the
         # program's zone read by key first, as for the warnings above
         zone = (await ledger_settings(connection, program_id)).zone
@@ -137,19 +144,26 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             win_back_cutoff(now, rules.win_back_days, zone),
             BATCH,
         )
-        emitted = 0
+        run = _Round(connection, program_id, WIN_BACK_JOB, now)
+        await run.start()
         for row in rows:
-            payload = WinBackDue(
-                customer_id=row["customer_id"],
-                last_order_at=row["last_order_at"],
-                days_since_last_order=local_days_between(row["last_order_at"], now, zone),
-                orders=row["orders"],
-            )
-            kind = EventType.WIN_BACK_DUE
-            emitted += await emit_once(
-                connection, program_id, row["key"], kind, payload, row["customer_id"], occurred_at=now
-            )
-        # told (now or before): out of the index, unless an order moved the last one meanwhile
+
+            async def one(row: asyncpg.Record = row) -> bool:
+                payload = WinBackDue(
+                    customer_id=row["customer_id"],
+                    last_order_at=row["last_order_at"],
+                    days_since_last_order=local_days_between(row["last_order_at"], now, zone),
+                    orders=row["orders"],
+                )
+                kind = EventType.WIN_BACK_DUE
+                return await emit_once(
+                    connection, program_id, row["key"], kind, payload, row["customer_id"], occurred_at=now
+                )
+
+            await run.item(row["key"], one)
+        # told (now or before): out of the index, unless an order moved the last one meanwhile;
+        # a row that failed or waits for its retry stays in, to be read again
+        rows = [row for row in rows if row["key"] in run.done]
         if rows:
             await connection.execute(
                 "UPDATE customer_lifecycle l SET win_back_emitted_for = x.last_order_at"
@@ -160,9 +174,9 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
                 [row["customer_id"] for row in rows],
                 [row["last_order_at"] for row in rows],
             )
-        return emitted
+        return run
 
-    return await in_transaction(work)
+    return await (await in_transaction(work)).finish()
 
 
 async def cross_sell_opportunities(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
@@ -170,7 +184,7 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
     `cross_sell_orders` orders, every line of them in one category."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> int:
+    async def work(connection: asyncpg.Connection) -> _Round:
         # single-category rows without the event, through customer_lifecycle_cross_sell (0018)
         rows = await connection.fetch(
             "SELECT customer_id, category, orders FROM lifecycle_cross_sell_due($1, $2, $3)",
@@ -178,14 +192,20 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             rules.cross_sell_orders,
             BATCH,
         )
-        emitted = 0
+        run = _Round(connection, program_id, CROSS_SELL_JOB, now)
+        await run.start()
         for row in rows:
-            payload = CrossSellOpportunity(
-                customer_id=row["customer_id"], category=row["category"], orders=row["orders"]
-            )
             key = f"cross_sell:{row['customer_id']}"
-            kind = EventType.CROSS_SELL_OPPORTUNITY
-            emitted += await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
+
+            async def one(row: asyncpg.Record = row, key: str = key) -> bool:
+                payload = CrossSellOpportunity(
+                    customer_id=row["customer_id"], category=row["category"], orders=row["orders"]
+                )
+                kind = EventType.CROSS_SELL_OPPORTUNITY
+                return await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
+
+            await run.item(key, one)
+        rows = [row for row in rows if f"cross_sell:{row['customer_id']}" in run.done]
         if rows:
             await connection.execute(
                 f"UPDATE customer_lifecycle l SET cross_sell_emitted = true FROM {_LOCKED_IN_ORDER}"
@@ -193,9 +213,9 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
                 program_id,
                 [row["customer_id"] for row in rows],
             )
-        return emitted
+        return run
 
-    return await in_transaction(work)
+    return await (await in_transaction(work)).finish()
 
 
 async def backfill(program_id: str) -> int:
@@ -208,12 +228,59 @@ async def backfill(program_id: str) -> int:
 
 
 async def run_lifecycle_jobs(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
-    """Every lifecycle job for one program; returns how many events they emitted."""
-    return (
-        await points_expiring_soon(program_id, clock, rules)
-        + await win_back_due(program_id, clock, rules)
-        + await cross_sell_opportunities(program_id, clock, rules)
-    )
+    """Every lifecycle job for one program; returns how many events they emitted. A job that
+    fails does not keep the others from running; the first failure is raised once they ran."""
+    emitted = 0
+    first_error: Exception | None = None
+    for job in (points_expiring_soon, win_back_due, cross_sell_opportunities):
+        try:
+            emitted += await job(program_id, clock, rules)
+        except Exception as error:
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return emitted
+
+
+EXPIRING_SOON_JOB = "lifecycle-expiring-soon"
+WIN_BACK_JOB = "lifecycle-win-back"
+CROSS_SELL_JOB = "lifecycle-cross-sell"
+
+
+class _Round:
+    """The rows of a lifecycle round, each in a savepoint of the round's transaction: a row
+    that fails is rolled back alone, logged and recorded (`job_failures`, once the round has
+    committed) and the others go on; a row waiting for its retry is left for a later round."""
+
+    def __init__(self, connection: asyncpg.Connection, program_id: str, job: str, now: datetime) -> None:
+        self.connection, self.program_id, self.job, self.now = connection, program_id, job, now
+        self.emitted = 0
+        self.done: set[str] = set()
+        self.failures: list[tuple[str, Exception]] = []
+        self.waiting: dict[str, datetime] = {}
+
+    async def start(self) -> None:
+        self.waiting = await job_failures.waiting(self.connection, self.program_id, self.job)
+
+    async def item(self, key: str, emit: Callable[[], Awaitable[bool]]) -> None:
+        retry_at = self.waiting.get(key)
+        if retry_at is not None and retry_at > self.now:
+            return
+        try:
+            async with self.connection.transaction():  # a savepoint
+                self.emitted += await emit()
+                if retry_at is not None:
+                    await job_failures.clear(self.connection, self.program_id, self.job, key)
+        except Exception as error:
+            self.failures.append((key, error))
+            return
+        self.done.add(key)
+
+    async def finish(self) -> int:
+        """Once the round committed: log and record its failures; returns the events emitted."""
+        for key, error in self.failures:
+            await job_failures.failed(self.program_id, self.job, key, error, self.now)
+        return self.emitted
 
 
 async def emit_order_events(

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
+from service.db import job_failures
 from service.db import metrics as metric_rows
 from service.db import tiers as rows
 from service.db.events import emit, emit_once
@@ -427,6 +428,10 @@ async def tier_history(program_id: str, customer_id: str) -> list[TierChange]:
     return await in_transaction(work)
 
 
+REVIEW_JOB = "review-tiers"
+END_GRANTS_JOB = "end-tier-grants"
+
+
 async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Review the tiers that are due; returns how many customers were reviewed."""
     now = clock.now()
@@ -476,11 +481,21 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
             tier.review_at = _review(config, tier.earned_code, now, zone)
         await _settle(connection, program_id, config, tier, now, "downgrade", REVIEW_ACTOR)
 
-    customers = await in_transaction(lambda connection: rows.due_reviews(connection, program_id, now, limit))
+    # each customer in a transaction of its own: one whose review fails is logged and recorded
+    # (job_failures), left out until its retry, and the others are reviewed
+    async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
+        waiting = await job_failures.waiting(connection, program_id, REVIEW_JOB)
+        return await rows.due_reviews(connection, program_id, now, limit, REVIEW_JOB), waiting
+
+    customers, failed_before = await in_transaction(due)
+    reviewed = 0
     for customer_id in customers:
-        await in_transaction(functools.partial(review, customer_id=customer_id))
+        done = await job_failures.run_item(
+            program_id, REVIEW_JOB, customer_id, functools.partial(review, customer_id=customer_id), now, failed_before
+        )
+        reviewed += not isinstance(done, job_failures.ItemFailed)
     await in_transaction(lambda connection: _warn_of_downgrades(connection, program_id, now))
-    return len(customers)
+    return reviewed
 
 
 async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, now: datetime) -> None:
@@ -499,12 +514,20 @@ async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, n
 async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Recompute the tier of customers whose granted tier ended; returns how many."""
     now = clock.now()
-    customers = await in_transaction(lambda connection: rows.ended_grants(connection, program_id, now, limit))
+
+    async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
+        waiting = await job_failures.waiting(connection, program_id, END_GRANTS_JOB)
+        return await rows.ended_grants(connection, program_id, now, limit, END_GRANTS_JOB), waiting
+
+    customers, failed_before = await in_transaction(due)
+    ended = 0
     for customer_id in customers:
         # each customer at the instant they are settled, not the run's first: a grant made
-        # meanwhile starts after the run began and is in force (see review_due)
+        # meanwhile starts after the run began and is in force (see review_due); each in a
+        # transaction of its own, a failure isolated as in review_due
         close = functools.partial(
             _close_grants, program_id=program_id, customer_id=customer_id, now=clock.now(), cause=GRANT_ENDED
         )
-        await in_transaction(close)
-    return len(customers)
+        done = await job_failures.run_item(program_id, END_GRANTS_JOB, customer_id, close, now, failed_before)
+        ended += not isinstance(done, job_failures.ItemFailed)
+    return ended

@@ -60,7 +60,7 @@ async def test_a_batch_takes_its_queue_rows_by_key_behind_a_long_backlog(
         if analyzed:
             await connection.execute("ANALYZE seal_queue")
         before = await queue_rows_read(connection)
-        sealed = await seal_batch(connection, program.id, 1000)
+        sealed = (await seal_batch(connection, program.id, 1000)).ids
         rows_read = await queue_rows_read(connection) - before
     finally:
         await outer.rollback()

@@ -90,3 +90,48 @@ def test_jobs_run_prints_what_each_job_did_and_a_failed_job_is_exit_code_1(
     assert "failed" not in lines[0]
     assert "4 expiry entries" in lines[1]
     assert lines[1].endswith("; failed: referrals_rewarded, expiry_entries" if failed else "entries sealed")
+
+
+def test_jobs_run_names_a_stuck_chain_and_failing_items_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Items a job isolated (and left for a retry) and a chain stuck at an entry are named under
+    their program's line, and the command exits 1 while any is left."""
+    from datetime import UTC, datetime
+
+    from service.db.job_failures import FailingItem
+    from service.usecases.dispatch import DispatchReport
+    from service.usecases.jobs import JobReport
+
+    async def migrated(*args: object) -> str:
+        return "postgresql://unused"
+
+    async def no_pool(*args: object) -> None:
+        return None
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    item = FailingItem(
+        job="expire-holds", item="hld_1", attempts=3, first_failed_at=at, retry_at=at, last_error="Broken: x"
+    )
+
+    async def reports(*args: object) -> list[JobReport]:
+        return [
+            JobReport(
+                program_id="prg_a", failed=["entries_sealed"], seal_stuck="entry 7: ValueError: x", failing_items=[item]
+            )
+        ]
+
+    async def dispatched(*args: object) -> DispatchReport:
+        return DispatchReport(delivered=1, errors=1, failed_attempts=1)
+
+    monkeypatch.setattr(cli, "prepare_database", migrated)
+    monkeypatch.setattr("service.db.engine.start_pool", no_pool)
+    monkeypatch.setattr("service.db.engine.close_pool", no_pool)
+    monkeypatch.setattr("service.usecases.jobs.run_all", reports)
+    monkeypatch.setattr("service.usecases.dispatch.dispatch_once", dispatched)
+    assert cli.main(["jobs", "run"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("; failed: entries_sealed")
+    assert lines[1] == "  sealing stuck at entry 7: ValueError: x"
+    assert lines[2].startswith("  failing: expire-holds hld_1, 3 attempts since 2026-01-01T00:00:00+00:00")
+    assert lines[3] == "webhooks: 1 delivered, 1 failed attempts, 1 dispatcher errors"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Literal
 
 import msgspec
 from litestar import MediaType, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from service.db.piccolo_conf import DB
 from service.http.openapi import PUBLIC
+
+log = logging.getLogger("loyalty.jobs")
 
 
 class HealthResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -48,9 +51,46 @@ async def ready() -> Response[HealthResponse]:
     return Response(HealthResponse(status="ok"), status_code=HTTP_200_OK)
 
 
+UNSEALED_AGE = Gauge(
+    "loyalty_unsealed_entry_age_seconds",
+    "Age of the oldest entry of a program not yet sealed into its hash chain (0: none)",
+    ["program_id"],
+)
+FAILING_ITEMS = Gauge(
+    "loyalty_job_items_failing", "Work items of a scheduled job that failed and wait for a retry", ["job"]
+)
+# One statement: per program, the entry its chain waits for (by key, the first of its queue),
+# and the failing items per job; the age by the database's clock.
+_BACKLOG = (
+    "SELECT 'unsealed' AS kind, p.id AS label, coalesce(extract(epoch FROM now() - ("
+    " SELECT e.posted_at FROM entries e WHERE e.program_id = p.id AND e.id = ("
+    "  SELECT q.entry_id FROM seal_queue q WHERE q.program_id = p.id ORDER BY q.entry_id LIMIT 1))), 0)::float8"
+    " AS value FROM programs p"
+    " UNION ALL SELECT 'failing', job, count(*)::float8 FROM job_failures GROUP BY job"
+)
+
+
+async def _read_backlog() -> None:
+    """Set the job gauges from the database; left as they were if it does not answer in time."""
+    if DB.pool is None:
+        return
+    try:
+        rows = await asyncio.wait_for(DB.pool.fetch(_BACKLOG), timeout=1.0)
+    except Exception:
+        log.warning("the job backlog could not be read for /metrics", exc_info=True)
+        return
+    UNSEALED_AGE.clear()
+    FAILING_ITEMS.clear()
+    for row in rows:
+        gauge = UNSEALED_AGE if row["kind"] == "unsealed" else FAILING_ITEMS
+        gauge.labels(row["label"]).set(max(row["value"], 0.0))
+
+
 @get("/metrics", tags=["health"], include_in_schema=False)
 async def metrics() -> Response[bytes]:
-    """Prometheus exposition."""
+    """Prometheus exposition, with the age of each program's oldest unsealed entry and the
+    failing items of the jobs read from the database at each scrape."""
+    await _read_backlog()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

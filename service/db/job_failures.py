@@ -1,0 +1,159 @@
+"""The work items of the scheduled jobs that failed, each with its back-off (migration 0025).
+
+A job that works item by item (a hold to expire, a customer to review, a delivery to send)
+runs each item on its own, so that one item that fails every time does not stop the items
+behind it. The failure is logged with the item's id and recorded here: the item is left out
+of its job's rounds until `retry_at` (a minute after the first failure, doubling to an hour
+at most, for as long as it keeps failing), and its row is removed in the transaction that
+finally does it. The rows are what the job reports name as failing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Container
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
+import msgspec
+
+from service.db.transaction import in_transaction
+
+T = TypeVar("T")
+
+FIRST_RETRY = timedelta(minutes=1)
+LONGEST_RETRY = timedelta(hours=1)
+MAX_ERROR_CHARS = 500
+
+log = logging.getLogger("loyalty.jobs")
+
+
+class FailingItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A work item of a job that failed and waits for its retry."""
+
+    job: str
+    item: str
+    attempts: int
+    first_failed_at: datetime
+    retry_at: datetime
+    last_error: str
+
+
+class ItemFailed(msgspec.Struct, frozen=True):
+    """What `run_item` returns for an item that failed (logged and recorded)."""
+
+    attempts: int
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The back-off after `attempts` consecutive failures: 1, 2, 4 ... minutes, an hour at most."""
+    delay: timedelta = FIRST_RETRY * 2 ** min(attempts - 1, 16)
+    return min(delay, LONGEST_RETRY)
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+async def waiting(connection: asyncpg.Connection, program_id: str, job: str) -> dict[str, datetime]:
+    """The items of a job with a failure on record, each with the instant of its retry."""
+    rows = await connection.fetch(
+        "SELECT item, retry_at FROM job_failures WHERE program_id = $1 AND job = $2", program_id, job
+    )
+    return {row["item"]: row["retry_at"] for row in rows}
+
+
+async def clear(connection: asyncpg.Connection, program_id: str, job: str, item: str) -> None:
+    """In the transaction that did the item: it fails no more."""
+    await connection.execute(
+        "DELETE FROM job_failures WHERE program_id = $1 AND job = $2 AND item = $3", program_id, job, item
+    )
+
+
+async def record(program_id: str, job: str, item: str, error: BaseException, now: datetime) -> int:
+    """Record a failure of an item in a transaction of its own; returns its consecutive failures."""
+
+    async def work(connection: asyncpg.Connection) -> int:
+        attempts: int = await connection.fetchval(
+            "INSERT INTO job_failures AS f (program_id, job, item, attempts, first_failed_at, last_failed_at,"
+            " retry_at, last_error) VALUES ($1, $2, $3, 1, $4::timestamptz, $4, $4 + $5::interval, $6)"
+            " ON CONFLICT (program_id, job, item) DO UPDATE SET attempts = f.attempts + 1,"
+            " last_failed_at = $4::timestamptz,"
+            " retry_at = $4 + least($5::interval * 2 ^ least(f.attempts, 16), $7::interval), last_error = $6"
+            " RETURNING attempts",
+            program_id,
+            job,
+            item,
+            now,
+            FIRST_RETRY,
+            describe(error),
+            LONGEST_RETRY,
+        )
+        return attempts
+
+    return await in_transaction(work)
+
+
+async def run_item(
+    program_id: str,
+    job: str,
+    item: str,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    now: datetime,
+    failed_before: Container[str],
+) -> T | ItemFailed:
+    """Do one item in a transaction of its own (retried on deadlock), removing its failure
+    record if it had one (`failed_before`). An error is logged with the item's id, recorded
+    with its back-off and returned as `ItemFailed`, not raised: the caller goes on with the
+    next item. Cancellation is not an error of the item and goes through."""
+
+    async def attempt(connection: asyncpg.Connection) -> T:
+        done = await work(connection)
+        if item in failed_before:
+            await clear(connection, program_id, job, item)
+        return done
+
+    try:
+        return await in_transaction(attempt)
+    except Exception as error:
+        return await failed(program_id, job, item, error, now)
+
+
+async def failed(program_id: str, job: str, item: str, error: Exception, now: datetime) -> ItemFailed:
+    """Log the failure of an item with its id and record it with its back-off."""
+    try:
+        attempts = await record(program_id, job, item, error, now)
+    except Exception:
+        log.exception("job %s could not record the failure of item %s of program %s", job, item, program_id)
+        attempts = 0
+    log.error(
+        "job %s failed on item %s of program %s (failure %d in a row); retried after %s, the other items go on",
+        job,
+        item,
+        program_id,
+        attempts,
+        retry_delay(max(attempts, 1)),
+        exc_info=error,
+    )
+    return ItemFailed(attempts)
+
+
+async def failing(connection: asyncpg.Connection, program_id: str) -> list[FailingItem]:
+    """Every item of the program's jobs with a failure on record, the longest failing first."""
+    rows = await connection.fetch(
+        "SELECT job, item, attempts, first_failed_at, retry_at, last_error FROM job_failures"
+        " WHERE program_id = $1 ORDER BY first_failed_at, job, item",
+        program_id,
+    )
+    return [FailingItem(**dict(row)) for row in rows]
+
+
+# Left out of a job's queue while it waits: `NOT EXISTS` of this with the job's name as
+# ${job}, the program as $1, the round's instant as ${now} and the item's id as `{item}`.
+def not_waiting(job: str, now: str, item: str) -> str:
+    """A condition for a job's queue: the item is not waiting for a retry after a failure."""
+    return (
+        f"NOT EXISTS (SELECT FROM job_failures f WHERE f.program_id = $1 AND f.job = {job}"
+        f" AND f.item = {item} AND f.retry_at > {now})"
+    )

@@ -1,0 +1,332 @@
+"""A work item that fails every time: the sealer stops at it and says so (the chain may not skip
+an entry); every other queue isolates it (logged, recorded with a back-off in `job_failures`,
+named in the job report) and goes on with the items behind it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from service.db import chain as chain_rows
+from service.db.events import emit_once as events_emit_once
+from service.db.transaction import in_transaction
+from service.domain.chain import SealedEntry
+from service.domain.chain import entry_hash as domain_entry_hash
+from service.domain.clock import ManualClock
+from service.domain.events import EventType
+from service.domain.expiry import ExpiryPolicy, ExpiryRule
+from service.usecases import dispatch as dispatcher
+from service.usecases import jobs, ledger, ledger_jobs, lifecycle, tiers, webhooks
+from service.usecases.finance import verify_chain
+from service.usecases.ledger import resolve_hold as usecase_resolve_hold
+from tests.conftest import ProgramFixture
+from tests.integration.ledger_helpers import admin, buy, enrol
+from tests.integration.test_events import RULES, basket, place
+from tests.integration.test_lifecycle_jobs import setup_program
+from tests.integration.test_tiers import setup as setup_tiers
+from tests.webhook_receiver import LOOPBACK_ALLOWED
+
+
+class Broken(Exception):
+    """What a bad item raises, every time."""
+
+
+async def failures(connection: asyncpg.Connection, program_id: str) -> list[tuple[str, str, int]]:
+    rows = await connection.fetch(
+        "SELECT job, item, attempts FROM job_failures WHERE program_id = $1 ORDER BY job, item", program_id
+    )
+    return [(row["job"], row["item"], row["attempts"]) for row in rows]
+
+
+async def grant(program_id: str, customer_id: str, amount: int, key: str, clock: ManualClock) -> int:
+    entry = await ledger.adjust(
+        admin(program_id), ledger.Adjustment(customer_id=customer_id, amount=amount, reason="t"), key, clock
+    )
+    return entry.id
+
+
+# --- the sealer: stops at the entry, seals what comes before it, and says so ---------------------
+
+
+async def test_the_sealer_stops_at_an_entry_it_cannot_seal_and_reports_it(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, client: httpx.AsyncClient
+) -> None:
+    ann = await enrol(program.id, "ann", clock)
+    ids = [await grant(program.id, ann, 10 + n, f"g{n}", clock) for n in range(4)]
+    bad = ids[2]
+    original = domain_entry_hash
+
+    def entry_hash(entry: SealedEntry) -> bytes:
+        if entry.id == bad:
+            raise ValueError("cannot encode this entry")
+        return original(entry)
+
+    monkeypatch.setattr(chain_rows, "entry_hash", entry_hash)
+    before = await in_transaction(
+        lambda c: c.fetchval("SELECT count(*) FROM entry_seals WHERE program_id = $1", program.id)
+    )
+    with pytest.raises(ledger_jobs.SealingStuck) as stuck:
+        await ledger_jobs.seal_chain(program.id)
+    assert stuck.value.entry_id == bad
+    report = await verify_chain(program.id)
+    # every entry before the bad one is sealed; it and the one after it wait, in the queue
+    assert report.valid and report.unsealed == 2 and report.sealed == before + 2, report
+    queued = await in_transaction(
+        lambda c: c.fetch("SELECT entry_id FROM seal_queue WHERE program_id = $1 ORDER BY entry_id", program.id)
+    )
+    assert [row["entry_id"] for row in queued] == ids[2:]
+
+    job_report = await jobs.run_program_jobs(program.id, clock)  # a round reports it, every time
+    assert job_report.failed == ["entries_sealed"]
+    assert job_report.seal_stuck is not None and job_report.seal_stuck.startswith(f"entry {bad}:")
+
+    scraped = (await client.get("/metrics")).text  # the age of the entry the chain waits for
+    assert f'loyalty_unsealed_entry_age_seconds{{program_id="{program.id}"}}' in scraped
+
+    monkeypatch.setattr(chain_rows, "entry_hash", original)  # mended: the chain goes on
+    assert await ledger_jobs.seal_chain(program.id) == 2
+    report = await verify_chain(program.id)
+    assert report.valid and report.unsealed == 0, report
+
+
+# --- hold expiry: per hold ----------------------------------------------------------------------
+
+
+async def test_a_hold_that_cannot_be_expired_does_not_stop_the_others(
+    program: ProgramFixture,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    owner_connection: asyncpg.Connection,
+    client: httpx.AsyncClient,
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    await grant(program.id, ann, 300, "g", clock)
+    holds = []
+    for n in range(3):
+        request = ledger.HoldRequest(customer_id=ann, amount=50, expires_in_seconds=60 + n)
+        holds.append((await ledger.hold_points(who, request, f"h{n}", clock)).id)
+    bad = holds[0]  # the first in the queue (the soonest to expire)
+    original = usecase_resolve_hold
+
+    async def resolve_hold(connection: asyncpg.Connection, program_id: str, hold_id: str, *args: Any) -> Any:
+        if hold_id == bad:
+            raise Broken(f"hold {hold_id}")
+        return await original(connection, program_id, hold_id, *args)
+
+    monkeypatch.setattr(ledger_jobs, "resolve_hold", resolve_hold)
+    clock.advance(timedelta(minutes=5))
+    assert await ledger_jobs.expire_holds(program.id, clock) == 2
+    statuses = {hold: (await ledger.get_hold(program.id, hold)).status for hold in holds}
+    assert statuses == {bad: "open", holds[1]: "expired", holds[2]: "expired"}
+    assert await failures(owner_connection, program.id) == [("expire-holds", bad, 1)]
+    assert await ledger_jobs.expire_holds(program.id, clock) == 0  # waits for its retry, a minute
+    assert await failures(owner_connection, program.id) == [("expire-holds", bad, 1)]
+
+    report = await jobs.run_program_jobs(program.id, clock)
+    assert [(item.job, item.item) for item in report.failing_items] == [("expire-holds", bad)]
+
+    scraped = (await client.get("/metrics")).text  # what a monitor sees meanwhile
+    assert 'loyalty_job_items_failing{job="expire-holds"}' in scraped
+
+    monkeypatch.setattr(ledger_jobs, "resolve_hold", original)
+    clock.advance(timedelta(minutes=1))
+    assert await ledger_jobs.expire_holds(program.id, clock) == 1
+    assert (await ledger.get_hold(program.id, bad)).status == "expired"
+    assert await failures(owner_connection, program.id) == []
+
+
+# --- points expiry: per customer ----------------------------------------------------------------
+
+
+async def test_a_customer_whose_points_cannot_be_expired_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
+    customers = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cat")]
+    for n, customer in enumerate(customers):
+        await grant(program.id, customer, 100, f"g{n}", clock)
+    bad = customers[1]
+    original = lifecycle.emit_points_expired
+
+    async def emit_points_expired(
+        connection: asyncpg.Connection, program_id: str, customer_id: str, *args: Any
+    ) -> None:
+        if customer_id == bad:
+            raise Broken(customer_id)
+        await original(connection, program_id, customer_id, *args)
+
+    monkeypatch.setattr(ledger_jobs, "emit_points_expired", emit_points_expired)
+    clock.advance(timedelta(days=31))
+    assert await ledger_jobs.expire_points(program.id, clock) == 2
+    balances = {
+        row["customer_id"]: row["balance"]
+        for row in await owner_connection.fetch(
+            "SELECT customer_id, balance FROM accounts WHERE program_id = $1 AND kind = 'available'", program.id
+        )
+    }
+    assert balances == {customers[0]: 0, bad: 100, customers[2]: 0}  # its entry rolled back whole
+    assert await failures(owner_connection, program.id) == [("expire-points", bad, 1)]
+
+    clock.advance(timedelta(minutes=1))  # retried after a minute, failing again: two minutes next
+    assert await ledger_jobs.expire_points(program.id, clock) == 0
+    assert await failures(owner_connection, program.id) == [("expire-points", bad, 2)]
+    monkeypatch.setattr(ledger_jobs, "emit_points_expired", original)
+    clock.advance(timedelta(minutes=1))
+    assert await ledger_jobs.expire_points(program.id, clock) == 0  # still waiting
+    clock.advance(timedelta(minutes=1))
+    assert await ledger_jobs.expire_points(program.id, clock) == 1
+    assert await failures(owner_connection, program.id) == []
+
+
+# --- tier reviews: per customer -----------------------------------------------------------------
+
+
+async def test_a_customer_whose_tier_review_fails_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_tiers(program, clock)
+    customers = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cat")]
+    for customer in customers:
+        await buy(program, clock, customer, net=3000)  # silver, reviewed in a year
+    bad = customers[0]
+    original = tiers._measure
+
+    async def measure(connection: asyncpg.Connection, program_id: str, customer_id: str, *args: Any) -> Any:
+        if customer_id == bad:
+            raise Broken(customer_id)
+        return await original(connection, program_id, customer_id, *args)
+
+    monkeypatch.setattr(tiers, "_measure", measure)
+    clock.advance(timedelta(days=366))
+    assert await tiers.review_due(program.id, clock) == 2
+    assert await failures(owner_connection, program.id) == [("review-tiers", bad, 1)]
+    assert await tiers.review_due(program.id, clock) == 0  # waits for its retry
+    monkeypatch.setattr(tiers, "_measure", original)
+    clock.advance(timedelta(minutes=1))
+    assert await tiers.review_due(program.id, clock) == 1
+    assert await failures(owner_connection, program.id) == []
+
+
+# --- lifecycle rounds: per customer -------------------------------------------------------------
+
+
+async def test_a_lifecycle_event_that_cannot_be_emitted_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_program(program, clock)
+    customers = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cat")]
+    for customer in customers:
+        for n in range(3):
+            await place(program, customer, f"{customer}-{n}", basket("coffee"), clock)
+    bad = customers[1]
+    original = events_emit_once
+
+    async def emit_once(connection: asyncpg.Connection, program_id: str, key: str, *args: Any, **kw: Any) -> bool:
+        if key.endswith(bad) or f":{bad}:" in key:
+            raise Broken(key)
+        return await original(connection, program_id, key, *args, **kw)
+
+    monkeypatch.setattr(lifecycle, "emit_once", emit_once)
+    assert await lifecycle.cross_sell_opportunities(program.id, clock, RULES) == 2
+    clock.advance(timedelta(days=61))
+    assert await lifecycle.run_lifecycle_jobs(program.id, clock, RULES) == 2  # win-back: all but bob
+    told = await owner_connection.fetch(
+        "SELECT customer_id, cross_sell_emitted, win_back_emitted_for IS NOT NULL AS told FROM customer_lifecycle"
+        " WHERE program_id = $1",
+        program.id,
+    )
+    assert {row["customer_id"]: (row["cross_sell_emitted"], row["told"]) for row in told} == {
+        customers[0]: (True, True),
+        bad: (False, False),  # still owed both: read again once its retry is due
+        customers[2]: (True, True),
+    }
+    assert {job for job, _, _ in await failures(owner_connection, program.id)} == {
+        "lifecycle-cross-sell",
+        "lifecycle-win-back",
+    }
+    monkeypatch.setattr(lifecycle, "emit_once", original)
+    clock.advance(timedelta(minutes=2))  # cross-sell failed twice (at its retry in the round above)
+    assert await lifecycle.run_lifecycle_jobs(program.id, clock, RULES) == 2
+    assert await failures(owner_connection, program.id) == []
+
+
+# --- the webhook dispatcher: per delivery -------------------------------------------------------
+
+
+async def test_a_delivery_the_dispatcher_fails_on_does_not_stop_the_batch(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    made = await webhooks.create_endpoint(
+        program.id, "http://93.184.216.34/hooks", [EventType.CUSTOMER_ENROLLED], "tests", clock
+    )
+    customers = [await enrol(program.id, name, clock) for name in ("ann", "bob", "cat")]
+    await dispatcher.publish_events(program.id, clock)
+    bad = await owner_connection.fetchval(
+        "SELECT d.id FROM webhook_deliveries d JOIN events e ON e.program_id = d.program_id AND e.seq = d.event_seq"
+        " WHERE d.program_id = $1 AND e.customer_id = $2",
+        program.id,
+        customers[1],
+    )
+    original = dispatcher.send
+
+    async def send(client: httpx.AsyncClient, claimed: dispatcher.Claimed, *args: Any) -> tuple[int | None, str]:
+        if claimed.delivery_id == bad:
+            raise Broken(claimed.delivery_id)
+        return await original(client, claimed, *args)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id]
+
+    monkeypatch.setattr(dispatcher, "send", send)
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    config = dispatcher.DispatchConfig(timeout_s=2.0, destinations=LOOPBACK_ALLOWED)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        report = await dispatcher.dispatch_once(clock, config, client)
+    assert (report.delivered, report.errors, report.failed_attempts) == (2, 1, 1)
+    row = await owner_connection.fetchrow(
+        "SELECT status, attempts, last_error, next_attempt_at > $3 AS later, claim FROM webhook_deliveries"
+        " WHERE program_id = $1 AND id = $2",
+        program.id,
+        bad,
+        clock.now(),
+    )
+    assert row is not None
+    assert (row["status"], row["attempts"], row["later"], row["claim"]) == ("pending", 1, True, None)
+    assert row["last_error"].startswith("dispatcher error: Broken")
+    assert made.endpoint.enabled
+
+
+async def test_a_stuck_outbox_does_not_hold_back_the_deliveries_already_published(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await webhooks.create_endpoint(
+        program.id, "http://93.184.216.34/hooks", [EventType.CUSTOMER_ENROLLED], "tests", clock
+    )
+    await enrol(program.id, "ann", clock)
+    await dispatcher.publish_events(program.id, clock)  # published before the outbox got stuck
+    await enrol(program.id, "bob", clock)
+
+    async def publish(*args: Any) -> int:
+        raise Broken("outbox")
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id]
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    monkeypatch.setattr(dispatcher, "publish_events", publish)
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    config = dispatcher.DispatchConfig(timeout_s=2.0, destinations=LOOPBACK_ALLOWED)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        report = await dispatcher.dispatch_once(clock, config, client)
+    assert report.delivered == 1
+    assert report.failed == [f"{program.id}: publish"]
