@@ -18,7 +18,7 @@ from typing import TypeVar
 import asyncpg
 import msgspec
 
-from service.db.transaction import in_transaction
+from service.db.transaction import RETRYABLE, in_transaction
 
 T = TypeVar("T")
 
@@ -27,6 +27,21 @@ LONGEST_RETRY = timedelta(hours=1)
 MAX_ERROR_CHARS = 500
 
 log = logging.getLogger("loyalty.jobs")
+
+# Not the item's fault: the database went away or restarted, no connection came in time, or a
+# deadlock outlived its retries. Recorded, it would hold back every item tried meanwhile by a
+# back-off they do not deserve (and try each in turn against a database that is gone): it
+# ends the job's round instead, reported as a failed job, and the next round tries again.
+TRANSIENT: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    *RETRYABLE,
+    OSError,  # TimeoutError (a pool that hands out no connection in time) among them
+)
 
 
 class FailingItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +131,8 @@ async def run_item(
 
     try:
         return await in_transaction(attempt)
+    except TRANSIENT:
+        raise
     except Exception as error:
         return await failed(program_id, job, item, error, now)
 
@@ -147,6 +164,18 @@ async def failing(connection: asyncpg.Connection, program_id: str) -> list[Faili
         program_id,
     )
     return [FailingItem(**dict(row)) for row in rows]
+
+
+async def forget_gone(connection: asyncpg.Connection, program_id: str, job: str, pending: str, *args: object) -> None:
+    """Remove the failures of a job's items that are no longer pending (done another way, or
+    gone): `pending` is a condition on `f.item` ($1 the program, ${3...} `args`). Otherwise
+    their rows would stay forever, named in every report and failing `loyalty jobs run`."""
+    await connection.execute(
+        f"DELETE FROM job_failures f WHERE f.program_id = $1 AND f.job = $2 AND NOT ({pending})",
+        program_id,
+        job,
+        *args,
+    )
 
 
 # Left out of a job's queue while it waits: `NOT EXISTS` of this with the job's name as

@@ -273,9 +273,13 @@ async def send(
         return None, f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
 
 
-async def record(claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig) -> str:
+async def record(
+    claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig, receivers: bool = True
+) -> str:
     """Store the outcome of an attempt: `delivered`, `retry`, `failed`, or `stale` when this
-    dispatcher's claim was lost (its lease ran out and another took the delivery)."""
+    dispatcher's claim was lost (its lease ran out and another took the delivery). A failure
+    that is not the receiver's (`receivers` false: the dispatcher's own error) does not count
+    towards disabling its endpoint."""
     now = clock.now()
 
     async def work(connection: asyncpg.Connection) -> str:
@@ -321,6 +325,8 @@ async def record(claimed: Claimed, status: int | None, error: str, clock: Clock,
             status,
             error,
         )
+        if not receivers:
+            return "retry" if retry_at else "failed"
         failures = await connection.fetchval(
             "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1"
             " WHERE program_id = $1 AND id = $2 RETURNING consecutive_failures",
@@ -358,6 +364,7 @@ async def _round(
         async with limit:
             if clock.now() + timedelta(seconds=config.timeout_s) > claimed.claimed_until:
                 return "stale"  # the lease could run out mid-send: left to whoever claims it next
+            receivers = True
             try:
                 status, error = await send(client, claimed, clock, config, resolver)
             except Exception as failure:
@@ -367,7 +374,8 @@ async def _round(
                 log.exception("delivery %s of program %s could not be sent", claimed.delivery_id, program_id)
                 status, error = None, f"dispatcher error: {type(failure).__name__}: {failure}"[:MAX_ERROR_CHARS]
                 errors.append(claimed.delivery_id)
-        return await _record_or_log(claimed, status, error, clock, config)
+                receivers = False  # ours, not the endpoint's: it does not count towards disabling it
+        return await _record_or_log(claimed, status, error, clock, config, receivers)
 
     outcomes = await asyncio.gather(*(deliver(one) for one in claimed))
     return DispatchReport(
@@ -379,11 +387,13 @@ async def _round(
     )
 
 
-async def _record_or_log(claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig) -> str:
+async def _record_or_log(
+    claimed: Claimed, status: int | None, error: str, clock: Clock, config: DispatchConfig, receivers: bool
+) -> str:
     """`record`, or "unrecorded" when even that fails: logged, and the delivery keeps its lease
     and is due again when it runs out, while the rest of the batch goes on."""
     try:
-        return await record(claimed, status, error, clock, config)
+        return await record(claimed, status, error, clock, config, receivers)
     except Exception:
         log.exception(
             "the attempt of delivery %s of program %s could not be recorded; due again when its lease ends",

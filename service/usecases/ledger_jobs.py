@@ -45,6 +45,8 @@ async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
             batch,
             EXPIRE_HOLDS,
         )
+        pending = "EXISTS (SELECT FROM holds h WHERE h.program_id = $1 AND h.id = f.item AND h.status = 'open')"
+        await job_failures.forget_gone(connection, program_id, EXPIRE_HOLDS, pending)
         failed_before = await job_failures.waiting(connection, program_id, EXPIRE_HOLDS)
     resolved = 0
     for row in due:
@@ -77,6 +79,12 @@ async def expire_points(program_id: str, clock: Clock) -> int:
             now,
             EXPIRE_POINTS,
         )
+        pending = (
+            "EXISTS (SELECT FROM lots l JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+            " WHERE l.program_id = $1 AND a.customer_id = f.item AND a.kind = 'available' AND l.remaining > 0"
+            " AND l.expires_at <= $3)"
+        )
+        await job_failures.forget_gone(connection, program_id, EXPIRE_POINTS, pending, now)
         failed_before = await job_failures.waiting(connection, program_id, EXPIRE_POINTS)
     entries = 0
     for row in due:

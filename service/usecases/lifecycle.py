@@ -108,7 +108,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             zone.key,
         )
         run = _Round(connection, program_id, EXPIRING_SOON_JOB, now)
-        await run.start()
+        await run.start([f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}" for row in rows])
         for row in rows:
             key = f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}"
 
@@ -145,7 +145,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             BATCH,
         )
         run = _Round(connection, program_id, WIN_BACK_JOB, now)
-        await run.start()
+        await run.start([row["key"] for row in rows])
         for row in rows:
 
             async def one(row: asyncpg.Record = row) -> bool:
@@ -193,7 +193,7 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             BATCH,
         )
         run = _Round(connection, program_id, CROSS_SELL_JOB, now)
-        await run.start()
+        await run.start([f"cross_sell:{row['customer_id']}" for row in rows])
         for row in rows:
             key = f"cross_sell:{row['customer_id']}"
 
@@ -259,8 +259,19 @@ class _Round:
         self.failures: list[tuple[str, Exception]] = []
         self.waiting: dict[str, datetime] = {}
 
-    async def start(self) -> None:
+    async def start(self, keys: list[str]) -> None:
+        """Read the round's failures on record; when the round read every row due (fewer than
+        a batch), those of keys it did not read are no longer owed and go."""
         self.waiting = await job_failures.waiting(self.connection, self.program_id, self.job)
+        read = set(keys)
+        gone = [key for key in self.waiting if key not in read] if len(keys) < BATCH else []
+        if gone:
+            await self.connection.execute(
+                "DELETE FROM job_failures WHERE program_id = $1 AND job = $2 AND item = ANY($3::text[])",
+                self.program_id,
+                self.job,
+                gone,
+            )
 
     async def item(self, key: str, emit: Callable[[], Awaitable[bool]]) -> None:
         retry_at = self.waiting.get(key)
@@ -271,6 +282,8 @@ class _Round:
                 self.emitted += await emit()
                 if retry_at is not None:
                     await job_failures.clear(self.connection, self.program_id, self.job, key)
+        except job_failures.TRANSIENT:
+            raise  # not the row's: the round fails (or, on deadlock, is tried again) as a whole
         except Exception as error:
             self.failures.append((key, error))
             return

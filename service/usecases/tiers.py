@@ -484,6 +484,11 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     # each customer in a transaction of its own: one whose review fails is logged and recorded
     # (job_failures), left out until its retry, and the others are reviewed
     async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
+        pending = (
+            "EXISTS (SELECT FROM customer_tiers t WHERE t.program_id = $1 AND t.customer_id = f.item"
+            " AND t.review_at IS NOT NULL AND coalesce(t.grace_ends_at, t.review_at) <= $3)"
+        )
+        await job_failures.forget_gone(connection, program_id, REVIEW_JOB, pending, now)
         waiting = await job_failures.waiting(connection, program_id, REVIEW_JOB)
         return await rows.due_reviews(connection, program_id, now, limit, REVIEW_JOB), waiting
 
@@ -516,6 +521,11 @@ async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
     now = clock.now()
 
     async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
+        pending = (
+            "EXISTS (SELECT FROM tier_grants g WHERE g.program_id = $1 AND g.customer_id = f.item"
+            " AND g.closed_at IS NULL AND g.ends_at <= $3)"
+        )
+        await job_failures.forget_gone(connection, program_id, END_GRANTS_JOB, pending, now)
         waiting = await job_failures.waiting(connection, program_id, END_GRANTS_JOB)
         return await rows.ended_grants(connection, program_id, now, limit, END_GRANTS_JOB), waiting
 

@@ -330,3 +330,165 @@ async def test_a_stuck_outbox_does_not_hold_back_the_deliveries_already_publishe
         report = await dispatcher.dispatch_once(clock, config, client)
     assert report.delivered == 1
     assert report.failed == [f"{program.id}: publish"]
+
+
+# --- review: a failure on record that outlives its item, a failure that is not the item's -------
+
+
+async def test_the_failure_of_a_hold_voided_meanwhile_does_not_stay_on_record(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    await grant(program.id, ann, 300, "g", clock)
+    request = ledger.HoldRequest(customer_id=ann, amount=50, expires_in_seconds=60)
+    bad = (await ledger.hold_points(who, request, "h", clock)).id
+    original = usecase_resolve_hold
+
+    async def resolve_hold(*args: Any) -> Any:
+        raise Broken("hold")
+
+    monkeypatch.setattr(ledger_jobs, "resolve_hold", resolve_hold)
+    clock.advance(timedelta(minutes=5))
+    assert await ledger_jobs.expire_holds(program.id, clock) == 0
+    assert await failures(owner_connection, program.id) == [("expire-holds", bad, 1)]
+    monkeypatch.setattr(ledger_jobs, "resolve_hold", original)
+    await ledger.void_hold(who, bad, "v", clock)  # done another way: nothing is left to retry
+
+    clock.advance(timedelta(minutes=1))
+    report = await jobs.run_program_jobs(program.id, clock)
+    assert report.failing_items == []
+    assert await failures(owner_connection, program.id) == []
+
+
+async def test_the_failure_of_a_customer_whose_points_went_meanwhile_does_not_stay_on_record(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    await ledger.set_expiry_rule(program.id, ExpiryRule(ExpiryPolicy.DAYS, 30))
+    ann = await enrol(program.id, "ann", clock)
+    await grant(program.id, ann, 100, "g", clock)
+    clock.advance(timedelta(days=29))
+    await grant(program.id, ann, -100, "spent", clock)  # spent before the job got to them
+    clock.advance(timedelta(days=2))
+    await owner_connection.execute(  # as a round that saw the lot, and failed on it, left it
+        "INSERT INTO job_failures (program_id, job, item, attempts, first_failed_at, last_failed_at, retry_at,"
+        " last_error) VALUES ($1, 'expire-points', $2, 1, $3, $3, $3, 'Broken: expiry')",
+        program.id,
+        ann,
+        clock.now(),
+    )
+    assert await ledger_jobs.expire_points(program.id, clock) == 0  # nothing of ann's is due
+    assert await failures(owner_connection, program.id) == []
+
+
+async def test_the_failure_of_a_lifecycle_event_no_longer_owed_does_not_stay_on_record(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_program(program, clock)
+    bob = await enrol(program.id, "bob", clock)
+    for n in range(3):
+        await place(program, bob, f"bob-{n}", basket("coffee"), clock)
+    original = events_emit_once
+
+    async def emit_once(*args: Any, **kw: Any) -> bool:
+        raise Broken("cross-sell")
+
+    monkeypatch.setattr(lifecycle, "emit_once", emit_once)
+    assert await lifecycle.cross_sell_opportunities(program.id, clock, RULES) == 0
+    assert await failures(owner_connection, program.id) == [("lifecycle-cross-sell", f"cross_sell:{bob}", 1)]
+    monkeypatch.setattr(lifecycle, "emit_once", original)
+    await place(program, bob, "bob-tea", basket("tea"), clock)  # two categories: no longer owed
+    clock.advance(timedelta(minutes=1))
+    assert await lifecycle.cross_sell_opportunities(program.id, clock, RULES) == 0
+    assert await failures(owner_connection, program.id) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        TimeoutError(),  # no pooled connection in time
+    ],
+    ids=["connection-lost", "db-restart", "pool-timeout"],
+)
+async def test_a_database_outage_is_not_recorded_against_the_items(
+    program: ProgramFixture,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    owner_connection: asyncpg.Connection,
+    error: Exception,
+) -> None:
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    await grant(program.id, ann, 300, "g", clock)
+    holds = []
+    for n in range(3):
+        request = ledger.HoldRequest(customer_id=ann, amount=50, expires_in_seconds=60 + n)
+        holds.append((await ledger.hold_points(who, request, f"h{n}", clock)).id)
+    tried: list[str] = []
+
+    async def resolve_hold(connection: asyncpg.Connection, program_id: str, hold_id: str, *args: Any) -> Any:
+        tried.append(hold_id)
+        raise error
+
+    monkeypatch.setattr(ledger_jobs, "resolve_hold", resolve_hold)
+    clock.advance(timedelta(minutes=5))
+    with pytest.raises(type(error)):  # the round fails as a whole, and the next one tries again
+        await ledger_jobs.expire_holds(program.id, clock)
+    assert tried == holds[:1]  # not every hold in turn, each waiting for a database that is gone
+    assert await failures(owner_connection, program.id) == []  # and none of them delayed for it
+
+
+async def test_a_deadlock_in_a_lifecycle_round_is_retried_not_recorded(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_program(program, clock)
+    bob = await enrol(program.id, "bob", clock)
+    for n in range(3):
+        await place(program, bob, f"bob-{n}", basket("coffee"), clock)
+    original = events_emit_once
+    calls = 0
+
+    async def emit_once(*args: Any, **kw: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return await original(*args, **kw)
+
+    monkeypatch.setattr(lifecycle, "emit_once", emit_once)
+    assert await lifecycle.cross_sell_opportunities(program.id, clock, RULES) == 1
+    assert await failures(owner_connection, program.id) == []
+
+
+async def test_a_dispatcher_error_does_not_count_against_the_endpoint(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    made = await webhooks.create_endpoint(
+        program.id, "http://93.184.216.34/hooks", [EventType.CUSTOMER_ENROLLED], "tests", clock
+    )
+    for name in ("ann", "bob", "cat"):
+        await enrol(program.id, name, clock)
+
+    async def send(*args: Any) -> tuple[int | None, str]:
+        raise Broken("a bug of ours, not the receiver's")
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id]
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    monkeypatch.setattr(dispatcher, "send", send)
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    config = dispatcher.DispatchConfig(timeout_s=2.0, destinations=LOOPBACK_ALLOWED, disable_after=2)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        report = await dispatcher.dispatch_once(clock, config, client)
+    assert (report.errors, report.failed_attempts, report.endpoints_disabled) == (3, 3, 0)
+    row = await owner_connection.fetchrow(
+        "SELECT enabled, consecutive_failures FROM webhook_endpoints WHERE program_id = $1 AND id = $2",
+        program.id,
+        made.endpoint.id,
+    )
+    assert row is not None and (row["enabled"], row["consecutive_failures"]) == (True, 0)
