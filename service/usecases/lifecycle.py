@@ -34,6 +34,7 @@ nothing, and its row is marked anyway so that it leaves the index).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -81,7 +82,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
     were emitted."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> _Round:
+    async def work(connection: asyncpg.Connection, careful: bool) -> _Round:
         # the lots of the window through lots_expiring, each looking up its account, and each
         # warning its mark, by key: joined freely, the plan may walk every available account of
         # the program, or every mark it ever wrote, whatever is due. The key's day is written
@@ -107,7 +108,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             BATCH,
             zone.key,
         )
-        run = _Round(connection, program_id, EXPIRING_SOON_JOB, now)
+        run = _Round(connection, program_id, EXPIRING_SOON_JOB, now, careful)
         await run.start([f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}" for row in rows])
         for row in rows:
             key = f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}"
@@ -125,7 +126,7 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             await run.item(key, one)
         return run
 
-    return await (await in_transaction(work)).finish()
+    return await _run_round(work)
 
 
 async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
@@ -134,7 +135,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
     again)."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> _Round:
+    async def work(connection: asyncpg.Connection, careful: bool) -> _Round:
         # the due rows whose lapse was not told, through customer_lifecycle_win_back (0018); the
         # program's zone read by key first, as for the warnings above
         zone = (await ledger_settings(connection, program_id)).zone
@@ -144,7 +145,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             win_back_cutoff(now, rules.win_back_days, zone),
             BATCH,
         )
-        run = _Round(connection, program_id, WIN_BACK_JOB, now)
+        run = _Round(connection, program_id, WIN_BACK_JOB, now, careful)
         await run.start([row["key"] for row in rows])
         for row in rows:
 
@@ -176,7 +177,7 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
             )
         return run
 
-    return await (await in_transaction(work)).finish()
+    return await _run_round(work)
 
 
 async def cross_sell_opportunities(program_id: str, clock: Clock, rules: LifecycleRules) -> int:
@@ -184,7 +185,7 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
     `cross_sell_orders` orders, every line of them in one category."""
     now = clock.now()
 
-    async def work(connection: asyncpg.Connection) -> _Round:
+    async def work(connection: asyncpg.Connection, careful: bool) -> _Round:
         # single-category rows without the event, through customer_lifecycle_cross_sell (0018)
         rows = await connection.fetch(
             "SELECT customer_id, category, orders FROM lifecycle_cross_sell_due($1, $2, $3)",
@@ -192,7 +193,7 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             rules.cross_sell_orders,
             BATCH,
         )
-        run = _Round(connection, program_id, CROSS_SELL_JOB, now)
+        run = _Round(connection, program_id, CROSS_SELL_JOB, now, careful)
         await run.start([f"cross_sell:{row['customer_id']}" for row in rows])
         for row in rows:
             key = f"cross_sell:{row['customer_id']}"
@@ -215,7 +216,7 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             )
         return run
 
-    return await (await in_transaction(work)).finish()
+    return await _run_round(work)
 
 
 async def backfill(program_id: str) -> int:
@@ -247,13 +248,22 @@ WIN_BACK_JOB = "lifecycle-win-back"
 CROSS_SELL_JOB = "lifecycle-cross-sell"
 
 
-class _Round:
-    """The rows of a lifecycle round, each in a savepoint of the round's transaction: a row
-    that fails is rolled back alone, logged and recorded (`job_failures`, once the round has
-    committed) and the others go on; a row waiting for its retry is left for a later round."""
+class _RowFailed(Exception):
+    """A row of a round run without savepoints failed: the round is rolled back and run again
+    row by row."""
 
-    def __init__(self, connection: asyncpg.Connection, program_id: str, job: str, now: datetime) -> None:
+
+class _Round:
+    """The rows of a lifecycle round, in the round's transaction. A round first runs without
+    savepoints (one savepoint per row that writes costs a subtransaction, and past 64 of them
+    every other session's visibility checks go through pg_subtrans); if a row fails, the round
+    is rolled back and run again `careful`ly, each row in a savepoint: a row that fails is
+    rolled back alone, logged and recorded (`job_failures`, once the round has committed) and
+    the others go on. A row waiting for its retry is left for a later round."""
+
+    def __init__(self, connection: asyncpg.Connection, program_id: str, job: str, now: datetime, careful: bool) -> None:
         self.connection, self.program_id, self.job, self.now = connection, program_id, job, now
+        self.careful = careful
         self.emitted = 0
         self.done: set[str] = set()
         self.failures: list[tuple[str, Exception]] = []
@@ -278,13 +288,15 @@ class _Round:
         if retry_at is not None and retry_at > self.now:
             return
         try:
-            async with self.connection.transaction():  # a savepoint
+            async with self.connection.transaction() if self.careful else contextlib.nullcontext():  # a savepoint
                 self.emitted += await emit()
                 if retry_at is not None:
                     await job_failures.clear(self.connection, self.program_id, self.job, key)
         except job_failures.TRANSIENT:
             raise  # not the row's: the round fails (or, on deadlock, is tried again) as a whole
         except Exception as error:
+            if not self.careful:
+                raise _RowFailed(key) from error
             self.failures.append((key, error))
             return
         self.done.add(key)
@@ -294,6 +306,15 @@ class _Round:
         for key, error in self.failures:
             await job_failures.failed(self.program_id, self.job, key, error, self.now)
         return self.emitted
+
+
+async def _run_round(work: Callable[[asyncpg.Connection, bool], Awaitable[_Round]]) -> int:
+    """Run a round without savepoints, and again row by row if one of its rows failed."""
+    try:
+        done = await in_transaction(lambda connection: work(connection, False))
+    except _RowFailed:
+        done = await in_transaction(lambda connection: work(connection, True))
+    return await done.finish()
 
 
 async def emit_order_events(

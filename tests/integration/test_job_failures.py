@@ -255,6 +255,29 @@ async def test_a_lifecycle_event_that_cannot_be_emitted_does_not_stop_the_others
     assert await failures(owner_connection, program.id) == []
 
 
+async def test_a_lifecycle_round_without_failures_takes_no_savepoint_per_row(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A savepoint per row that writes is a subtransaction each, and past 64 in one transaction
+    every other session's visibility checks read pg_subtrans: rows get one only in the re-run
+    of a round where a row failed."""
+    await setup_program(program, clock)
+    for name in ("ann", "bob", "cat"):
+        customer = await enrol(program.id, name, clock)
+        for n in range(3):
+            await place(program, customer, f"{customer}-{n}", basket("coffee"), clock)
+    opened = []
+    original = asyncpg.connection.Connection.transaction
+
+    def transaction(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
+        opened.append(self.is_in_transaction())  # True: a savepoint
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "transaction", transaction)
+    assert await lifecycle.cross_sell_opportunities(program.id, clock, RULES) == 3
+    assert True not in opened, opened
+
+
 # --- the webhook dispatcher: per delivery -------------------------------------------------------
 
 
