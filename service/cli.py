@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -94,7 +95,7 @@ async def _run_jobs(settings: Settings) -> bool:
     and returns whether every job succeeded (a failed one is named, and the command exits 1)."""
     from service.db.engine import close_pool, start_pool
     from service.domain.clock import SystemClock
-    from service.usecases.dispatch import DispatchConfig, dispatch_once
+    from service.usecases.dispatch import DispatchConfig, dispatch_once, unreadable_deliveries
     from service.usecases.jobs import run_all
     from service.usecases.lifecycle import lifecycle_rules
 
@@ -124,9 +125,26 @@ async def _run_jobs(settings: Settings) -> bool:
                 print(f"  failing: {len(report.failing_items) - SHOWN_FAILING_ITEMS} more items")
         sent = await dispatch_once(SystemClock(), DispatchConfig.from_settings(settings))
         errors = f", {sent.errors} dispatcher errors" if sent.errors else ""
-        failed = f"; failed: {', '.join(sent.failed)}" if sent.failed else ""
-        print(f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts{errors}{failed}")
-        succeeded = succeeded and not sent.failed and not sent.errors
+        steps = list(sent.failed)
+        # counted from the database, not from this pass: one leased by another dispatcher (or by
+        # an earlier run, until its lease ends) holds its customer back all the same
+        try:
+            held = await unreadable_deliveries()
+        except Exception:
+            logging.getLogger("loyalty.webhooks").exception("the deliveries with an unreadable event went uncounted")
+            held = {}
+            steps.append("unreadable count")
+        unreadable = f", {sum(held.values())} pending with an event a dispatcher could not read" if held else ""
+        failed = f"; failed: {', '.join(steps)}" if steps else ""
+        print(
+            f"webhooks: {sent.delivered} delivered, {sent.failed_attempts} failed attempts{errors}{unreadable}{failed}"
+        )
+        for program_id, deliveries in sorted(held.items()):
+            print(
+                f"  unreadable: {program_id}: {deliveries} deliveries kept pending for a version that reads their"
+                " event; their customers' later events to the endpoint wait behind them"
+            )
+        succeeded = succeeded and not steps and not sent.errors and not held
     finally:
         await close_pool()
     return succeeded

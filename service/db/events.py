@@ -192,6 +192,33 @@ async def publish_batch(connection: asyncpg.Connection, program_id: str, now: da
     return len(published)
 
 
+# How a pending delivery says that a dispatcher could not read its event (a newer version's,
+# during a rolling deploy): the start of its `last_error`, until a version that reads it
+# sends it. Its customer's later events to the endpoint wait behind it (they keep their order).
+UNREADABLE_ERROR = "event unreadable by this version: "
+UNREADABLE_PENDING = (
+    "SELECT program_id, count(*) AS deliveries FROM webhook_deliveries"
+    f" WHERE status = 'pending' AND starts_with(last_error, '{UNREADABLE_ERROR}') GROUP BY program_id"
+)
+
+
+async def mark_unreadable(
+    connection: asyncpg.Connection, program_id: str, claim: str, unreadable: list[tuple[str, str]], now: datetime
+) -> None:
+    """Say on each claimed delivery (id, error) that its event could not be read; it stays
+    pending, with its attempts and its lease, for a version that reads it."""
+    await connection.executemany(
+        "UPDATE webhook_deliveries SET last_error = $3, updated_at = $4"
+        " WHERE program_id = $1 AND id = $2 AND claim = $5 AND status = 'pending'",
+        [(program_id, delivery_id, UNREADABLE_ERROR + error, now, claim) for delivery_id, error in unreadable],
+    )
+
+
+async def unreadable_pending(connection: asyncpg.Connection) -> dict[str, int]:
+    """Per program, the pending deliveries whose event a dispatcher could not read."""
+    return {row["program_id"]: row["deliveries"] for row in await connection.fetch(UNREADABLE_PENDING)}
+
+
 def event_from_row(row: asyncpg.Record) -> AnyEvent:
     """An event row as receivers see it."""
     return to_event(row["id"], row["seq"], row["type"], row["occurred_at"], row["customer_id"], row["payload"])

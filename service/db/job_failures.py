@@ -11,16 +11,17 @@ finally does it. The rows are what the job reports name as failing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
 import msgspec
 
-from service.db.transaction import RETRYABLE, in_transaction
+from service.db.transaction import RETRYABLE, in_transaction, transaction, with_retry
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(hours=1)
@@ -135,6 +136,56 @@ async def run_item(
         raise
     except Exception as error:
         return await failed(program_id, job, item, error, now)
+
+
+async def drain(
+    program_id: str,
+    job: str,
+    claim: Callable[[asyncpg.Connection, Sequence[str]], Awaitable[Item | None]],
+    item_id: Callable[[Item], str],
+    handle: Callable[[asyncpg.Connection, Item], Awaitable[object]],
+    now: datetime,
+    limit: int,
+) -> int:
+    """Work through a queue one item per transaction: claim one (with SKIP LOCKED, so several
+    workers share the queue), handle it, commit; until none is left or `limit` were done.
+    Returns how many were done.
+
+    `claim` must leave out the items waiting for a retry (`not_waiting` with `job` and `now`)
+    and those it is given (the items that failed in this run, in case their failure could not
+    be recorded). An item whose handling fails rolls back alone (its claim too), is logged and
+    recorded with its back-off like `run_item`'s, and the queue goes on behind it; its row
+    goes in the transaction that finally does it. A failing claim (the queue cannot be read)
+    is raised."""
+    failed_before = await in_transaction(lambda connection: waiting(connection, program_id, job))
+    failed_now: list[str] = []
+    claimed: list[str] = []  # the item of the last attempt, once claimed
+
+    async def next_item() -> bool:
+        claimed.clear()
+        async with transaction() as connection:
+            item = await claim(connection, failed_now)
+            if item is None:
+                return False
+            claimed.append(item_id(item))
+            await handle(connection, item)
+            if claimed[0] in failed_before:
+                await clear(connection, program_id, job, claimed[0])
+            return True
+
+    done = 0
+    while done < limit:
+        try:
+            if not await with_retry(next_item):
+                break
+        except Exception as error:
+            if not claimed:
+                raise
+            await failed(program_id, job, claimed[0], error, now)
+            failed_now.append(claimed[0])
+            continue
+        done += 1
+    return done
 
 
 async def failed(program_id: str, job: str, item: str, error: Exception, now: datetime) -> ItemFailed:

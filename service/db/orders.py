@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.db.job_failures import not_waiting
 from service.db.tiers import Window
 from service.domain.earning import Refund
 from service.domain.errors import NotFound
@@ -359,12 +360,24 @@ async def capture_entry_of(connection: asyncpg.Connection, program_id: str, hold
     return entry_id
 
 
-async def due_order(connection: asyncpg.Connection, program_id: str, now: datetime) -> asyncpg.Record | None:
-    """Claim one order whose return window has ended (skipping those another worker holds)."""
+def order_item(order: asyncpg.Record) -> str:
+    """An order as an item of a job (`job_failures`): its shop and its id (shop ids have no `/`)."""
+    return f"{order['shop_id']}/{order['id']}"
+
+
+async def due_order(
+    connection: asyncpg.Connection, program_id: str, now: datetime, job: str, skip: Sequence[str]
+) -> asyncpg.Record | None:
+    """Claim one order whose return window has ended (skipping those another worker holds,
+    those waiting for a retry of `job` after a failure, and those in `skip`, by `order_item`)."""
+    item = "(orders.shop_id || '/' || orders.id)"
     row: asyncpg.Record | None = await connection.fetchrow(
         f"SELECT {ORDER_COLUMNS} FROM orders WHERE program_id = $1 AND released_at IS NULL AND release_at <= $2"
+        f" AND {not_waiting('$3', '$2', item)} AND {item} <> ALL($4::text[])"
         " ORDER BY release_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         program_id,
         now,
+        job,
+        list(skip),
     )
     return row

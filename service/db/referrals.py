@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.db.job_failures import not_waiting
 from service.domain.referrals import ReferralSettings
 
 
@@ -335,17 +336,23 @@ async def mark_cancelled(
     )
 
 
-async def claim_due(connection: asyncpg.Connection, program_id: str, now: datetime) -> ReferralRow | None:
+async def claim_due(
+    connection: asyncpg.Connection, program_id: str, now: datetime, job: str, skip: Sequence[str]
+) -> ReferralRow | None:
     """Claim one qualified referral whose order was released or whose reward time passed; the
     referral and its order are locked together, skipping those another transaction holds
-    (a refund of the order, another worker)."""
+    (a refund of the order, another worker), those waiting for a retry of `job` after a
+    failure, and those in `skip`."""
     row = await connection.fetchrow(
         f"SELECT {', '.join('r.' + c.strip() for c in _REFERRAL_COLUMNS.split(','))} FROM referrals r"
         " JOIN orders o ON o.program_id = r.program_id AND o.shop_id = r.shop_id AND o.id = r.order_id"
         " WHERE r.program_id = $1 AND r.status = 'qualified' AND (r.reward_due_at <= $2 OR o.released_at IS NOT NULL)"
+        f" AND {not_waiting('$3', '$2', 'r.id')} AND r.id <> ALL($4::text[])"
         " ORDER BY r.reward_due_at LIMIT 1 FOR UPDATE OF r, o SKIP LOCKED",
         program_id,
         now,
+        job,
+        list(skip),
     )
     return _referral(row)
 

@@ -13,7 +13,6 @@ import asyncpg
 from service.db.piccolo_conf import DB
 
 T = TypeVar("T")
-Item = TypeVar("Item")
 
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 MAX_ATTEMPTS = 8
@@ -76,24 +75,3 @@ async def in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> 
             return await work(connection)
 
     return await with_retry(attempt)
-
-
-async def drain(
-    claim: Callable[[asyncpg.Connection], Awaitable[Item | None]],
-    handle: Callable[[asyncpg.Connection, Item], Awaitable[object]],
-    limit: int,
-) -> int:
-    """Work through a queue one item per transaction: claim one (with SKIP LOCKED, so several
-    workers share the queue), handle it, commit; until none is left or `limit` were done."""
-
-    async def next_item() -> bool:
-        async with transaction() as connection:
-            item = await claim(connection)
-            if item is not None:
-                await handle(connection, item)
-            return item is not None
-
-    done = 0
-    while done < limit and await with_retry(next_item):
-        done += 1
-    return done

@@ -48,6 +48,8 @@ from service.usecases.webhooks import destination_policy
 
 log = logging.getLogger("loyalty.webhooks")
 
+UNREADABLE = event_rows.UNREADABLE_ERROR
+
 USER_AGENT = "loyalty-webhooks/1"
 MAX_ERROR_CHARS = 500
 
@@ -95,6 +97,7 @@ class DispatchReport(msgspec.Struct, kw_only=True):
     gave_up: int = 0
     endpoints_disabled: int = 0
     errors: int = 0  # deliveries the dispatcher itself failed on (recorded as failed attempts)
+    unreadable: int = 0  # deliveries claimed whose event this version cannot read (kept pending)
     failed: list[str] = msgspec.field(default_factory=list)  # "<program>: <step>" that failed
 
 
@@ -148,8 +151,16 @@ RETURNING d.id AS delivery_id, w.url, w.secret, w.previous_secret, w.previous_se
 """
 
 
-async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> list[Claimed]:
-    """Claim up to a batch of due deliveries of a program for this dispatcher."""
+async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> tuple[list[Claimed], int]:
+    """Claim up to a batch of due deliveries of a program for this dispatcher; returns those to
+    send, and how many were claimed whose event this version cannot read.
+
+    Such a delivery (a newer version's event, during a rolling deploy) is neither sent nor
+    skipped nor dropped: each customer's events reach an endpoint in order (docs/events.md),
+    so it stays pending, its customer's later events to the endpoint waiting behind it, for
+    a version that reads it. It keeps its lease (this version meets it again when the lease
+    ends, not at every pass), its `last_error` says why it waits, and it is counted: in the
+    report, in `loyalty jobs run` and in /metrics. It does not stop the rest of the batch."""
     now = clock.now()
     claim = secrets.token_hex(8)
 
@@ -160,14 +171,21 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> li
         return rows
 
     claimed = []
+    unreadable: list[tuple[str, str]] = []
     for row in await in_transaction(work):
         try:
             body = msgspec.json.encode(event_rows.event_from_row(row))
-        except msgspec.ValidationError:
-            # an event this version cannot read (a newer version's, or changed by hand) is
-            # not sent, and does not stop the rest of the batch: it stays leased, then is due
-            # again for a dispatcher that reads it
-            log.exception("event %s of program %s cannot be read; not sent", row["id"], program_id)
+        except msgspec.ValidationError as error:
+            log.error(
+                "event %s of program %s cannot be read by this version: delivery %s is not sent and stays pending"
+                " for a version that reads it; customer %s's later events to the endpoint wait behind it",
+                row["id"],
+                program_id,
+                row["delivery_id"],
+                row["customer_id"],
+                exc_info=error,
+            )
+            unreadable.append((row["delivery_id"], f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS // 2]))
             continue
         claimed.append(
             Claimed(
@@ -183,7 +201,20 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> li
                 body=body,
             )
         )
-    return claimed
+    if unreadable:
+        try:
+            await in_transaction(
+                lambda connection: event_rows.mark_unreadable(connection, program_id, claim, unreadable, now)
+            )
+        except Exception:  # the deliveries are counted in the report all the same; the rest is sent
+            log.exception("the unreadable deliveries of program %s could not be marked", program_id)
+    return claimed, len(unreadable)
+
+
+async def unreadable_deliveries() -> dict[str, int]:
+    """Per program, the pending deliveries whose event a dispatcher could not read (and that
+    hold their customers' later events back), whoever holds them now."""
+    return await in_transaction(event_rows.unreadable_pending)
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -354,9 +385,9 @@ async def _round(
     program_id: str, clock: Clock, config: DispatchConfig, client: httpx.AsyncClient, resolver: Resolver
 ) -> DispatchReport | None:
     """Claim a batch of the program's due deliveries and send it; None when nothing was due."""
-    claimed = await claim_due(program_id, clock, config)
+    claimed, unreadable = await claim_due(program_id, clock, config)
     if not claimed:
-        return None
+        return DispatchReport(unreadable=unreadable) if unreadable else None
     limit = asyncio.Semaphore(config.concurrency)
     errors: list[str] = []
 
@@ -384,6 +415,7 @@ async def _round(
         gave_up=outcomes.count("failed"),
         endpoints_disabled=outcomes.count("disabled"),
         errors=len(errors) + outcomes.count("unrecorded"),
+        unreadable=unreadable,
     )
 
 
@@ -486,7 +518,7 @@ async def dispatch_forever(clock: Clock, config: DispatchConfig) -> None:
         while True:
             try:
                 report = await dispatch_once(clock, config, client)
-                if report.failed_attempts or report.endpoints_disabled or report.failed:
+                if report.failed_attempts or report.endpoints_disabled or report.failed or report.unreadable:
                     log.info("webhooks dispatched", extra={"fields": msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
+from service.db import job_failures
 from service.db import orders as rows
 from service.db.ledger import consumed_slices, created_lots, write_entry
-from service.db.transaction import drain, in_transaction
+from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.earning import (
@@ -48,7 +49,8 @@ from service.usecases.idempotency import derived_key, fingerprint, run_once
 from service.usecases.ledger_settings import settings_from_row
 from service.usecases.lifecycle import emit_order_events, emit_points_returned
 
-RELEASE_ACTOR = "job:release-orders"
+RELEASE_JOB = "release-orders"
+RELEASE_ACTOR = f"job:{RELEASE_JOB}"
 T = TypeVar("T")
 
 
@@ -421,11 +423,18 @@ async def release_order(connection: asyncpg.Connection, program_id: str, order: 
 
 async def release_due_orders(program_id: str, clock: Clock, limit: int = 10_000) -> int:
     """Release every order whose return window has ended, one transaction each; several
-    workers may run it at once (each claims its order with SKIP LOCKED). Returns how many."""
+    workers may run it at once (each claims its order with SKIP LOCKED). Returns how many.
+
+    An order that cannot be released is logged and recorded (`job_failures`, item
+    `<shop>/<order>`), left out until its retry, and the orders behind it are released."""
     now = clock.now()
-    return await drain(
-        lambda connection: rows.due_order(connection, program_id, now),
+    return await job_failures.drain(
+        program_id,
+        RELEASE_JOB,
+        lambda connection, skip: rows.due_order(connection, program_id, now, RELEASE_JOB, skip),
+        rows.order_item,
         lambda connection, order: release_order(connection, program_id, order, now),
+        now,
         limit,
     )
 

@@ -11,13 +11,14 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 
+from service.db import job_failures
 from service.db import orders as order_rows
 from service.db import referrals as rows
 from service.db import tiers as tier_rows
 from service.db.events import emit
 from service.db.ledger import EntryToWrite, created_lots, write_entries, write_entry
 from service.db.referrals import CodeRow, ReferralRow, RewardRow
-from service.db.transaction import drain, in_transaction
+from service.db.transaction import in_transaction
 from service.domain.access import Principal
 from service.domain.clock import Clock
 from service.domain.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -52,7 +53,8 @@ from service.usecases import tiers
 from service.usecases.idempotency import fingerprint, run_once
 from service.usecases.ledger_settings import ledger_settings
 
-REWARD_ACTOR = "job:referral-rewards"
+REWARD_JOB = "referral-rewards"
+REWARD_ACTOR = f"job:{REWARD_JOB}"
 CODE_ATTEMPTS = 16
 
 
@@ -559,13 +561,20 @@ async def _grant(
 
 async def reward_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Reward the qualified referrals whose order was released or whose reward time passed,
-    one transaction each; several workers may run at once (SKIP LOCKED). Returns how many."""
+    one transaction each; several workers may run at once (SKIP LOCKED). Returns how many.
+
+    A referral whose rewards cannot be paid is logged and recorded (`job_failures`), left out
+    until its retry, and the referrals behind it are rewarded."""
     now = clock.now()
-    return await drain(
-        lambda connection: rows.claim_due(connection, program_id, now),
+    return await job_failures.drain(
+        program_id,
+        REWARD_JOB,
+        lambda connection, skip: rows.claim_due(connection, program_id, now, REWARD_JOB, skip),
+        lambda referral: referral.id,
         # paid at the instant of its own transaction, not the run's first: a tier reward's
         # settling must count the grants made meanwhile (see tiers.review_due)
         lambda connection, referral: _pay(connection, program_id, referral, clock.now()),
+        now,
         limit,
     )
 

@@ -9,22 +9,26 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
 from service.db import chain as chain_rows
+from service.db import events as event_rows
+from service.db.events import emit as events_emit
 from service.db.events import emit_once as events_emit_once
-from service.db.transaction import in_transaction
+from service.db.transaction import in_transaction, transaction
 from service.domain.chain import SealedEntry
 from service.domain.chain import entry_hash as domain_entry_hash
 from service.domain.clock import ManualClock
-from service.domain.events import EventType
+from service.domain.events import EventType, PointsExpired
 from service.domain.expiry import ExpiryPolicy, ExpiryRule
 from service.usecases import dispatch as dispatcher
-from service.usecases import jobs, ledger, ledger_jobs, lifecycle, tiers, webhooks
+from service.usecases import jobs, ledger, ledger_jobs, lifecycle, orders, referrals, tiers, webhooks
 from service.usecases.finance import verify_chain
 from service.usecases.ledger import resolve_hold as usecase_resolve_hold
 from tests.conftest import ProgramFixture
-from tests.integration.ledger_helpers import admin, buy, enrol
+from tests.integration import test_referrals as referral_helpers
+from tests.integration.ledger_helpers import admin, buy, enrol, sound
 from tests.integration.test_events import RULES, basket, place
 from tests.integration.test_lifecycle_jobs import setup_program
 from tests.integration.test_tiers import setup as setup_tiers
@@ -47,6 +51,14 @@ async def grant(program_id: str, customer_id: str, amount: int, key: str, clock:
         admin(program_id), ledger.Adjustment(customer_id=customer_id, amount=amount, reason="t"), key, clock
     )
     return entry.id
+
+
+async def lifecycle_points_expired(program_id: str, customer_id: str, points: int, clock: ManualClock) -> None:
+    async with transaction() as connection:
+        payload = PointsExpired(customer_id=customer_id, points=points, entry_id=points)
+        await events_emit(
+            connection, program_id, EventType.POINTS_EXPIRED, payload, customer_id, occurred_at=clock.now()
+        )
 
 
 # --- the sealer: stops at the entry, seals what comes before it, and says so ---------------------
@@ -278,6 +290,98 @@ async def test_a_lifecycle_round_without_failures_takes_no_savepoint_per_row(
     assert True not in opened, opened
 
 
+# --- release orders: per order ------------------------------------------------------------------
+
+
+async def test_an_order_that_cannot_be_released_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await setup_tiers(program, clock)  # earning rules
+    placed = []
+    for name in ("ann", "bob", "cat"):
+        placed.append(await buy(program, clock, await enrol(program.id, name, clock)))
+        clock.advance(timedelta(days=1))  # released a day apart: the queue's order is known
+    bad = placed[0]  # the first in the queue
+    item = f"{program.shop_id}/{bad.order_id}"
+    original = orders.release_order
+
+    async def release_order(connection: asyncpg.Connection, program_id: str, order: Any, *args: Any) -> bool:
+        if order["id"] == bad.order_id:
+            raise Broken(order["id"])
+        return await original(connection, program_id, order, *args)
+
+    async def status(order: orders.OrderView) -> str:
+        return (await orders.get_order(admin(program.id), program.shop_id, order.order_id)).status
+
+    monkeypatch.setattr(orders, "release_order", release_order)
+    clock.set(placed[-1].available_from)
+    assert await orders.release_due_orders(program.id, clock) == 2
+    assert [await status(order) for order in placed] == ["pending", "released", "released"]
+    assert await failures(owner_connection, program.id) == [("release-orders", item, 1)]
+    assert await orders.release_due_orders(program.id, clock) == 0  # waits for its retry, a minute
+    assert await failures(owner_connection, program.id) == [("release-orders", item, 1)]
+
+    report = await jobs.run_program_jobs(program.id, clock)
+    assert report.failed == [] and report.orders_released == 0
+    assert [(failing.job, failing.item) for failing in report.failing_items] == [("release-orders", item)]
+
+    monkeypatch.setattr(orders, "release_order", original)
+    clock.advance(timedelta(minutes=1))
+    assert await orders.release_due_orders(program.id, clock) == 1
+    assert await orders.release_due_orders(program.id, clock) == 0  # released once
+    assert [await status(order) for order in placed] == ["released"] * 3
+    assert await failures(owner_connection, program.id) == []
+    await sound(owner_connection, program.id)
+
+
+# --- referral rewards: per referral -------------------------------------------------------------
+
+
+async def test_a_referral_whose_reward_fails_does_not_stop_the_others(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
+) -> None:
+    await referral_helpers.setup(program, clock, milestones=[])
+    referred = []
+    for referrer, referee in (("ann", "bob"), ("cat", "dan"), ("eve", "fay")):
+        code = await referral_helpers.code_of(program, clock, await referral_helpers.enrol(program, clock, referrer))
+        customer = await referral_helpers.enrol(program, clock, referee)
+        referral = await referral_helpers.redeem(program, clock, customer, code)
+        referred.append((referral.id, await buy(program, clock, customer)))
+        clock.advance(timedelta(days=1))  # due a day apart: the queue's order is known
+    bad = referred[0][0]  # the first in the queue
+    original = referrals._pay
+
+    async def pay(connection: asyncpg.Connection, program_id: str, referral: Any, *args: Any) -> None:
+        if referral.id == bad:
+            raise Broken(referral.id)
+        await original(connection, program_id, referral, *args)
+
+    async def statuses() -> list[str]:
+        rows = await owner_connection.fetch("SELECT id, status FROM referrals WHERE program_id = $1", program.id)
+        by_id = {row["id"]: row["status"] for row in rows}
+        return [by_id[referral_id] for referral_id, _ in referred]
+
+    monkeypatch.setattr(referrals, "_pay", pay)
+    clock.set(referred[-1][1].available_from)
+    await orders.release_due_orders(program.id, clock)
+    assert await referrals.reward_due(program.id, clock) == 2
+    assert await statuses() == ["qualified", "rewarded", "rewarded"]
+    assert await failures(owner_connection, program.id) == [("referral-rewards", bad, 1)]
+    assert await referrals.reward_due(program.id, clock) == 0  # waits for its retry, a minute
+
+    report = await jobs.run_program_jobs(program.id, clock)
+    assert report.failed == []
+    assert [(failing.job, failing.item) for failing in report.failing_items] == [("referral-rewards", bad)]
+
+    monkeypatch.setattr(referrals, "_pay", original)
+    clock.advance(timedelta(minutes=1))
+    assert await referrals.reward_due(program.id, clock) == 1
+    assert await referrals.reward_due(program.id, clock) == 0  # rewarded once
+    assert await statuses() == ["rewarded"] * 3
+    assert await failures(owner_connection, program.id) == []
+    await sound(owner_connection, program.id)
+
+
 # --- the webhook dispatcher: per delivery -------------------------------------------------------
 
 
@@ -324,6 +428,71 @@ async def test_a_delivery_the_dispatcher_fails_on_does_not_stop_the_batch(
     assert row is not None
     assert (row["status"], row["attempts"], row["later"], row["claim"]) == ("pending", 1, True, None)
     assert row["last_error"].startswith("dispatcher error: Broken")
+    assert made.endpoint.enabled
+
+
+async def test_an_event_this_version_cannot_read_stays_pending_holds_its_customer_back_and_is_counted(
+    program: ProgramFixture,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    owner_connection: asyncpg.Connection,
+    client: httpx.AsyncClient,
+) -> None:
+    """A newer version's event (a rolling deploy): this version does not send it, nor skip it
+    (each customer's events arrive in order, docs/events.md), and does not drop it (a version
+    that reads it sends it); it says so, in the report, on the delivery and in /metrics."""
+    made = await webhooks.create_endpoint(
+        program.id, "http://93.184.216.34/hooks", [EventType.POINTS_EXPIRED], "tests", clock
+    )
+    await lifecycle_points_expired(program.id, "cus_new", 1, clock)  # written by a newer version
+    await lifecycle_points_expired(program.id, "cus_new", 2, clock)  # the same customer's next one
+    await lifecycle_points_expired(program.id, "cus_other", 3, clock)
+    await dispatcher.publish_events(program.id, clock)
+    newer = await owner_connection.fetchval(
+        "SELECT id FROM events WHERE program_id = $1 ORDER BY seq LIMIT 1", program.id
+    )
+    original = event_rows.event_from_row
+
+    def event_from_row(row: asyncpg.Record) -> Any:
+        if row["id"] == newer:
+            raise msgspec.ValidationError("Expected `int`, got `str` - at `$.points`")
+        return original(row)
+
+    sent: list[Any] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(msgspec.json.decode(request.content)["data"]["points"])
+        return httpx.Response(200)
+
+    async def programs(_: asyncpg.Connection) -> list[str]:
+        return [program.id]
+
+    monkeypatch.setattr(event_rows, "event_from_row", event_from_row)
+    monkeypatch.setattr(dispatcher, "program_ids", programs)
+    config = dispatcher.DispatchConfig(timeout_s=2.0, destinations=LOOPBACK_ALLOWED)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        report = await dispatcher.dispatch_once(clock, config, http)
+        assert (report.delivered, report.unreadable, report.errors) == (1, 1, 0)
+        clock.advance(config.lease + timedelta(seconds=1))  # its lease ended: met again, counted again
+        report = await dispatcher.dispatch_once(clock, config, http)
+        assert (report.delivered, report.unreadable) == (0, 1)
+        assert sent == [3]  # the other customer's; cus_new's next event waits behind the unreadable one
+        rows = await owner_connection.fetch(
+            "SELECT status, attempts, last_error FROM webhook_deliveries WHERE program_id = $1 ORDER BY event_seq",
+            program.id,
+        )
+        assert [(row["status"], row["attempts"]) for row in rows] == [("pending", 0), ("pending", 0), ("delivered", 1)]
+        assert rows[0]["last_error"].startswith(dispatcher.UNREADABLE)
+        assert (await dispatcher.unreadable_deliveries()).get(program.id) == 1  # what `loyalty jobs run` prints
+        scraped = (await client.get("/metrics")).text
+        assert f'loyalty_webhook_deliveries_unreadable{{program_id="{program.id}"}} 1.0' in scraped
+
+        monkeypatch.setattr(event_rows, "event_from_row", original)  # a version that reads it
+        clock.advance(config.lease + timedelta(seconds=1))
+        report = await dispatcher.dispatch_once(clock, config, http)
+    assert (report.delivered, report.unreadable) == (2, 0)
+    assert sent == [3, 1, 2]  # cus_new's events, in order
+    assert (await dispatcher.unreadable_deliveries()).get(program.id) is None
     assert made.endpoint.enabled
 
 

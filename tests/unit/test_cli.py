@@ -18,6 +18,11 @@ def _no_database(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("DATABASE_URL", "LOYALTY_PGDATA"):
         monkeypatch.delenv(variable, raising=False)
 
+    async def none_unreadable() -> dict[str, int]:
+        return {}
+
+    monkeypatch.setattr("service.usecases.dispatch.unreadable_deliveries", none_unreadable)
+
 
 @pytest.mark.parametrize(
     ("arguments", "named"),
@@ -135,3 +140,42 @@ def test_jobs_run_names_a_stuck_chain_and_failing_items_and_exits_1(
     assert lines[1] == "  sealing stuck at entry 7: ValueError: x"
     assert lines[2].startswith("  failing: expire-holds hld_1, 3 attempts since 2026-01-01T00:00:00+00:00")
     assert lines[3] == "webhooks: 1 delivered, 1 failed attempts, 1 dispatcher errors"
+
+
+def test_jobs_run_counts_the_deliveries_held_back_by_an_event_this_version_cannot_read_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An event this version cannot read (a newer version's) is kept pending and holds its
+    customer's later events back: the webhooks line counts such deliveries, per program, and
+    the command exits 1 while any is left, as a monitor should notice a customer held back."""
+    from service.usecases.dispatch import DispatchReport
+    from service.usecases.jobs import JobReport
+
+    async def migrated(*args: object) -> str:
+        return "postgresql://unused"
+
+    async def no_pool(*args: object) -> None:
+        return None
+
+    async def reports(*args: object) -> list[JobReport]:
+        return [JobReport(program_id="prg_a")]
+
+    async def dispatched(*args: object) -> DispatchReport:
+        return DispatchReport(delivered=1, unreadable=1)
+
+    async def unreadable(*args: object) -> dict[str, int]:
+        return {"prg_a": 2}  # one met by this pass, one leased by another dispatcher
+
+    monkeypatch.setattr(cli, "prepare_database", migrated)
+    monkeypatch.setattr("service.db.engine.start_pool", no_pool)
+    monkeypatch.setattr("service.db.engine.close_pool", no_pool)
+    monkeypatch.setattr("service.usecases.jobs.run_all", reports)
+    monkeypatch.setattr("service.usecases.dispatch.dispatch_once", dispatched)
+    monkeypatch.setattr("service.usecases.dispatch.unreadable_deliveries", unreadable)
+    assert cli.main(["jobs", "run"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "webhooks: 1 delivered, 0 failed attempts, 2 pending with an event a dispatcher could not read"
+    assert lines[2] == (
+        "  unreadable: prg_a: 2 deliveries kept pending for a version that reads their event;"
+        " their customers' later events to the endpoint wait behind them"
+    )

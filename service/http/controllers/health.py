@@ -12,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from service.db.events import UNREADABLE_PENDING
 from service.db.piccolo_conf import DB
 from service.http.openapi import PUBLIC
 
@@ -59,15 +60,24 @@ UNSEALED_AGE = Gauge(
 FAILING_ITEMS = Gauge(
     "loyalty_job_items_failing", "Work items of a scheduled job that failed and wait for a retry", ["job"]
 )
+UNREADABLE = Gauge(
+    "loyalty_webhook_deliveries_unreadable",
+    "Pending webhook deliveries whose event a dispatcher could not read (a newer version's), kept for one"
+    " that can; their customers' later events to the endpoint wait behind them",
+    ["program_id"],
+)
 # One statement: per program, the entry its chain waits for (by key, the first of its queue),
-# and the failing items per job; the age by the database's clock.
+# the failing items per job, and per program the deliveries whose event could not be read;
+# the age by the database's clock.
 _BACKLOG = (
     "SELECT 'unsealed' AS kind, p.id AS label, coalesce(extract(epoch FROM now() - ("
     " SELECT e.posted_at FROM entries e WHERE e.program_id = p.id AND e.id = ("
     "  SELECT q.entry_id FROM seal_queue q WHERE q.program_id = p.id ORDER BY q.entry_id LIMIT 1))), 0)::float8"
     " AS value FROM programs p"
     " UNION ALL SELECT 'failing', job, count(*)::float8 FROM job_failures GROUP BY job"
+    f" UNION ALL SELECT 'unreadable', program_id, deliveries::float8 FROM ({UNREADABLE_PENDING}) u"
 )
+GAUGES = {"unsealed": UNSEALED_AGE, "failing": FAILING_ITEMS, "unreadable": UNREADABLE}
 
 
 async def _read_backlog() -> None:
@@ -79,17 +89,17 @@ async def _read_backlog() -> None:
     except Exception:
         log.warning("the job backlog could not be read for /metrics", exc_info=True)
         return
-    UNSEALED_AGE.clear()
-    FAILING_ITEMS.clear()
+    for gauge in GAUGES.values():
+        gauge.clear()
     for row in rows:
-        gauge = UNSEALED_AGE if row["kind"] == "unsealed" else FAILING_ITEMS
-        gauge.labels(row["label"]).set(max(row["value"], 0.0))
+        GAUGES[row["kind"]].labels(row["label"]).set(max(row["value"], 0.0))
 
 
 @get("/metrics", tags=["health"], include_in_schema=False)
 async def metrics() -> Response[bytes]:
-    """Prometheus exposition, with the age of each program's oldest unsealed entry and the
-    failing items of the jobs read from the database at each scrape."""
+    """Prometheus exposition, with the age of each program's oldest unsealed entry, the
+    failing items of the jobs and the deliveries held for a version that reads their event,
+    read from the database at each scrape."""
     await _read_backlog()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
