@@ -91,27 +91,29 @@ async def run_all(clock: Clock, rules: LifecycleRules | None = None) -> list[Job
     return [await run_program_jobs(program_id, clock, rules) for program_id in await in_transaction(program_ids)]
 
 
-STUCK_LOG_EVERY_S = 60.0
-_stuck_logged: dict[str, tuple[int, float]] = {}  # program -> (entry, when) of the last stuck log
+STUCK_RETRY_S = 60.0
+_stuck: dict[str, float] = {}  # program -> when its sealing last ended stuck (time.monotonic())
 
 
 async def seal_all() -> int:
     """Seal the queued entries of every program; one program's failure is logged and does
     not keep the others unsealed until the next full round. A program stuck at an entry is
-    logged as an error when it gets stuck, then once a minute (the full rounds report it too)."""
+    logged as an error and tried again once a minute, not every second: until the entry is
+    mended its chain cannot move, and each try takes its queue and puts it back (the full
+    rounds report it too)."""
     sealed = 0
     for program_id in await in_transaction(program_ids):
+        if time.monotonic() - _stuck.get(program_id, -STUCK_RETRY_S) < STUCK_RETRY_S:
+            continue
         try:
             sealed += await ledger_jobs.seal_chain(program_id)
-            _stuck_logged.pop(program_id, None)
+            _stuck.pop(program_id, None)
         except asyncio.CancelledError:
             raise
         except ledger_jobs.SealingStuck as stuck:
             sealed += stuck.sealed
-            entry, logged_at = _stuck_logged.get(program_id, (0, -STUCK_LOG_EVERY_S))
-            if entry != stuck.entry_id or time.monotonic() - logged_at >= STUCK_LOG_EVERY_S:
-                _stuck_logged[program_id] = (stuck.entry_id, time.monotonic())
-                log.error("%s", stuck)
+            _stuck[program_id] = time.monotonic()
+            log.error("%s", stuck)
         except Exception:
             log.exception("sealing failed for program %s; the next round tries again", program_id)
     return sealed

@@ -5,6 +5,7 @@ named in the job report) and goes on with the items behind it."""
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -106,6 +107,34 @@ async def test_the_sealer_stops_at_an_entry_it_cannot_seal_and_reports_it(
 
 
 # --- hold expiry: per hold ----------------------------------------------------------------------
+
+
+async def test_the_scheduler_tries_a_stuck_chain_again_once_a_minute_not_every_second(
+    program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try takes the program's queue and puts it back (dead rows); until the entry is
+    mended the chain cannot move, so the every-second sealer leaves it for a minute."""
+    ann = await enrol(program.id, "ann", clock)
+    await grant(program.id, ann, 10, "g0", clock)
+    tries: list[str] = []
+
+    async def seal_chain(program_id: str, batch: int = 1000) -> int:
+        if program_id != program.id:
+            return 0
+        tries.append(program_id)
+        raise ledger_jobs.SealingStuck(program_id, 1, "cannot encode this entry", 0)
+
+    monkeypatch.setattr(ledger_jobs, "seal_chain", seal_chain)
+    monkeypatch.setattr(jobs, "_stuck", {})
+    now = [1000.0]
+    monkeypatch.setattr(jobs, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    await jobs.seal_all()
+    now[0] += 1.0
+    await jobs.seal_all()
+    assert tries == [program.id]
+    now[0] += jobs.STUCK_RETRY_S
+    await jobs.seal_all()
+    assert tries == [program.id, program.id]
 
 
 async def test_a_hold_that_cannot_be_expired_does_not_stop_the_others(
