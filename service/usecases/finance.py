@@ -17,7 +17,7 @@ from service.db.piccolo_conf import DB
 from service.db.transaction import autocommit, snapshot
 from service.domain.chain import ChainBreak, ChainLink, anchor_break
 from service.domain.errors import InvalidInput, NotFound
-from service.domain.ids import MAX_ROW_ID
+from service.domain.ids import MAX_ROW_ID, b64url, unb64url
 from service.domain.ledger import HELD_BY_CUSTOMERS
 
 FIRST_INSTANT, LAST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
@@ -260,7 +260,8 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _cursor(line: StatementLine) -> str:
-    return f"{line.posted_at.isoformat()}|{line.entry_id}|{line.line}"
+    """An opaque cursor in URL-safe characters, so it can be sent back as it came."""
+    return b64url(f"{line.posted_at.isoformat()}|{line.entry_id}|{line.line}".encode())
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, int, int]:
@@ -268,7 +269,9 @@ def _parse_cursor(cursor: str) -> tuple[datetime, int, int]:
     `cursor` otherwise, also for values the database cannot take (an instant without an
     offset or out of range, an entry id past bigint, a line past smallint)."""
     try:
-        posted, entry, line = cursor.split("|")
+        # cursors given before they were encoded (`posted_at|entry|line`) are still read
+        raw = cursor if "|" in cursor else unb64url(cursor).decode()
+        posted, entry, line = raw.split("|")
         after = datetime.fromisoformat(posted), int(entry), int(line)
     except ValueError:
         raise InvalidInput("malformed cursor", field="cursor") from None

@@ -12,7 +12,7 @@ import msgspec
 
 from service.db.idempotency import lock_keys, remember, replay
 from service.db.transaction import in_transaction, transaction, with_retry
-from service.domain.errors import DomainError
+from service.domain.errors import DomainError, IdempotencyKeyReused
 
 T = TypeVar("T")
 
@@ -42,8 +42,11 @@ async def run_once(
     request_fingerprint: bytes,
     result_type: type[T],
     work: Callable[[asyncpg.Connection], Awaitable[T]],
+    reused: IdempotencyKeyReused | None = None,
 ) -> T:
     """Run work once per (program, key); replay its result or refusal for the same request.
+    `reused` is the refusal of another request under the key, when the key is a `derived_key`
+    (it names the client's ids instead of a header the client did not send).
 
     The work and its record commit together. A refusal rolls the work back and is recorded
     in a transaction of its own (unless the key was used meanwhile: then that record
@@ -53,7 +56,7 @@ async def run_once(
         async with transaction() as connection:
             stored = (await lock_keys(connection, program_id, [key])).get(key)
             if stored is not None:
-                return replay(stored, key, request_fingerprint, result_type)
+                return replay(stored, key, request_fingerprint, result_type, reused)
             try:
                 outcome = await work(connection)
             except DomainError as refusal:
@@ -67,7 +70,7 @@ async def run_once(
         async with transaction() as connection:
             stored = (await lock_keys(connection, program_id, [key])).get(key)
             if stored is not None:
-                return replay(stored, key, request_fingerprint, result_type)
+                return replay(stored, key, request_fingerprint, result_type, reused)
             await remember(connection, program_id, [(key, request_fingerprint)], [refusal])
             return refusal
 

@@ -26,7 +26,7 @@ from service.domain.earning import (
     calculate_award,
     claw_back,
 )
-from service.domain.errors import InvalidInput, NotFound, NotYetThere
+from service.domain.errors import IdempotencyKeyReused, InvalidInput, NotFound, NotYetThere
 from service.domain.events import PointsReturned
 from service.domain.expiry import expires_at
 from service.domain.ledger import AccountKind, Unit
@@ -231,7 +231,10 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
 
     key = derived_key("order", shop_id, placement.order_id)
     request = fingerprint("order", {"shop_id": shop_id, "placement": placement})
-    return await run_once(principal.program_id, key, request, OrderView, work)
+    reused = IdempotencyKeyReused(
+        f"order {placement.order_id!r} of shop {shop_id} was sent before with other content", field="order_id"
+    )
+    return await run_once(principal.program_id, key, request, OrderView, work, reused)
 
 
 async def _not_yet(lookup: Awaitable[T]) -> T:
@@ -359,7 +362,11 @@ async def refund_order(
 
     key = derived_key("refund", shop_id, order_id, refund_id)
     request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
-    return await run_once(principal.program_id, key, request, RefundView, work)
+    reused = IdempotencyKeyReused(
+        f"refund {refund_id!r} of order {order_id!r} of shop {shop_id} was sent before with other content",
+        field="refund_id",
+    )
+    return await run_once(principal.program_id, key, request, RefundView, work, reused)
 
 
 class _GivenBack(msgspec.Struct, frozen=True):

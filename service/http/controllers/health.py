@@ -101,7 +101,8 @@ async def metrics() -> Response[bytes]:
     failing items of the jobs and the deliveries held for a version that reads their event,
     read from the database at each scrape."""
     await _read_backlog()
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # as a header: a text/* media_type would get a second `charset` appended
+    return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
 ROUTES = [live, ready, metrics]
