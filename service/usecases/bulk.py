@@ -12,7 +12,7 @@ import msgspec
 from service.db.ledger import WrittenEntry
 from service.domain.access import Principal
 from service.domain.clock import Clock
-from service.domain.errors import DomainError
+from service.domain.errors import DomainError, IdempotencyKeyReused
 from service.usecases import ledger, orders
 
 CONCURRENCY = 8  # items in flight at once: grants share commits, orders take a connection each
@@ -60,6 +60,11 @@ async def award_in_bulk(
                 if isinstance(item, BulkOrder):
                     return await orders.place_order(principal, item.shop_id, item.placement, clock)
                 return await ledger.adjust(principal, item.adjustment, item.key, clock)
+            except IdempotencyKeyReused as reused:
+                if isinstance(item, BulkOrder):
+                    return reused  # names `order_id` already
+                # the item's own `key`, not the Idempotency-Key header a single grant sends
+                return IdempotencyKeyReused(f"grant key {item.key!r} was used for a different grant", field="key")
             except DomainError as refusal:
                 return refusal
 

@@ -109,4 +109,6 @@ async def test_items_sharing_a_key_are_applied_in_the_order_given_whatever_their
     results = response.json()["results"]
     assert [r["status"] for r in results] == [201, 409, 201, 201, 409], results
     assert results[1]["problem"]["type"] == "/problems/idempotency-key-reused"
+    assert results[1]["problem"]["field"] == "key"  # the item's, not a header the request did not send
+    assert results[4]["problem"]["field"] == "order_id"
     assert results[3]["order"]["customer_id"] == ann
