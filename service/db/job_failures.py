@@ -188,6 +188,34 @@ async def drain(
     return done
 
 
+async def run_items(
+    program_id: str,
+    job: str,
+    now: datetime,
+    due: Callable[[asyncpg.Connection], Awaitable[list[str]]],
+    pending: str,
+    work: Callable[[str], Callable[[asyncpg.Connection], Awaitable[T]]],
+    *pending_args: object,
+) -> list[T]:
+    """A round of a job that works item by item: in one transaction the `due` items are read
+    and the failures of items no longer `pending` forgotten (`forget_gone`, with
+    `pending_args`); then each item's `work` runs on its own (`run_item`). Returns the
+    outcomes of the items done; the failed ones are logged, recorded and left out."""
+
+    async def read(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
+        items = await due(connection)
+        await forget_gone(connection, program_id, job, pending, *pending_args)
+        return items, await waiting(connection, program_id, job)
+
+    items, failed_before = await in_transaction(read)
+    outcomes: list[T] = []
+    for item in items:
+        outcome = await run_item(program_id, job, item, work(item), now, failed_before)
+        if not isinstance(outcome, ItemFailed):
+            outcomes.append(outcome)
+    return outcomes
+
+
 async def failed(program_id: str, job: str, item: str, error: Exception, now: datetime) -> ItemFailed:
     """Log the failure of an item with its id and record it with its back-off."""
     try:

@@ -7,6 +7,7 @@ their own row locks, and the sealer takes a per-program advisory lock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import asyncpg
@@ -14,7 +15,7 @@ import asyncpg
 from service.db import job_failures
 from service.db.chain import seal_batch
 from service.db.ledger import write_entry
-from service.db.transaction import in_transaction, transaction
+from service.db.transaction import in_transaction
 from service.domain.clock import Clock
 from service.domain.errors import HoldNotOpen
 from service.domain.ledger import AccountKind, customer_account, system_account, transfer
@@ -35,8 +36,9 @@ async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
     Each hold in a transaction of its own: one that cannot be expired is logged and recorded
     (`job_failures`), left out of the batches until its retry, and the others go on."""
     now = clock.now()
-    async with transaction() as connection:
-        due = await connection.fetch(
+
+    async def due(connection: asyncpg.Connection) -> list[str]:
+        rows = await connection.fetch(
             "SELECT id FROM holds WHERE program_id = $1 AND status = 'open' AND expires_at <= $2"
             f" AND {job_failures.not_waiting('$4', '$2', 'holds.id')}"
             " ORDER BY expires_at LIMIT $3",
@@ -45,22 +47,20 @@ async def expire_holds(program_id: str, clock: Clock, batch: int = 500) -> int:
             batch,
             EXPIRE_HOLDS,
         )
-        pending = "EXISTS (SELECT FROM holds h WHERE h.program_id = $1 AND h.id = f.item AND h.status = 'open')"
-        await job_failures.forget_gone(connection, program_id, EXPIRE_HOLDS, pending)
-        failed_before = await job_failures.waiting(connection, program_id, EXPIRE_HOLDS)
-    resolved = 0
-    for row in due:
+        return [row["id"] for row in rows]
 
-        async def work(connection: asyncpg.Connection, hold_id: str = row["id"]) -> bool:
+    def expire(hold_id: str) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
+        async def work(connection: asyncpg.Connection) -> bool:
             try:
                 await resolve_hold(connection, program_id, hold_id, 0, "expired", JOB_ACTOR.format(EXPIRE_HOLDS), now)
             except HoldNotOpen:
                 return False  # captured or voided meanwhile, or another worker got there first
             return True
 
-        done = await job_failures.run_item(program_id, EXPIRE_HOLDS, row["id"], work, now, failed_before)
-        resolved += done is True
-    return resolved
+        return work
+
+    pending = "EXISTS (SELECT FROM holds h WHERE h.program_id = $1 AND h.id = f.item AND h.status = 'open')"
+    return sum(await job_failures.run_items(program_id, EXPIRE_HOLDS, now, due, pending, expire))
 
 
 async def expire_points(program_id: str, clock: Clock) -> int:
@@ -69,8 +69,9 @@ async def expire_points(program_id: str, clock: Clock) -> int:
     Each customer in a transaction of its own: one whose points cannot be expired is logged
     and recorded (`job_failures`), left out until its retry, and the others go on."""
     now = clock.now()
-    async with transaction() as connection:
-        due = await connection.fetch(
+
+    async def due(connection: asyncpg.Connection) -> list[str]:
+        rows = await connection.fetch(
             "SELECT DISTINCT a.customer_id FROM lots l"
             " JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
             " WHERE l.program_id = $1 AND l.remaining > 0 AND l.expires_at <= $2 AND a.kind = 'available'"
@@ -79,17 +80,10 @@ async def expire_points(program_id: str, clock: Clock) -> int:
             now,
             EXPIRE_POINTS,
         )
-        pending = (
-            "EXISTS (SELECT FROM lots l JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
-            " WHERE l.program_id = $1 AND a.customer_id = f.item AND a.kind = 'available' AND l.remaining > 0"
-            " AND l.expires_at <= $3)"
-        )
-        await job_failures.forget_gone(connection, program_id, EXPIRE_POINTS, pending, now)
-        failed_before = await job_failures.waiting(connection, program_id, EXPIRE_POINTS)
-    entries = 0
-    for row in due:
+        return [row["customer_id"] for row in rows]
 
-        async def work(connection: asyncpg.Connection, customer_id: str = row["customer_id"]) -> bool:
+    def expire(customer_id: str) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
+        async def work(connection: asyncpg.Connection) -> bool:
             available = customer_account(customer_id, AccountKind.AVAILABLE)
             await connection.execute(
                 "SELECT 1 FROM accounts WHERE program_id = $1 AND code = $2 FOR NO KEY UPDATE",
@@ -117,9 +111,14 @@ async def expire_points(program_id: str, clock: Clock) -> int:
             await emit_points_expired(connection, program_id, customer_id, amount, written.id, written.posted_at)
             return True
 
-        done = await job_failures.run_item(program_id, EXPIRE_POINTS, row["customer_id"], work, now, failed_before)
-        entries += done is True
-    return entries
+        return work
+
+    pending = (
+        "EXISTS (SELECT FROM lots l JOIN accounts a ON a.program_id = l.program_id AND a.id = l.account_id"
+        " WHERE l.program_id = $1 AND a.customer_id = f.item AND a.kind = 'available' AND l.remaining > 0"
+        " AND l.expires_at <= $3)"
+    )
+    return sum(await job_failures.run_items(program_id, EXPIRE_POINTS, now, due, pending, expire, now))
 
 
 class SealingStuck(Exception):

@@ -4,6 +4,7 @@ tiers for a period, and show progress and history."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -483,22 +484,24 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
 
     # each customer in a transaction of its own: one whose review fails is logged and recorded
     # (job_failures), left out until its retry, and the others are reviewed
-    async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
-        pending = (
-            "EXISTS (SELECT FROM customer_tiers t WHERE t.program_id = $1 AND t.customer_id = f.item"
-            " AND t.review_at IS NOT NULL AND coalesce(t.grace_ends_at, t.review_at) <= $3)"
-        )
-        await job_failures.forget_gone(connection, program_id, REVIEW_JOB, pending, now)
-        waiting = await job_failures.waiting(connection, program_id, REVIEW_JOB)
-        return await rows.due_reviews(connection, program_id, now, limit, REVIEW_JOB), waiting
+    async def due(connection: asyncpg.Connection) -> list[str]:
+        return await rows.due_reviews(connection, program_id, now, limit, REVIEW_JOB)
 
-    customers, failed_before = await in_transaction(due)
-    reviewed = 0
-    for customer_id in customers:
-        done = await job_failures.run_item(
-            program_id, REVIEW_JOB, customer_id, functools.partial(review, customer_id=customer_id), now, failed_before
+    pending = (
+        "EXISTS (SELECT FROM customer_tiers t WHERE t.program_id = $1 AND t.customer_id = f.item"
+        " AND t.review_at IS NOT NULL AND coalesce(t.grace_ends_at, t.review_at) <= $3)"
+    )
+    reviewed = len(
+        await job_failures.run_items(
+            program_id,
+            REVIEW_JOB,
+            now,
+            due,
+            pending,
+            lambda customer: functools.partial(review, customer_id=customer),
+            now,
         )
-        reviewed += not isinstance(done, job_failures.ItemFailed)
+    )
     await in_transaction(lambda connection: _warn_of_downgrades(connection, program_id, now))
     return reviewed
 
@@ -520,24 +523,18 @@ async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
     """Recompute the tier of customers whose granted tier ended; returns how many."""
     now = clock.now()
 
-    async def due(connection: asyncpg.Connection) -> tuple[list[str], dict[str, datetime]]:
-        pending = (
-            "EXISTS (SELECT FROM tier_grants g WHERE g.program_id = $1 AND g.customer_id = f.item"
-            " AND g.closed_at IS NULL AND g.ends_at <= $3)"
-        )
-        await job_failures.forget_gone(connection, program_id, END_GRANTS_JOB, pending, now)
-        waiting = await job_failures.waiting(connection, program_id, END_GRANTS_JOB)
-        return await rows.ended_grants(connection, program_id, now, limit, END_GRANTS_JOB), waiting
+    async def due(connection: asyncpg.Connection) -> list[str]:
+        return await rows.ended_grants(connection, program_id, now, limit, END_GRANTS_JOB)
 
-    customers, failed_before = await in_transaction(due)
-    ended = 0
-    for customer_id in customers:
+    def close(customer_id: str) -> Callable[[asyncpg.Connection], Awaitable[None]]:
         # each customer at the instant they are settled, not the run's first: a grant made
-        # meanwhile starts after the run began and is in force (see review_due); each in a
-        # transaction of its own, a failure isolated as in review_due
-        close = functools.partial(
+        # meanwhile starts after the run began and is in force (see review_due)
+        return functools.partial(
             _close_grants, program_id=program_id, customer_id=customer_id, now=clock.now(), cause=GRANT_ENDED
         )
-        done = await job_failures.run_item(program_id, END_GRANTS_JOB, customer_id, close, now, failed_before)
-        ended += not isinstance(done, job_failures.ItemFailed)
-    return ended
+
+    pending = (
+        "EXISTS (SELECT FROM tier_grants g WHERE g.program_id = $1 AND g.customer_id = f.item"
+        " AND g.closed_at IS NULL AND g.ends_at <= $3)"
+    )
+    return len(await job_failures.run_items(program_id, END_GRANTS_JOB, now, due, pending, close, now))
