@@ -37,19 +37,26 @@ WITH {_BEFORE}, d AS (
         purchases = s.purchases + 1,
         purchase_days = s.purchase_days + EXCLUDED.purchase_days,
         net = s.net + EXCLUDED.net
-    RETURNING purchases, net
+    RETURNING purchases, net, last_day
+), c AS (
+    INSERT INTO churn_red_checks AS k (program_id, customer_id, last_day)
+    SELECT $1, $2, s.last_day FROM s, programs p
+     WHERE p.id = $1 AND s.last_day < ($5::timestamptz AT TIME ZONE p.time_zone)::date
+    ON CONFLICT (program_id, customer_id) DO UPDATE SET last_day = EXCLUDED.last_day
 )
 SELECT before.days, d.day, s.purchases, s.net FROM before, d, s
 """
 
 
 async def add_order(
-    connection: asyncpg.Connection, program_id: str, customer_id: str, placed_at: datetime, net: int
+    connection: asyncpg.Connection, program_id: str, customer_id: str, placed_at: datetime, net: int, now: datetime
 ) -> asyncpg.Record:
     """Count a new order as a purchase on its local day, month and in the customer's summary;
     returns the purchase days before (`days`), the order's `day`, and the summary's
-    `purchases` and `net` after."""
-    row = await connection.fetchrow(_ADD_ORDER, program_id, customer_id, placed_at, net)
+    `purchases` and `net` after. When the customer's last purchase day is then before the day
+    of `now` (the order was backdated), the churn-risk round is told to look at them
+    (`churn_red_checks`): its scan by day may have passed that day already."""
+    row = await connection.fetchrow(_ADD_ORDER, program_id, customer_id, placed_at, net, now)
     assert row is not None
     return row
 
@@ -69,10 +76,12 @@ UPDATE customer_summaries s SET purchases = s.purchases - $4::int, net = s.net -
        first_day = x.first_day, last_day = x.last_day
   FROM (SELECT min(c.day) AS first_day, max(c.day) AS last_day FROM customer_days c CROSS JOIN d
          WHERE c.program_id = $1 AND c.customer_id = $2
-           AND CASE WHEN c.day = d.day THEN d.purchases ELSE c.purchases END > 0) x
+           AND CASE WHEN c.day = d.day THEN d.purchases ELSE c.purchases END > 0) x,
+       (SELECT last_day FROM customer_summaries WHERE program_id = $1 AND customer_id = $2) old
  WHERE s.program_id = $1 AND s.customer_id = $2
 RETURNING (SELECT days FROM before) AS days, (SELECT day FROM d) AS day,
-          (SELECT purchases FROM d) AS day_purchases, s.purchases, s.net
+          (SELECT purchases FROM d) AS day_purchases, s.purchases, s.net, s.last_day,
+          old.last_day AS last_day_before
 """
 
 
@@ -89,6 +98,15 @@ async def apply_refund(
     and its purchases after (`day_purchases`), and the summary's `purchases` and `net` after."""
     row = await connection.fetchrow(_REFUND_DAY, program_id, customer_id, placed_at, int(purchase_lost), net_delta)
     assert row is not None
+    if row["last_day"] is not None and row["last_day_before"] is not None and row["last_day"] < row["last_day_before"]:
+        # the last purchase day moved back, maybe behind the churn-risk round's scan by day
+        await connection.execute(
+            "INSERT INTO churn_red_checks AS k (program_id, customer_id, last_day) VALUES ($1, $2, $3)"
+            " ON CONFLICT (program_id, customer_id) DO UPDATE SET last_day = EXCLUDED.last_day",
+            program_id,
+            customer_id,
+            row["last_day"],
+        )
     return row
 
 
@@ -167,4 +185,7 @@ async def apply_change(connection: asyncpg.Connection, program_id: str, customer
 async def rebuild(connection: asyncpg.Connection, program_id: str) -> int:
     """Rebuild a program's rollups from its orders (the backfill); returns the customers."""
     rebuilt: int = await connection.fetchval("SELECT rebuild_metric_rollups($1)", program_id)
+    # the summaries' last purchase days may have moved anywhere: the churn-risk round reads
+    # every day again once (it emits nothing twice: its marks decide)
+    await connection.execute("DELETE FROM churn_red_progress WHERE program_id = $1", program_id)
     return rebuilt

@@ -242,26 +242,11 @@ async def risk_groups(connection: asyncpg.Connection, program_id: str, today: da
 
 
 async def risk_inputs(
-    connection: asyncpg.Connection,
-    program_id: str,
-    today: date,
-    after: str | None,
-    limit: int,
-    *,
-    untold: str | None = None,
+    connection: asyncpg.Connection, program_id: str, today: date, after: str | None, limit: int
 ) -> list[asyncpg.Record]:
-    """What the risk rules look at, per customer by id after the cursor. With `untold` (a
-    mark key prefix), only customers who bought and whose current lapse has no mark
-    `<untold>:<customer>:<last purchase day>` in event_marks yet."""
-    query = _RISK_INPUTS + " AND ($3::text IS NULL OR c.id > $3)"
-    arguments: list[Any] = [program_id, today, after, limit]
-    if untold is not None:
-        query += (
-            " AND s.last_day IS NOT NULL AND NOT EXISTS (SELECT FROM event_marks m WHERE m.program_id = $1"
-            " AND m.key = $5 || ':' || c.id || ':' || to_char(s.last_day, 'YYYY-MM-DD'))"
-        )
-        arguments.append(untold)
-    rows: list[asyncpg.Record] = await connection.fetch(query + " ORDER BY c.id LIMIT $4", *arguments)
+    """What the risk rules look at, per customer by id after the cursor."""
+    query = _RISK_INPUTS + " AND ($3::text IS NULL OR c.id > $3) ORDER BY c.id LIMIT $4"
+    rows: list[asyncpg.Record] = await connection.fetch(query, program_id, today, after, limit)
     return rows
 
 

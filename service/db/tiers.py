@@ -272,15 +272,32 @@ async def customers_outside(connection: asyncpg.Connection, program_id: str, cod
     return [row["customer_id"] for row in rows]
 
 
-async def in_grace(
-    connection: asyncpg.Connection, program_id: str, now: datetime, warning_days: int
+async def warnings_due(
+    connection: asyncpg.Connection, program_id: str, now: datetime, warning_days: int, limit: int
 ) -> list[tuple[str, str, datetime]]:
-    """(customer, tier, downgrade instant) of customers whose grace period ends within `warning_days`."""
+    """(customer, tier, downgrade instant) of customers whose grace period ends within
+    `warning_days` and who were not warned of it yet (`downgrade_warned_for`), by the end."""
     rows = await connection.fetch(
-        "SELECT customer_id, earned_code, grace_ends_at FROM customer_tiers WHERE program_id = $1"
-        " AND grace_ends_at > $2 AND grace_ends_at <= $2 + make_interval(days => $3) ORDER BY grace_ends_at",
+        "SELECT customer_id, tier_code, grace_ends_at FROM tier_warnings_due($1, $2, $3, $4)",
         program_id,
         now,
         warning_days,
+        limit,
     )
-    return [(row["customer_id"], row["earned_code"], row["grace_ends_at"]) for row in rows]
+    return [(row["customer_id"], row["tier_code"], row["grace_ends_at"]) for row in rows]
+
+
+async def mark_warned(connection: asyncpg.Connection, program_id: str, warned: list[tuple[str, str, datetime]]) -> None:
+    """Record the warnings as out (their rows leave the index of warnings owed), unless the
+    grace period changed meanwhile; rows locked in customer order, as two workers would."""
+    await connection.execute(
+        "UPDATE customer_tiers t SET downgrade_warned_for = x.grace_ends_at"
+        " FROM unnest($2::text[], $3::timestamptz[]) AS x(customer_id, grace_ends_at),"
+        " (SELECT customer_id FROM customer_tiers WHERE program_id = $1 AND customer_id = ANY($2::text[])"
+        "  ORDER BY customer_id FOR NO KEY UPDATE) AS locked"
+        " WHERE t.program_id = $1 AND t.customer_id = locked.customer_id AND t.customer_id = x.customer_id"
+        " AND t.grace_ends_at = x.grace_ends_at",
+        program_id,
+        [customer_id for customer_id, _, _ in warned],
+        [grace_ends_at for _, _, grace_ends_at in warned],
+    )

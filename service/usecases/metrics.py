@@ -44,7 +44,7 @@ from service.usecases.ledger_settings import local_today
 async def after_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record) -> None:
     """Count a stored order in the rollups, in the order's transaction."""
     customer_id, net = order["customer_id"], order["net"]
-    row = await rollups.add_order(connection, program_id, customer_id, order["placed_at"], net)
+    row = await rollups.add_order(connection, program_id, customer_id, order["placed_at"], net, order["created_at"])
     days = tuple(row["days"])
     before = Activity(days=days, purchases=row["purchases"] - 1, net=row["net"] - net)
     after = Activity(days=tuple(sorted({*days, row["day"]})), purchases=row["purchases"], net=row["net"])

@@ -25,7 +25,7 @@ from service.domain.metrics import (
     RiskRules,
     churn_risk,
 )
-from service.usecases.ledger_settings import local_today
+from service.usecases.ledger_settings import ledger_settings, local_today
 
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 
@@ -248,32 +248,131 @@ async def risk_customers(
 
 
 CHURN_RED_MARK = "churn-risk-red"  # event_marks key: <this>:<customer>:<last purchase day>
+# A round reads the purchase days up to the cutoff only once every order stored on that day
+# has committed: not the days of the last ten minutes (an order stored on day D and
+# committing after the round read D would otherwise be missed; an order stored after its
+# day is backdated, and `churn_red_checks` names its customer). With red_inactive_days >= 1
+# the cutoff is already before today, so this only delays red events of a one-day rule by up
+# to ten minutes after midnight.
+SETTLED = timedelta(minutes=10)
 
 
 async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) -> int:
     """Emit `customer.churn_risk_red` for customers whose light is red, once per lapse (a
-    purchase starts a new one). Customers who never bought are left out: they cannot churn."""
+    purchase starts a new one). Customers who never bought are left out: they cannot churn.
+
+    A round reads what is due, not every customer (migration 0024): the purchase days that
+    crossed the inactivity cutoff since the round before (`churn_red_progress`), by the
+    daily rollup's index by day, keeping the customers whose last purchase day it is; the
+    customers whose last purchase day moved behind that scan (a refund, a backdated order:
+    `churn_red_checks`); and, when an open complaint is red, the customers with one. The
+    event's key in `event_marks` still decides whether it is emitted."""
     now = clock.now()
     emitted = 0
-    after: str | None = None
+
+    async def emit_red(connection: asyncpg.Connection, rules: RiskRules, row: asyncpg.Record) -> int:
+        risk = churn_risk(_signals(row), rules)
+        if row["last_day"] is None or risk.colour is not Colour.RED:
+            return 0
+        key = f"{CHURN_RED_MARK}:{row['customer_id']}:{row['last_day'].isoformat()}"
+        red = ChurnRiskRed(customer_id=row["customer_id"], days_since_last_order=row["days_inactive"], rule=risk.rule)
+        told = await emit_once(
+            connection, program_id, key, EventType.CHURN_RISK_RED, red, row["customer_id"], occurred_at=now
+        )
+        return int(told)
+
+    # the days that crossed the cutoff, under the progress row's lock (two workers take turns)
     while True:
         async with transaction() as connection:
             rules, today = await _context(connection, program_id, now)
-            # customers already told of their current lapse are left out by the query, so a
-            # round costs a statement per customer newly red, not per customer red
-            found = await rows.risk_inputs(connection, program_id, today, after, batch, untold=CHURN_RED_MARK)
-            for row in found:
-                risk = churn_risk(_signals(row), rules)
-                if risk.colour is not Colour.RED:
-                    continue
-                last_purchase = today - timedelta(days=row["days_inactive"])
-                key = f"{CHURN_RED_MARK}:{row['customer_id']}:{last_purchase.isoformat()}"
-                red = ChurnRiskRed(
-                    customer_id=row["customer_id"], days_since_last_order=row["days_inactive"], rule=risk.rule
+            zone = (await ledger_settings(connection, program_id)).zone
+            settled = (now - SETTLED).astimezone(zone).date() - timedelta(days=1)
+            through = min(today - timedelta(days=rules.red_inactive_days), settled)
+            await connection.execute(
+                "INSERT INTO churn_red_progress (program_id) VALUES ($1) ON CONFLICT (program_id) DO NOTHING",
+                program_id,
+            )
+            after: date | None = await connection.fetchval(
+                "SELECT scanned_through FROM churn_red_progress WHERE program_id = $1 FOR UPDATE", program_id
+            )
+            lapsed = await connection.fetch(
+                "SELECT * FROM churn_red_lapsed($1, $2, $3, $4, $5, $6)",
+                program_id,
+                today,
+                after,
+                through,
+                CHURN_RED_MARK,
+                batch,
+            )
+            for row in lapsed:
+                emitted += await emit_red(connection, rules, row)
+            # every day before the last one read was read whole; the last one too when the
+            # batch was not full (what was told leaves the next read by its mark)
+            done = through if len(lapsed) < batch else lapsed[-1]["last_day"] - timedelta(days=1)
+            await connection.execute(
+                "UPDATE churn_red_progress SET scanned_through = $2"
+                " WHERE program_id = $1 AND (scanned_through IS NULL OR scanned_through < $2)",
+                program_id,
+                done,
+            )
+        if len(lapsed) < batch:
+            break
+
+    # customers whose last purchase day was written behind the scan. A row goes once its
+    # customer is told, bought nothing, or is ahead of the scan again (the scan will meet
+    # them); one behind the scan and not red yet (the rule was lengthened) stays until red.
+    after_customer: str | None = None
+    while True:
+        async with transaction() as connection:
+            rules, today = await _context(connection, program_id, now)
+            scanned: date | None = await connection.fetchval(
+                "SELECT scanned_through FROM churn_red_progress WHERE program_id = $1", program_id
+            )
+            flagged = await connection.fetch(
+                "SELECT * FROM churn_red_flagged($1, $2, $3, $4, $5)",
+                program_id,
+                today,
+                after_customer,
+                CHURN_RED_MARK,
+                batch,
+            )
+            done = []
+            for row in flagged:
+                told = row["told"] or bool(await emit_red(connection, rules, row))
+                emitted += int(told and not row["told"])
+                if told or row["last_day"] is None or scanned is None or row["last_day"] > scanned:
+                    done.append(row)
+            if done:
+                # unless a refund or an order wrote it again meanwhile
+                await connection.execute(
+                    "DELETE FROM churn_red_checks k USING unnest($2::text[], $3::date[]) AS x(customer_id, last_day)"
+                    " WHERE k.program_id = $1 AND k.customer_id = x.customer_id"
+                    " AND k.last_day IS NOT DISTINCT FROM x.last_day",
+                    program_id,
+                    [row["customer_id"] for row in done],
+                    [row["flagged_day"] for row in done],
                 )
-                emitted += await emit_once(
-                    connection, program_id, key, EventType.CHURN_RISK_RED, red, row["customer_id"], occurred_at=now
-                )
-        if len(found) < batch:
+        if len(flagged) < batch:
+            break
+        after_customer = flagged[-1]["customer_id"]
+
+    # customers with an open complaint, red whatever their last purchase day
+    after_customer = None
+    while True:
+        async with transaction() as connection:
+            rules, today = await _context(connection, program_id, now)
+            if not rules.red_on_open_complaint:
+                return emitted
+            complaining = await connection.fetch(
+                "SELECT * FROM churn_red_complaints($1, $2, $3, $4, $5)",
+                program_id,
+                today,
+                after_customer,
+                CHURN_RED_MARK,
+                batch,
+            )
+            for row in complaining:
+                emitted += await emit_red(connection, rules, row)
+        if len(complaining) < batch:
             return emitted
-        after = found[-1]["customer_id"]
+        after_customer = complaining[-1]["customer_id"]

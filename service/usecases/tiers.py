@@ -502,21 +502,32 @@ async def review_due(program_id: str, clock: Clock, limit: int = 1000) -> int:
             now,
         )
     )
-    await in_transaction(lambda connection: _warn_of_downgrades(connection, program_id, now))
+    while await in_transaction(lambda connection: _warn_of_downgrades(connection, program_id, now)) == WARNINGS:
+        pass
     return reviewed
 
 
-async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, now: datetime) -> None:
-    """Announce each coming downgrade once, `warning_days` before its grace period ends."""
+WARNINGS = 1000  # warnings per transaction
+
+
+async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, now: datetime) -> int:
+    """Announce each coming downgrade once, `warning_days` before its grace period ends (up to
+    `WARNINGS` of them); returns how many it read. Reads the grace periods ending within the
+    window that were not warned of yet (migration 0024), not every tier of the program."""
     config = await rows.load_config(connection, program_id)
     if config is None:
-        return
-    for customer_id, tier_code, downgrade_at in await rows.in_grace(connection, program_id, now, config.warning_days):
+        return 0
+    due = await rows.warnings_due(connection, program_id, now, config.warning_days, WARNINGS)
+    for customer_id, tier_code, downgrade_at in due:
         warning = TierDowngradeWarning(customer_id=customer_id, tier=tier_code, downgrade_at=downgrade_at)
         key = f"tier-downgrade-warning:{customer_id}:{downgrade_at.isoformat()}"
         await emit_once(
             connection, program_id, key, EventType.TIER_DOWNGRADE_WARNING, warning, customer_id, occurred_at=now
         )
+    if due:
+        # told now or before (the key was there): out of the index
+        await rows.mark_warned(connection, program_id, due)
+    return len(due)
 
 
 async def end_grants(program_id: str, clock: Clock, limit: int = 1000) -> int:
