@@ -304,12 +304,13 @@ async def test_a_round_reads_what_is_due_not_the_programs_history(
     # at most three per told customer. Then a round reads the due customer (the versions of its
     # row) and what changed since the round before, and the expiring lot while it is in the
     # window (the lot, its account, its mark). Before: every available account (51) and every
-    # order (3 * 40 + 10 + 3), each round. A later round may meet those dead entries again if
-    # an old snapshot kept them from being marked dead, hence the bound of `history` more; the
-    # history itself (133 orders, the marks) is never read.
+    # order (3 * 40 + 10 + 3), each round. A later round may meet those dead entries again,
+    # all three per told customer, if an old snapshot (autovacuum busy with what the tests
+    # before wrote) kept the rounds before from marking them dead: seen at 73 when this file
+    # ran after the metrics tests. The history itself (133 orders, the marks) is never read.
     rounds = [reads[n : n + 3] for n in range(0, len(reads), 3)]
     first, later = max(rounds[0]), max(reads[3:])
-    assert first <= 3 * history and later <= history + 4, f"rows read by the rounds: {rounds}"
+    assert first <= 3 * history and later <= 3 * history + 4, f"rows read by the rounds: {rounds}"
 
 
 async def test_points_expiring_soon_reads_past_the_customers_told_whatever_the_date_style(
