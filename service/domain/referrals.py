@@ -271,12 +271,9 @@ def redemption_refusal(facts: RedemptionFacts, settings: ReferralSettings) -> Do
     mailbox = normalise_email(referee.email)
     if rules.shared_email and mailbox is not None and mailbox == normalise_email(referrer.email):
         return SharedEmail("the referee's email address is the referrer's", field="code", rule="shared_email")
-    if rules.shared_device and referrer.devices & referee.devices:
-        return SharedDevice("the referee's device was used by the referrer", field="device_hash", rule="shared_device")
-    if rules.shared_payment and referrer.payments & referee.payments:
-        return SharedPayment(
-            "the referee's payment method was used by the referrer", field="payment_hash", rule="shared_payment"
-        )
+    shared = shared_fingerprint(referrer, referee, rules)
+    if shared is not None:
+        return shared
     cap = settings.cap
     if cap is not None and facts.referrer_recent >= cap.count:
         return ReferralCapReached(
@@ -289,9 +286,24 @@ def redemption_refusal(facts: RedemptionFacts, settings: ReferralSettings) -> Do
     return None
 
 
+def shared_fingerprint(referrer: Party, referee: Party, rules: FraudRules) -> DomainError | None:
+    """The refusal if the referee shares a device or payment fingerprint with the referrer
+    (by the rules switched on): checked at the redemption, and again before the rewards are
+    paid, since fingerprints (a referee's card, above all) are often recorded after it."""
+    if rules.shared_device and referrer.devices & referee.devices:
+        return SharedDevice("the referee's device was used by the referrer", field="device_hash", rule="shared_device")
+    if rules.shared_payment and referrer.payments & referee.payments:
+        return SharedPayment(
+            "the referee's payment method was used by the referrer", field="payment_hash", rule="shared_payment"
+        )
+    return None
+
+
 def qualifies(net: int, settings: ReferralSettings) -> bool:
-    """Whether an order of the referee qualifies the referral."""
-    return net >= settings.min_order_minor
+    """Whether an order of the referee qualifies the referral: it is paid for (a free order
+    makes no paying customer, and no refund could take its rewards back) and at or above
+    the minimum."""
+    return net > 0 and net >= settings.min_order_minor
 
 
 def still_qualifies(net: int, refunded_net: int, settings: ReferralSettings) -> bool:

@@ -45,6 +45,7 @@ from service.domain.referrals import (
     rates,
     reward_draft,
     share_url,
+    shared_fingerprint,
     still_qualifies,
     tier_codes,
     vanity_code,
@@ -499,8 +500,11 @@ async def _claw_back(
 
 
 async def _pay(connection: asyncpg.Connection, program_id: str, referral: ReferralRow, now: datetime) -> None:
-    """Pay a claimed referral's rewards (entries and tier grants linked to it) and mark it rewarded."""
+    """Pay a claimed referral's rewards (entries and tier grants linked to it) and mark it
+    rewarded; cancel it instead if the referee now shares a fingerprint with the referrer."""
     settings = await rows.load_settings(connection, program_id)
+    if await _cancelled_as_shared(connection, program_id, referral, settings, now):
+        return
     await rows.lock_referrer(connection, program_id, referral.referrer_id)
     before = await rows.rewarded_count(connection, program_id, referral.referrer_id)
     held = await rows.held_milestones(connection, program_id, referral.referrer_id)
@@ -541,6 +545,26 @@ async def _pay(connection: asyncpg.Connection, program_id: str, referral: Referr
     await rows.mark_rewarded(connection, program_id, referral.id, now)
     if paid:  # settled with nothing paid (none configured, or only a tier no longer there): no event
         await _emit(connection, program_id, EventType.REFERRAL_REWARDED, referral, now)
+
+
+async def _cancelled_as_shared(
+    connection: asyncpg.Connection, program_id: str, referral: ReferralRow, settings: ReferralSettings, now: datetime
+) -> bool:
+    """Cancel the referral (nothing was paid) if a fingerprint recorded since the redemption,
+    such as the card the referee paid with, is the referrer's; whether it was."""
+    referrer_devices, referrer_payments = await rows.fingerprints(connection, program_id, referral.referrer_id)
+    referee_devices, referee_payments = await rows.fingerprints(connection, program_id, referral.referee_id)
+    shared = shared_fingerprint(
+        Party(customer_id=referral.referrer_id, email=None, devices=referrer_devices, payments=referrer_payments),
+        Party(customer_id=referral.referee_id, email=None, devices=referee_devices, payments=referee_payments),
+        settings.fraud_rules,
+    )
+    if shared is None:
+        return False
+    note = f"refused before the reward by rule {shared.extra['rule']}: {shared.detail}"
+    await rows.mark_cancelled(connection, program_id, referral.id, note, now)
+    await _emit(connection, program_id, EventType.REFERRAL_CANCELLED, referral, now)
+    return True
 
 
 async def _grant(

@@ -595,3 +595,64 @@ async def test_a_referral_whose_only_reward_could_not_be_granted_is_not_told_as_
     [referral] = (await referrals.list_referrals(program.id, ann, 50, None)).items
     assert referral.status == "rewarded" and [reward.tier_grant_id for reward in referral.rewards] == [None]
     assert "referral.rewarded" not in await referral_events(owner_connection, program.id, referral.id)
+
+
+async def test_an_order_of_no_value_does_not_qualify_the_referral_without_a_minimum(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """With `min_order_minor` 0 (the default), a free order (a sample, a line discounted in
+    full) made no paying customer and can never be refunded below the minimum, so nothing
+    could take its rewards back: it does not qualify; the next paid order does."""
+    await setup(program, clock, min_order_minor=0)
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    await redeem(program, clock, bob, await code_of(program, clock, ann))
+    free = (OrderLine(sku="sample", category="coffee", unit_price=500, quantity=1, discount=500),)
+    placement = orders.OrderPlacement(
+        order_id="free", customer_id=bob, order=Order(currency="EUR", placed_at=clock.now(), lines=free)
+    )
+    order = await orders.place_order(checkout(program.id), program.shop_id, placement, clock)
+    assert order.net == 0
+    [referral] = (await referrals.list_referrals(program.id, bob, 1, None)).items
+    assert (referral.status, referral.order_id) == ("pending", None)
+    clock.set(order.available_from)
+    assert await run_jobs(program, clock) == 0
+    assert (await balances(owner_connection, program.id, ann))["available"] == 0
+    paid = await buy(program, clock, bob, 100)
+    [referral] = (await referrals.list_referrals(program.id, bob, 1, None)).items
+    assert (referral.status, referral.order_id) == ("qualified", paid.order_id)
+
+
+@pytest.mark.parametrize("kind", ["device", "payment"])
+async def test_a_fingerprint_shared_after_the_redemption_cancels_the_referral_at_the_reward(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection, kind: str
+) -> None:
+    """A referee has no orders when they redeem (`referee_has_orders`), so the card they pay
+    with is recorded after the redemption: a referee who pays their qualifying order with the
+    referrer's card (or uses their device) is caught when the rewards are due, not paid."""
+    await setup(program, clock)
+    ann, bob = await enrol(program, clock, "ann"), await enrol(program, clock, "bob")
+    await referrals.record_fingerprints(program.id, ann, ["dev-ann"], ["card-ann"], clock)
+    referral = await redeem(program, clock, bob, await code_of(program, clock, ann))
+    order = await buy(program, clock, bob, 3000)
+    shared = (["dev-ann"], []) if kind == "device" else ([], ["card-ann"])
+    await referrals.record_fingerprints(program.id, bob, *shared, clock)  # sent with the order
+    clock.set(order.available_from)
+    await run_jobs(program, clock)
+    [after] = (await referrals.list_referrals(program.id, bob, 1, None)).items
+    assert (after.status, after.rewards, after.cancelled_at) == ("cancelled", [], clock.now())
+    assert after.note is not None and f"shared_{kind}" in after.note
+    assert (await balances(owner_connection, program.id, ann))["available"] == 0
+    assert (await balances(owner_connection, program.id, bob))["credit_available"] == 0
+    assert (await referral_events(owner_connection, program.id, referral.id))[-1] == "referral.cancelled"
+    assert await run_jobs(program, clock) == 0
+    # with the rule switched off the same referral would have been paid
+    await configure(program, clock, fraud_rules={"shared_device": False, "shared_payment": False})
+    carl = await enrol(program, clock, "carl")
+    await redeem(program, clock, carl, await code_of(program, clock, ann))
+    await referrals.record_fingerprints(program.id, carl, *shared, clock)
+    clock.advance(timedelta(minutes=5))
+    carl_order = await buy(program, clock, carl, 3000)
+    clock.set(carl_order.available_from)
+    assert await run_jobs(program, clock) == 1
+    assert (await referrals.list_referrals(program.id, carl, 1, None)).items[0].status == "rewarded"
+    await ledger_invariants(owner_connection, program.id)

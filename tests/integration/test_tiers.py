@@ -390,3 +390,30 @@ async def test_an_order_after_a_grant_ended_records_the_end_of_the_grant_not_a_d
     ]
     assert await tiers.end_grants(program.id, clock) == 1  # the job closes it, recording nothing more
     assert len(await tiers.tier_history(program.id, ann)) == 3
+
+
+async def test_concurrent_orders_crossing_a_threshold_together_upgrade_once(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """Three orders of one customer at once, two of which cross Silver's 300 together: they
+    take turns, so one upgrade, one event, and only the orders after it earn at 1.2x."""
+    await setup(program, clock)
+    till = checkout(program.id)
+    lines = (OrderLine(sku="beans", category="coffee", unit_price=2000, quantity=1),)
+    for attempt in range(3):
+        ann = await enrol(program.id, f"together-{attempt}", clock)
+        order = Order(currency="EUR", placed_at=clock.now(), lines=lines)
+        placed = await asyncio.gather(
+            *(
+                orders.place_order(
+                    till,
+                    program.shop_id,
+                    orders.OrderPlacement(order_id=f"T{attempt}-{n}", customer_id=ann, order=order),
+                    clock,
+                )
+                for n in range(3)
+            )
+        )
+        assert sorted(view.points for view in placed) == [200, 200, 240]
+        assert [kind for kind, _ in await tier_events(owner_connection, program.id, ann)] == ["tier.upgraded"]
+        assert await kinds(program, ann) == [("upgrade", "bronze", "silver")]

@@ -46,6 +46,7 @@ from service.domain.referrals import (
     normalise_email,
     plan_clawback,
     plan_rewards,
+    qualifies,
     rates,
     redemption_refusal,
     reward_draft,
@@ -178,6 +179,11 @@ def test_a_refunded_order_qualifies_while_its_remaining_net_reaches_the_minimum(
     rules = settings(min_order_minor=2000)
     assert still_qualifies(3000, 1000, rules) and not still_qualifies(3000, 1001, rules)
     assert still_qualifies(10, 9, settings()) and not still_qualifies(10, 10, settings())  # fully refunded
+
+
+def test_an_order_qualifies_at_the_minimum_and_never_for_nothing() -> None:
+    assert qualifies(2000, settings(min_order_minor=2000)) and not qualifies(1999, settings(min_order_minor=2000))
+    assert qualifies(1, settings()) and not qualifies(0, settings())  # a free order, even without a minimum
 
 
 GOLD = {"kind": "tier", "tier_code": "gold", "tier_days": 180}
