@@ -4,7 +4,7 @@ liability, activity, journal export and chain verification."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -287,8 +287,9 @@ async def statement(
 ) -> Statement:
     """Postings of one account in [start, end) with the running balance, a page at a time."""
     start, end = _check_period(start, end)
-    # before every posting at `start` (entry ids are positive), after every posting before it
-    after = _parse_cursor(cursor) if cursor else (start, 0, 0)
+    # before every posting at `start` (entry ids are positive), after every posting before it;
+    # a cursor from before `start` (of a longer period) goes on from `start`
+    after = max(_parse_cursor(cursor), (start, 0, 0)) if cursor else (start, 0, 0)
     async with snapshot() as connection:
         account = await _balance_as_of(connection, program_id, account_id, end - timedelta(microseconds=1))
         opening = await connection.fetchval(
@@ -507,7 +508,7 @@ JOURNAL_COLUMNS = (
 )
 
 
-async def journal_rows(program_id: str, start: datetime, end: datetime) -> AsyncIterator[tuple[Any, ...]]:
+async def journal_rows(program_id: str, start: datetime, end: datetime) -> AsyncGenerator[tuple[Any, ...], None]:
     """Every posting in [start, end) in journal order, streamed through a server-side cursor."""
     start, end = _check_period(start, end)
     if DB.pool is None:
@@ -534,6 +535,11 @@ async def journal_rows(program_id: str, start: datetime, end: datetime) -> Async
 
 
 # --- One entry, traced -------------------------------------------------------------
+
+# by the index `lots_entry` (migration 0029): no other index of lots leads with the entry
+LOTS_CREATED = (
+    "SELECT id, amount, entry_id, earned_at, expires_at FROM lots WHERE program_id = $1 AND entry_id = $2 ORDER BY id"
+)
 
 
 class LotMovement(msgspec.Struct, frozen=True, kw_only=True):
@@ -587,12 +593,7 @@ async def entry_detail(program_id: str, entry_id: int) -> EntryDetail:
             program_id,
             entry_id,
         )
-        created = await connection.fetch(
-            "SELECT id, amount, entry_id, earned_at, expires_at FROM lots"
-            " WHERE program_id = $1 AND entry_id = $2 ORDER BY id",
-            program_id,
-            entry_id,
-        )
+        created = await connection.fetch(LOTS_CREATED, program_id, entry_id)
 
     def movements(rows: list[asyncpg.Record]) -> list[LotMovement]:
         return [

@@ -3,12 +3,19 @@ with commas, quotes, newlines and non-ASCII text intact."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import gc
 import io
 import json
+import urllib.parse
 from datetime import timedelta
+from typing import Any
 
+import asyncpg
 import httpx
+import pytest
+from litestar import Litestar
 
 from service.domain.clock import ManualClock
 from tests.api.support import enrol_customer
@@ -102,3 +109,75 @@ async def test_journal_csv_gives_instants_as_every_answer_does_in_utc_with_z(
     exported = await client.get("/v1/finance/journal", params={**period, "format": "csv"}, headers=finance)
     rows = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8"), newline="")))
     assert [row["posted_at"] for row in rows] == [posted_at] * 2
+
+
+async def open_exports(owner: asyncpg.Connection) -> int:
+    """Sessions of this database still inside a journal export's transaction."""
+    found: int = await owner.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%' AND query LIKE 'SELECT e.id, e.posted_at, e.kind%'"
+    )
+    return found
+
+
+@pytest.mark.parametrize("format", ["ndjson", "csv"])
+async def test_a_client_that_leaves_mid_export_gives_the_connection_back_at_once(
+    client: httpx.AsyncClient,
+    app: Litestar,
+    program: ProgramFixture,
+    clock: ManualClock,
+    owner_connection: asyncpg.Connection,
+    format: str,
+) -> None:
+    """An export holds a pooled connection inside a repeatable-read transaction while it
+    streams. A client that disconnects mid-stream must end that transaction and give the
+    connection back when the response ends, not whenever the garbage collector next finds
+    the abandoned generators (their snapshot holds back vacuum, and a few such clients
+    empty the pool)."""
+    ann = await enrol_customer(client, program, "ann")
+    start = clock.now()
+    for n in range(120):
+        grant = await client.post(
+            "/v1/ledger/adjustments",
+            json={"customer_id": ann, "amount": 10, "reason": "x" * 500},
+            headers={**program.auth("admin"), "Idempotency-Key": f"g-{n}"},
+        )
+        assert grant.status_code == 201, grant.text
+    period = {"from": (start - timedelta(days=1)).isoformat(), "to": (clock.now() + timedelta(days=1)).isoformat()}
+    query = urllib.parse.urlencode({**period, "format": format}).encode()
+    bodies: list[dict[str, Any]] = []
+    first_body = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await first_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message)
+            first_body.set()
+            await asyncio.sleep(0.01)  # a slow client: the disconnect arrives while this is sent
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/finance/journal",
+        "raw_path": b"/v1/finance/journal",
+        "query_string": query,
+        "headers": [(b"authorization", program.auth("finance")["Authorization"].encode()), (b"host", b"test")],
+        "server": ("test", 80),
+        "client": ("client", 1),
+        "root_path": "",
+        "state": {},
+    }
+    gc.disable()  # only the response itself may end the export, not a collection meanwhile
+    try:
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert bodies and bodies[-1]["more_body"]  # it stopped part way
+        assert await open_exports(owner_connection) == 0
+    finally:
+        gc.enable()
+        gc.collect()

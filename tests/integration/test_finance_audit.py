@@ -4,7 +4,9 @@ the documentation names (`from` inclusive, `to` exclusive, `as_of` inclusive).""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -148,3 +150,57 @@ async def test_the_trial_balance_counts_the_accounts_open_at_its_instant(
 
     assert available_accounts(await finance.trial_balance(program.id, opened)) == 2
     assert available_accounts(await finance.trial_balance(program.id, opened - MICROSECOND)) == 1
+
+
+async def test_an_entrys_lots_are_found_by_an_index_of_their_entry(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """`GET /v1/finance/entries/{id}` lists the lots the entry created: looked up by the
+    entry, not by reading every lot of the program (`lots_pkey` leads with the program
+    only, so a filter on the entry read them all, spent ones included)."""
+    ann = await enrol(program.id, "ann", clock)
+    grants = [
+        await ledger.adjust(admin(program.id), ledger.Adjustment(customer_id=ann, amount=5, reason="a"), f"g{n}", clock)
+        for n in range(40)
+    ]
+    detail = await finance.entry_detail(program.id, grants[7].id)
+    assert [(lot.amount, lot.earned_by_entry_id) for lot in detail.lots_created] == [(5, grants[7].id)]
+    await owner_connection.execute("ANALYZE lots")
+    async with owner_connection.transaction():
+        await owner_connection.execute("SET LOCAL enable_seqscan = off")
+        plan = await owner_connection.fetchval(
+            f"EXPLAIN (FORMAT JSON) {finance.LOTS_CREATED}", program.id, grants[7].id
+        )
+    lookups = [
+        node for node in _plan_nodes(json.loads(plan)[0]["Plan"]) if node.get("Index Name", "").startswith("lots")
+    ]
+    assert lookups and all("entry_id" in node.get("Index Cond", "") for node in lookups), plan
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(found for child in node.get("Plans", []) for found in _plan_nodes(child))]
+
+
+async def test_a_cursor_from_before_the_period_does_not_bring_lines_from_before_from(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """A statement lists the account's postings in [from, to), whatever cursor is sent with
+    it: a cursor of an earlier, longer period (a page of it kept and sent back with a later
+    `from`) goes on from `from`, not from where that cursor stood."""
+    who = admin(program.id)
+    ann = await enrol(program.id, "ann", clock)
+    written = []
+    for n in range(4):
+        clock.set(START + timedelta(hours=n))
+        written.append(
+            await ledger.adjust(who, ledger.Adjustment(customer_id=ann, amount=n + 1, reason="a"), f"g{n}", clock)
+        )
+    available = await account_id(owner_connection, program.id, f"customer:{ann}:available")
+    end = START + timedelta(days=1)
+    first = await finance.statement(program.id, available, START, end, 1, None)
+    assert [line.entry_id for line in first.lines] == [written[0].id] and first.next_cursor
+    later = written[2].posted_at
+    page = await finance.statement(program.id, available, later, end, 10, first.next_cursor)
+    assert [line.entry_id for line in page.lines] == [written[2].id, written[3].id]
+    assert page.opening_balance == 1 + 2
+    assert [line.balance_after for line in page.lines] == [6, 10]

@@ -7,7 +7,8 @@ zone far from UTC, several entries at one instant) and then reads every finance 
 HTTP, with instants given at a non-UTC offset, next to a brute-force recomputation from the
 `postings` and `entries` rows read as the database owner: the trial balance, balances as of
 an instant, statements walked page by page with the cursor, activity, liability, the account
-list, the journal export in NDJSON and CSV, and the hash chain once sealed.
+list, the journal export in NDJSON and CSV, and the hash chain once sealed
+(with anchors at any seq).
 """
 
 from __future__ import annotations
@@ -653,6 +654,22 @@ async def test_every_finance_report_agrees_with_the_raw_journal(
         0,
         None,
     ), chain
+    # an anchor recorded at any seq (its chain hash as stored then) holds; any other hash there does not
+    seq = data.draw(st.integers(1, entries), label="anchor seq")
+    stored = await owner_connection.fetchval(
+        "SELECT encode(chain_hash, 'hex') FROM entry_seals WHERE program_id = $1 AND seq = $2", program.id, seq
+    )
+    anchored = await read.json("/chain", anchor_seq=seq, anchor_hash=stored.upper())
+    assert (anchored["valid"], anchored["anchor"], anchored["head"]) == (
+        True,
+        {"seq": seq, "chain_hash": stored, "holds": True},
+        chain["head"],
+    ), anchored
+    wrong = ("0" if stored[0] != "0" else "1") + stored[1:]
+    refused = await read.json("/chain", anchor_seq=seq, anchor_hash=wrong)
+    assert (refused["valid"], refused["anchor"]["holds"], refused["first_break"]["seq"]) == (False, False, seq)
+    beyond = await read.json("/chain", anchor_seq=entries + 1, anchor_hash=stored)
+    assert (beyond["valid"], beyond["anchor"]["holds"]) == (False, False)
     entry_ids = sorted({row.entry_id for row in journal})
     for entry_id in data.draw(st.lists(st.sampled_from(entry_ids), min_size=1, max_size=5, unique=True)):
         await check_entry(read, owner_connection, journal, entry_id)

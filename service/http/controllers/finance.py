@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get
+from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Stream
@@ -91,6 +92,11 @@ class FinanceController(Controller):
                 async for row in rows:
                     yield row
 
+        async def release() -> None:
+            # Litestar stops iterating a stream whose client left without closing it: the
+            # export's transaction and pooled connection would wait for the garbage collector
+            await rows.aclose()
+
         body = _csv(with_first()) if format == "csv" else _ndjson(with_first())
         media_type = "text/csv" if format == "csv" else "application/x-ndjson"
         filename = f"journal-{principal.program_id}.{format}"
@@ -98,6 +104,7 @@ class FinanceController(Controller):
             body,
             media_type=media_type,
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            background=BackgroundTask(release),
         )
 
     @get("/accounts", responses=PROBLEM_RESPONSES)
