@@ -87,6 +87,16 @@ async def clear(connection: asyncpg.Connection, program_id: str, job: str, item:
     )
 
 
+async def forget(connection: asyncpg.Connection, program_id: str, job: str, items: Sequence[str]) -> None:
+    """Remove the failures of items no longer owed (a round that read every item due did not meet them)."""
+    await connection.execute(
+        "DELETE FROM job_failures WHERE program_id = $1 AND job = $2 AND item = ANY($3::text[])",
+        program_id,
+        job,
+        list(items),
+    )
+
+
 async def record(program_id: str, job: str, item: str, error: BaseException, now: datetime) -> int:
     """Record a failure of an item in a transaction of its own; returns its consecutive failures."""
 
@@ -156,7 +166,7 @@ async def drain(
     be recorded). An item whose handling fails rolls back alone (its claim too), is logged and
     recorded with its back-off like `run_item`'s, and the queue goes on behind it; its row
     goes in the transaction that finally does it. A failing claim (the queue cannot be read)
-    is raised."""
+    is raised, and so is a `TRANSIENT` error of the handling (not the item's fault)."""
     failed_before = await in_transaction(lambda connection: waiting(connection, program_id, job))
     failed_now: list[str] = []
     claimed: list[str] = []  # the item of the last attempt, once claimed
@@ -178,6 +188,8 @@ async def drain(
         try:
             if not await with_retry(next_item):
                 break
+        except TRANSIENT:
+            raise  # not the item's: the round ends, as in `run_item`
         except Exception as error:
             if not claimed:
                 raise

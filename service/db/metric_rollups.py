@@ -17,9 +17,11 @@ before AS (
 )"""
 
 _ADD_ORDER = f"""
-WITH {_BEFORE}, d AS (
+WITH {_BEFORE}, z AS (
+    SELECT time_zone FROM programs WHERE id = $1
+), d AS (
     INSERT INTO customer_days AS cd (program_id, customer_id, day, purchases, net)
-    SELECT $1, $2, ($3::timestamptz AT TIME ZONE p.time_zone)::date, 1, $4 FROM programs p WHERE p.id = $1
+    SELECT $1, $2, ($3::timestamptz AT TIME ZONE z.time_zone)::date, 1, $4 FROM z
     ON CONFLICT (program_id, customer_id, day)
         DO UPDATE SET purchases = cd.purchases + 1, net = cd.net + EXCLUDED.net
     RETURNING day, purchases
@@ -40,8 +42,7 @@ WITH {_BEFORE}, d AS (
     RETURNING purchases, net, last_day
 ), c AS (
     INSERT INTO churn_red_checks AS k (program_id, customer_id, last_day)
-    SELECT $1, $2, s.last_day FROM s, programs p
-     WHERE p.id = $1 AND s.last_day < ($5::timestamptz AT TIME ZONE p.time_zone)::date
+    SELECT $1, $2, s.last_day FROM s, z WHERE s.last_day < ($5::timestamptz AT TIME ZONE z.time_zone)::date
     ON CONFLICT (program_id, customer_id) DO UPDATE SET last_day = EXCLUDED.last_day
 )
 SELECT before.days, d.day, s.purchases, s.net FROM before, d, s

@@ -109,21 +109,16 @@ async def points_expiring_soon(program_id: str, clock: Clock, rules: LifecycleRu
             zone.key,
         )
         run = _Round(connection, program_id, EXPIRING_SOON_JOB, now, careful)
-        await run.start([f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}" for row in rows])
-        for row in rows:
-            key = f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}"
-
-            async def one(row: asyncpg.Record = row, key: str = key) -> bool:
-                payload = PointsExpiringSoon(
-                    customer_id=row["customer_id"],
-                    points=row["points"],
-                    last_day=row["last_day"],
-                    expires_at=row["expires_at"],
-                )
-                kind = EventType.POINTS_EXPIRING_SOON
-                return await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
-
-            await run.item(key, one)
+        keys = [f"expiring:{row['customer_id']}:{row['last_day'].isoformat()}" for row in rows]
+        await run.start(keys)
+        for row, key in zip(rows, keys, strict=True):
+            payload = PointsExpiringSoon(
+                customer_id=row["customer_id"],
+                points=row["points"],
+                last_day=row["last_day"],
+                expires_at=row["expires_at"],
+            )
+            await run.emit(key, EventType.POINTS_EXPIRING_SOON, payload, row["customer_id"])
         return run
 
     return await _run_round(work)
@@ -148,20 +143,13 @@ async def win_back_due(program_id: str, clock: Clock, rules: LifecycleRules) -> 
         run = _Round(connection, program_id, WIN_BACK_JOB, now, careful)
         await run.start([row["key"] for row in rows])
         for row in rows:
-
-            async def one(row: asyncpg.Record = row) -> bool:
-                payload = WinBackDue(
-                    customer_id=row["customer_id"],
-                    last_order_at=row["last_order_at"],
-                    days_since_last_order=local_days_between(row["last_order_at"], now, zone),
-                    orders=row["orders"],
-                )
-                kind = EventType.WIN_BACK_DUE
-                return await emit_once(
-                    connection, program_id, row["key"], kind, payload, row["customer_id"], occurred_at=now
-                )
-
-            await run.item(row["key"], one)
+            payload = WinBackDue(
+                customer_id=row["customer_id"],
+                last_order_at=row["last_order_at"],
+                days_since_last_order=local_days_between(row["last_order_at"], now, zone),
+                orders=row["orders"],
+            )
+            await run.emit(row["key"], EventType.WIN_BACK_DUE, payload, row["customer_id"])
         # told (now or before): out of the index, unless an order moved the last one meanwhile;
         # a row that failed or waits for its retry stays in, to be read again
         rows = [row for row in rows if row["key"] in run.done]
@@ -194,19 +182,14 @@ async def cross_sell_opportunities(program_id: str, clock: Clock, rules: Lifecyc
             BATCH,
         )
         run = _Round(connection, program_id, CROSS_SELL_JOB, now, careful)
-        await run.start([f"cross_sell:{row['customer_id']}" for row in rows])
-        for row in rows:
-            key = f"cross_sell:{row['customer_id']}"
-
-            async def one(row: asyncpg.Record = row, key: str = key) -> bool:
-                payload = CrossSellOpportunity(
-                    customer_id=row["customer_id"], category=row["category"], orders=row["orders"]
-                )
-                kind = EventType.CROSS_SELL_OPPORTUNITY
-                return await emit_once(connection, program_id, key, kind, payload, row["customer_id"], occurred_at=now)
-
-            await run.item(key, one)
-        rows = [row for row in rows if f"cross_sell:{row['customer_id']}" in run.done]
+        keys = [f"cross_sell:{row['customer_id']}" for row in rows]
+        await run.start(keys)
+        for row, key in zip(rows, keys, strict=True):
+            payload = CrossSellOpportunity(
+                customer_id=row["customer_id"], category=row["category"], orders=row["orders"]
+            )
+            await run.emit(key, EventType.CROSS_SELL_OPPORTUNITY, payload, row["customer_id"])
+        rows = [row for row, key in zip(rows, keys, strict=True) if key in run.done]
         if rows:
             await connection.execute(
                 f"UPDATE customer_lifecycle l SET cross_sell_emitted = true FROM {_LOCKED_IN_ORDER}"
@@ -276,20 +259,18 @@ class _Round:
         read = set(keys)
         gone = [key for key in self.waiting if key not in read] if len(keys) < BATCH else []
         if gone:
-            await self.connection.execute(
-                "DELETE FROM job_failures WHERE program_id = $1 AND job = $2 AND item = ANY($3::text[])",
-                self.program_id,
-                self.job,
-                gone,
-            )
+            await job_failures.forget(self.connection, self.program_id, self.job, gone)
 
-    async def item(self, key: str, emit: Callable[[], Awaitable[bool]]) -> None:
+    async def emit(self, key: str, kind: EventType, payload: msgspec.Struct, customer_id: str) -> None:
+        """The row's event, once under `key` (unless the row waits for its retry)."""
         retry_at = self.waiting.get(key)
         if retry_at is not None and retry_at > self.now:
             return
         try:
             async with self.connection.transaction() if self.careful else contextlib.nullcontext():  # a savepoint
-                self.emitted += await emit()
+                self.emitted += await emit_once(
+                    self.connection, self.program_id, key, kind, payload, customer_id, occurred_at=self.now
+                )
                 if retry_at is not None:
                     await job_failures.clear(self.connection, self.program_id, self.job, key)
         except job_failures.TRANSIENT:

@@ -261,7 +261,7 @@ async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) 
     """Emit `customer.churn_risk_red` for customers whose light is red, once per lapse (a
     purchase starts a new one). Customers who never bought are left out: they cannot churn.
 
-    A round reads what is due, not every customer (migration 0024): the purchase days that
+    A round reads what is due, not every customer (migration 0028): the purchase days that
     crossed the inactivity cutoff since the round before (`churn_red_progress`), by the
     daily rollup's index by day, keeping the customers whose last purchase day it is; the
     customers whose last purchase day moved behind that scan (a refund, a backdated order:

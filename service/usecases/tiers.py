@@ -513,7 +513,7 @@ WARNINGS = 1000  # warnings per transaction
 async def _warn_of_downgrades(connection: asyncpg.Connection, program_id: str, now: datetime) -> int:
     """Announce each coming downgrade once, `warning_days` before its grace period ends (up to
     `WARNINGS` of them); returns how many it read. Reads the grace periods ending within the
-    window that were not warned of yet (migration 0024), not every tier of the program."""
+    window that were not warned of yet (migration 0028), not every tier of the program."""
     config = await rows.load_config(connection, program_id)
     if config is None:
         return 0

@@ -662,6 +662,39 @@ async def test_a_database_outage_is_not_recorded_against_the_items(
     assert await failures(owner_connection, program.id) == []  # and none of them delayed for it
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        TimeoutError(),  # no pooled connection in time
+    ],
+    ids=["connection-lost", "pool-timeout"],
+)
+async def test_a_database_outage_is_not_recorded_against_a_queue_item(
+    program: ProgramFixture,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    owner_connection: asyncpg.Connection,
+    error: Exception,
+) -> None:
+    # the queues drained one claim at a time (release orders, referral rewards) end their round
+    # on an outage as the batches of items do, rather than delaying each item they claim for it
+    await setup_tiers(program, clock)  # earning rules
+    placed = [await buy(program, clock, await enrol(program.id, name, clock)) for name in ("ann", "bob")]
+    tried: list[str] = []
+
+    async def release_order(connection: asyncpg.Connection, program_id: str, order: Any, *args: Any) -> bool:
+        tried.append(order["id"])
+        raise error
+
+    monkeypatch.setattr(orders, "release_order", release_order)
+    clock.set(placed[-1].available_from)
+    with pytest.raises(type(error)):
+        await orders.release_due_orders(program.id, clock)
+    assert len(tried) == 1
+    assert await failures(owner_connection, program.id) == []
+
+
 async def test_a_deadlock_in_a_lifecycle_round_is_retried_not_recorded(
     program: ProgramFixture, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, owner_connection: asyncpg.Connection
 ) -> None:

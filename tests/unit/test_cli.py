@@ -179,3 +179,39 @@ def test_jobs_run_counts_the_deliveries_held_back_by_an_event_this_version_canno
         "  unreadable: prg_a: 2 deliveries kept pending for a version that reads their event;"
         " their customers' later events to the endpoint wait behind them"
     )
+
+
+def test_jobs_run_exits_1_while_an_item_is_failing_even_if_every_job_succeeded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job that isolated an item did not fail as a whole, but the item is left: exit 1."""
+    from datetime import UTC, datetime
+
+    from service.db.job_failures import FailingItem
+    from service.usecases.dispatch import DispatchReport
+    from service.usecases.jobs import JobReport
+
+    async def migrated(*args: object) -> str:
+        return "postgresql://unused"
+
+    async def no_pool(*args: object) -> None:
+        return None
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    item = FailingItem(job="expire-holds", item="hld_1", attempts=1, first_failed_at=at, retry_at=at, last_error="x")
+
+    async def reports(*args: object) -> list[JobReport]:
+        return [JobReport(program_id="prg_a", failing_items=[item])]
+
+    async def dispatched(*args: object) -> DispatchReport:
+        return DispatchReport(delivered=1)
+
+    monkeypatch.setattr(cli, "prepare_database", migrated)
+    monkeypatch.setattr("service.db.engine.start_pool", no_pool)
+    monkeypatch.setattr("service.db.engine.close_pool", no_pool)
+    monkeypatch.setattr("service.usecases.jobs.run_all", reports)
+    monkeypatch.setattr("service.usecases.dispatch.dispatch_once", dispatched)
+    assert cli.main(["jobs", "run"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "failed" not in lines[0]
+    assert lines[1].startswith("  failing: expire-holds hld_1, 1 attempts since")
