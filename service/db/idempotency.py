@@ -53,18 +53,11 @@ def encode_outcome(outcome: object) -> tuple[int, bytes]:
     return 200, msgspec.json.encode(outcome)
 
 
-def replay(
-    stored: Stored,
-    key: str,
-    request_fingerprint: bytes,
-    result_type: type[T],
-    reused: IdempotencyKeyReused | None = None,
-) -> T | DomainError:
-    """The remembered answer for a retry, or a refusal if the key was used for another request
-    (`reused` when the key is derived from the client's own ids, which it names)."""
+def replay(stored: Stored, key: str, request_fingerprint: bytes, result_type: type[T]) -> T | DomainError:
+    """The remembered answer for a retry, or a refusal if the key was used for another request."""
     stored_fingerprint, status, body = stored
     if stored_fingerprint != request_fingerprint:
-        return reused or IdempotencyKeyReused(
+        return IdempotencyKeyReused(
             f"idempotency key {key!r} was used for a different request", field="Idempotency-Key"
         )
     if status == 200:

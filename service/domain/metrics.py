@@ -468,10 +468,7 @@ def refund_effect(
 ) -> RefundEffect:
     """A refund lowers the day's net; the one that makes the order fully refunded removes
     its purchase. An order of net 0 (free items) is refunded in items, `items` = (returned
-    before, returned after, bought): it is fully refunded once every item is back."""
-    if order_net > 0:
-        lost = refunded_before < order_net <= refunded_after
-    else:
-        returned_before, returned_after, bought = items
-        lost = returned_before < bought <= returned_after
-    return RefundEffect(net_delta=refunded_after - refunded_before, purchase_lost=lost)
+    before, returned after, bought): it is fully refunded once every item is back (the
+    measure `Clawback.share` takes)."""
+    before, after, whole = (refunded_before, refunded_after, order_net) if order_net > 0 else items
+    return RefundEffect(net_delta=refunded_after - refunded_before, purchase_lost=before < whole <= after)

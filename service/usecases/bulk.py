@@ -12,8 +12,9 @@ import msgspec
 from service.db.ledger import WrittenEntry
 from service.domain.access import Principal
 from service.domain.clock import Clock
-from service.domain.errors import DomainError, IdempotencyKeyReused
+from service.domain.errors import DomainError
 from service.usecases import ledger, orders
+from service.usecases.idempotency import reuse_named
 
 CONCURRENCY = 8  # items in flight at once: grants share commits, orders take a connection each
 
@@ -59,12 +60,8 @@ async def award_in_bulk(
             try:
                 if isinstance(item, BulkOrder):
                     return await orders.place_order(principal, item.shop_id, item.placement, clock)
-                return await ledger.adjust(principal, item.adjustment, item.key, clock)
-            except IdempotencyKeyReused as reused:
-                if isinstance(item, BulkOrder):
-                    return reused  # names `order_id` already
-                # the item's own `key`, not the Idempotency-Key header a single grant sends
-                return IdempotencyKeyReused(f"grant key {item.key!r} was used for a different grant", field="key")
+                with reuse_named(f"grant key {item.key!r} was used for a different grant", "key"):
+                    return await ledger.adjust(principal, item.adjustment, item.key, clock)
             except DomainError as refusal:
                 return refusal
 

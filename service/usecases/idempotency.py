@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import asyncpg
@@ -29,6 +30,17 @@ def fingerprint(operation: str, request: object) -> bytes:
     return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(request)).digest()
 
 
+@contextmanager
+def reuse_named(detail: str, field: str) -> Iterator[None]:
+    """Refuse the reuse of a key the client chose in the body (an order or refund id behind a
+    `derived_key`, a bulk grant's `key`) by that `field`, not by an `Idempotency-Key` header
+    the client did not send (nor a derived key's digest)."""
+    try:
+        yield
+    except IdempotencyKeyReused:
+        raise IdempotencyKeyReused(detail, field=field) from None
+
+
 class _Refused(Exception):
     """Carries a refusal out of the transaction of the work, so that rolls back."""
 
@@ -42,11 +54,8 @@ async def run_once(
     request_fingerprint: bytes,
     result_type: type[T],
     work: Callable[[asyncpg.Connection], Awaitable[T]],
-    reused: IdempotencyKeyReused | None = None,
 ) -> T:
     """Run work once per (program, key); replay its result or refusal for the same request.
-    `reused` is the refusal of another request under the key, when the key is a `derived_key`
-    (it names the client's ids instead of a header the client did not send).
 
     The work and its record commit together. A refusal rolls the work back and is recorded
     in a transaction of its own (unless the key was used meanwhile: then that record
@@ -56,7 +65,7 @@ async def run_once(
         async with transaction() as connection:
             stored = (await lock_keys(connection, program_id, [key])).get(key)
             if stored is not None:
-                return replay(stored, key, request_fingerprint, result_type, reused)
+                return replay(stored, key, request_fingerprint, result_type)
             try:
                 outcome = await work(connection)
             except DomainError as refusal:
@@ -70,7 +79,7 @@ async def run_once(
         async with transaction() as connection:
             stored = (await lock_keys(connection, program_id, [key])).get(key)
             if stored is not None:
-                return replay(stored, key, request_fingerprint, result_type, reused)
+                return replay(stored, key, request_fingerprint, result_type)
             await remember(connection, program_id, [(key, request_fingerprint)], [refusal])
             return refusal
 

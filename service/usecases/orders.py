@@ -26,7 +26,7 @@ from service.domain.earning import (
     calculate_award,
     claw_back,
 )
-from service.domain.errors import IdempotencyKeyReused, InvalidInput, NotFound, NotYetThere
+from service.domain.errors import InvalidInput, NotFound, NotYetThere
 from service.domain.events import PointsReturned
 from service.domain.expiry import expires_at
 from service.domain.ledger import AccountKind, Unit
@@ -45,7 +45,7 @@ from service.domain.orders import (
 )
 from service.usecases import metrics, referrals, tiers
 from service.usecases.earning_rules import rules_found
-from service.usecases.idempotency import derived_key, fingerprint, run_once
+from service.usecases.idempotency import derived_key, fingerprint, reuse_named, run_once
 from service.usecases.ledger_settings import settings_from_row
 from service.usecases.lifecycle import emit_order_events, emit_points_returned
 
@@ -231,10 +231,8 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
 
     key = derived_key("order", shop_id, placement.order_id)
     request = fingerprint("order", {"shop_id": shop_id, "placement": placement})
-    reused = IdempotencyKeyReused(
-        f"order {placement.order_id!r} of shop {shop_id} was sent before with other content", field="order_id"
-    )
-    return await run_once(principal.program_id, key, request, OrderView, work, reused)
+    with reuse_named(f"order {placement.order_id!r} of shop {shop_id} was sent before with other content", "order_id"):
+        return await run_once(principal.program_id, key, request, OrderView, work)
 
 
 async def _not_yet(lookup: Awaitable[T]) -> T:
@@ -301,7 +299,7 @@ async def refund_order(
             returned if in_points else 0,
             policy,
         )
-        given_back = await _return_redeemed(
+        return_entry_id = await _return_redeemed(
             connection,
             program_id,
             order,
@@ -334,24 +332,24 @@ async def refund_order(
                 "entry_id": entry_id,
                 "created_at": now,
                 "points_returned": returned,
-                "return_entry_id": None if given_back is None else given_back.entry_id,
+                "return_entry_id": return_entry_id,
                 "return_settled": settled,
             },
         )
         refunded = clawback.refunded_net
         await rows.record_refund_on_order(connection, program_id, shop_id, order_id, refunded, split.points, returned)
-        if given_back is not None and in_points:
+        if return_entry_id is not None and in_points:
             await emit_points_returned(
                 connection,
                 program_id,
                 PointsReturned(
                     customer_id=customer_id,
-                    points=given_back.points,
+                    points=returned,
                     shop_id=shop_id,
                     order_id=order_id,
                     refund_id=refund_id,
-                    hold_id=order["redemption_hold_id"],
-                    entry_id=given_back.entry_id,
+                    hold_id=hold_id,
+                    entry_id=return_entry_id,
                     owed_settled=settled,
                 ),
                 now,
@@ -362,16 +360,9 @@ async def refund_order(
 
     key = derived_key("refund", shop_id, order_id, refund_id)
     request = fingerprint("refund", {"shop_id": shop_id, "order_id": order_id, "refund": refund})
-    reused = IdempotencyKeyReused(
-        f"refund {refund_id!r} of order {order_id!r} of shop {shop_id} was sent before with other content",
-        field="refund_id",
-    )
-    return await run_once(principal.program_id, key, request, RefundView, work, reused)
-
-
-class _GivenBack(msgspec.Struct, frozen=True):
-    points: int
-    entry_id: int
+    reused = f"refund {refund_id!r} of order {order_id!r} of shop {shop_id} was sent before with other content"
+    with reuse_named(reused, "refund_id"):
+        return await run_once(principal.program_id, key, request, RefundView, work)
 
 
 async def _return_redeemed(
@@ -383,13 +374,13 @@ async def _return_redeemed(
     metadata: dict[str, Any],
     actor: str,
     now: datetime,
-) -> _GivenBack | None:
+) -> int | None:
     """Give back the refund's share of what the order's hold paid (`points`, by
     `Clawback.share`, the clawback's own rule), as its own entry, `settled` of them to the
     customer's debt and the rest with the dates of the points the capture spent
     (latest-expiring first, after what earlier refunds gave back; the settled part is the
-    soonest-expiring of those); None if nothing is due. The caller holds the customer's
-    accounts locked, `owed` among them."""
+    soonest-expiring of those); the entry's id, or None if nothing is due. The caller holds
+    the customer's accounts locked, `owed` among them."""
     hold_id = order["redemption_hold_id"]
     if not points:
         return None
@@ -403,8 +394,7 @@ async def _return_redeemed(
         metadata | {"hold_id": hold_id},
         settled,
     )
-    written = await write_entry(connection, program_id, draft, actor=actor, now=now, restored=restored)
-    return _GivenBack(points, written.id)
+    return (await write_entry(connection, program_id, draft, actor=actor, now=now, restored=restored)).id
 
 
 async def release_order(connection: asyncpg.Connection, program_id: str, order: asyncpg.Record, now: datetime) -> bool:
