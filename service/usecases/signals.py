@@ -271,8 +271,10 @@ async def emit_churn_risk_red(program_id: str, clock: Clock, batch: int = 1000) 
     emitted = 0
 
     async def emit_red(connection: asyncpg.Connection, rules: RiskRules, row: asyncpg.Record) -> int:
+        if row["last_day"] is None:  # bought nothing now (all returned): no lapse to measure
+            return 0
         risk = churn_risk(_signals(row), rules)
-        if row["last_day"] is None or risk.colour is not Colour.RED:
+        if risk.colour is not Colour.RED:
             return 0
         key = f"{CHURN_RED_MARK}:{row['customer_id']}:{row['last_day'].isoformat()}"
         red = ChurnRiskRed(customer_id=row["customer_id"], days_since_last_order=row["days_inactive"], rule=risk.rule)

@@ -1,5 +1,5 @@
 """The tier downgrade warnings and the churn-risk red events read what is due, not every
-tier row or buyer of the program (migration 0024), and still tell each customer once per
+tier row or buyer of the program (migration 0028), and still tell each customer once per
 grace period or lapse, whatever moved them: a refund, a backdated order, a complaint, a
 changed rule."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from service.db.transaction import in_transaction, transaction
 from service.domain.clock import ManualClock
-from service.domain.earning import Refund
+from service.domain.earning import Order, OrderLine, Refund, RefundLine
 from service.domain.metrics import MetricSettings, RiskRules
 from service.usecases import orders, signals, tiers
 from tests.conftest import ProgramFixture
@@ -357,3 +357,31 @@ async def test_a_customer_behind_the_scan_but_not_red_yet_is_told_when_red(
     assert await signals.emit_churn_risk_red(program.id, clock) == 1
     assert await signals.emit_churn_risk_red(program.id, clock) == 0
     assert [event["days_since_last_order"] for event in await red_events(owner_connection, program.id)] == [90]
+
+
+async def test_a_customer_whose_only_purchase_was_returned_is_dropped_not_a_failed_round(
+    program: ProgramFixture, clock: ManualClock, owner_connection: asyncpg.Connection
+) -> None:
+    """A backdated order names its customer behind the scan; when its items all come back
+    (a free order: refunded in items), the customer has bought nothing and cannot churn: the
+    round drops them rather than fail on a lapse of no length."""
+    await setup_program(program, clock)
+    till = checkout(program.id)
+    ann, bob = await enrol(program.id, "ann", clock), await enrol(program.id, "bob", clock)
+    await place(program, clock, bob, "bob-1", START)
+    clock.set(START + timedelta(days=70))  # the rounds read past START
+    assert await signals.emit_churn_risk_red(program.id, clock) == 1
+    free = Order(
+        currency="EUR",
+        placed_at=START + timedelta(days=1),  # behind the scan
+        lines=(OrderLine(sku="sample", category="coffee", unit_price=0, quantity=2),),
+    )
+    await orders.place_order(
+        till, program.shop_id, orders.OrderPlacement(order_id="ann-1", customer_id=ann, order=free), clock
+    )
+    await orders.refund_order(
+        till, program.shop_id, "ann-1", "R-1", Refund(lines=(RefundLine(line=0, quantity=2),)), clock
+    )
+    assert await signals.emit_churn_risk_red(program.id, clock) == 0
+    checks = await owner_connection.fetchval("SELECT count(*) FROM churn_red_checks WHERE program_id = $1", program.id)
+    assert checks == 0
