@@ -194,7 +194,8 @@ async def update_endpoint(
     policy: DestinationPolicy = PUBLIC_ONLY,
 ) -> Endpoint:
     """Change the URL, description or event types, or enable/disable; enabling clears the
-    failure count and the reason, and the endpoint's pending deliveries resume."""
+    failure count and the reason, and the endpoint's pending deliveries resume at once, each
+    with a fresh retry period."""
     if change.url is not msgspec.UNSET:
         check_url(change.url, policy)
     values: dict[str, Any] = {}
@@ -210,6 +211,20 @@ async def update_endpoint(
         values |= {"enabled": False, "disabled_reason": "disabled by an admin"}
 
     async def work(connection: asyncpg.Connection) -> Endpoint:
+        now = clock.now()
+        if change.enabled is True:
+            # a delivery waiting while its endpoint was disabled may be past its retry period:
+            # enabled again, its deliveries resume at once with a fresh one (as a redelivery
+            # gets), or the first failure would give each up after a single attempt
+            await connection.execute(
+                "UPDATE webhook_deliveries d SET retry_from = $3, next_attempt_at = least(d.next_attempt_at, $3),"
+                " updated_at = $3 FROM webhook_endpoints w"
+                " WHERE w.program_id = $1 AND w.id = $2 AND NOT w.enabled"
+                " AND d.program_id = $1 AND d.endpoint_id = $2 AND d.status = 'pending'",
+                program_id,
+                endpoint_id,
+                now,
+            )
         names = list(values)
         assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=3))
         # updated_at moves only with a value, so the same change again answers and stores the same
@@ -221,7 +236,7 @@ async def update_endpoint(
             program_id,
             endpoint_id,
             *values.values(),
-            clock.now(),
+            now,
         )
         return _endpoint(row, endpoint_id)
 

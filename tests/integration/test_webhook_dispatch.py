@@ -206,6 +206,26 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_and_resumes_when_enabl
     assert {row["status"] for row in await delivery_rows(owner_connection, endpoint_id)} == {"delivered"}
 
 
+async def test_an_endpoint_enabled_again_after_its_retry_period_retries_its_deliveries_afresh(
+    program: ProgramFixture, clock: ManualClock, client: httpx.AsyncClient, owner_connection: asyncpg.Connection
+) -> None:
+    config = DispatchConfig(timeout_s=2.0, retry=CONFIG.retry, disable_after=3, destinations=LOOPBACK_ALLOWED)
+    async with receiver(answers(then=500)) as hooks:
+        endpoint_id, _ = await subscribe(program, hooks.url, clock)
+        for name in ("ann", "bob", "cas"):
+            await enrol(program.id, name, clock)
+        assert (await dispatch(program, clock, client, config)).endpoints_disabled == 1
+        # the receiver is mended a day later, longer than a delivery's retry period (60 s here)
+        clock.advance(timedelta(days=1))
+        await webhooks.update_endpoint(program.id, endpoint_id, EndpointChange(enabled=True), clock)
+        hooks.behaviour = answers(503, 503)  # still warming up: two of the three first attempts fail
+        report = await dispatch(program, clock, client, config)
+        assert (report.delivered, report.failed_attempts, report.gave_up) == (1, 2, 0)  # retried, not given up
+        clock.advance(timedelta(seconds=2))
+        assert (await dispatch(program, clock, client, config)).delivered == 2
+    assert {row["status"] for row in await delivery_rows(owner_connection, endpoint_id)} == {"delivered"}
+
+
 async def test_a_dispatcher_killed_mid_batch_loses_nothing(
     program: ProgramFixture, clock: ManualClock, client: httpx.AsyncClient, owner_connection: asyncpg.Connection
 ) -> None:
