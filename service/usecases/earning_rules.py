@@ -44,8 +44,9 @@ def _published(row: asyncpg.Record) -> PublishedRules:
 
 
 async def publish_rules(principal: Principal, draft: RulesDraft, key: str, clock: Clock) -> PublishedRules:
-    """Publish the next version. It may start now or later, never in the past and never
-    before the latest version, so no placed order's rules ever change."""
+    """Publish the next version. It may start now or later, never in the past, never before
+    the latest version and never at or before an order already placed (ahead of the clock),
+    so no placed order's rules ever change."""
 
     async def work(connection: asyncpg.Connection) -> PublishedRules:
         await connection.execute(
@@ -62,6 +63,21 @@ async def publish_rules(principal: Principal, draft: RulesDraft, key: str, clock
         if latest is not None and effective_from < latest["effective_from"]:
             raise InvalidInput(
                 f"effective_from is before version {latest['version']}'s ({latest['effective_from'].isoformat()})",
+                field="effective_from",
+            )
+        # an order placed ahead of the clock (a till may run FUTURE_TOLERANCE ahead) earned
+        # under the version in force when it arrived: a version starting at or before its
+        # placed_at would change its rules (such orders take this lock, shared, while placed)
+        ahead = await connection.fetchrow(
+            "SELECT shop_id, id, placed_at FROM orders WHERE program_id = $1 AND placed_at > created_at"
+            " AND placed_at >= $2 ORDER BY placed_at DESC LIMIT 1",
+            principal.program_id,
+            effective_from,
+        )
+        if ahead is not None:
+            raise InvalidInput(
+                f"effective_from is not after order {ahead['id']} of shop {ahead['shop_id']}, placed at"
+                f" {ahead['placed_at'].astimezone(UTC).isoformat()} under the rules in force then",
                 field="effective_from",
             )
         fields = msgspec.structs.asdict(draft) | {"effective_from": effective_from}

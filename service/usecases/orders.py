@@ -167,6 +167,12 @@ async def place_order(principal: Principal, shop_id: str, placement: OrderPlacem
         if order.placed_at > now + FUTURE_TOLERANCE:
             raise InvalidInput("placed_at is in the future", field="placed_at")
         program_id = principal.program_id
+        if order.placed_at > now:
+            # ahead of the clock: a rules version published meanwhile may start before placed_at,
+            # so it waits for this order and then refuses to (publish_rules)
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended('earning-rules:' || $1, 0))", program_id
+            )
         # the customer's pending balance is locked first: their orders take turns, so a
         # campaign's per-customer cap counts every earlier order
         inputs = await _not_yet(

@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from service.domain.clock import ManualClock
+from tests.api.orders_support import PLACED, order_body
+from tests.api.orders_support import RULES as ORDER_RULES
 from tests.api.support import assert_names_field, assert_problem
 from tests.conftest import ProgramFixture
 
@@ -258,3 +260,32 @@ async def test_a_version_stored_before_the_bounds_still_applies(
     assert quoted.json()["total"] == 10 + 101  # a point per euro, and a point from each campaign
     listed = await client.get("/v1/earning/rules", headers=program.auth("admin"))
     assert len(listed.json()[0]["rules"]["campaigns"]) == 101
+
+
+async def test_a_version_never_starts_before_an_order_placed_ahead_of_the_clock(
+    client: httpx.AsyncClient, program: ProgramFixture, ann: str, clock: ManualClock
+) -> None:
+    # a till may run up to 5 minutes ahead: its order earned under the version in force when
+    # it arrived, so a later version may not start at or before its placed_at (the order's
+    # quote would then name another version than its award)
+    till, admin = program.auth("checkout"), program.auth("admin")
+    now = PLACED + timedelta(minutes=1)
+    clock.set(now)
+    ahead = now + timedelta(minutes=4)
+    body = order_body(ann, "AHEAD-1", placed_at=ahead.isoformat())
+    placed = await client.post(f"/v1/shops/{program.shop_id}/orders", json=body, headers=till)
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["rules_version"] == 1
+    for n, starts in enumerate([None, now + timedelta(minutes=1), ahead]):
+        draft: dict[str, object] = {**ORDER_RULES, "points_per_unit": 5}
+        if starts is not None:
+            draft["effective_from"] = starts.isoformat()
+        refused = await client.post("/v1/earning/rules", json=draft, headers={**admin, "Idempotency-Key": f"early-{n}"})
+        assert_names_field(assert_problem(refused, 422, "invalid-input"), "effective_from")
+    quoted = await client.post(
+        "/v1/earning/quote", json={"order": {k: body[k] for k in ("currency", "placed_at", "lines")}}, headers=till
+    )
+    assert (quoted.json()["rules_version"], quoted.json()["total"]) == (1, placed.json()["points"])
+    later = {**ORDER_RULES, "points_per_unit": 5, "effective_from": (ahead + timedelta(microseconds=1)).isoformat()}
+    published = await client.post("/v1/earning/rules", json=later, headers={**admin, "Idempotency-Key": "later"})
+    assert published.status_code == 201, published.text
