@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -47,6 +48,12 @@ async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], rout
         raise ClientException("the request body is not valid UTF-8") from None
     except RecursionError:
         raise ClientException("the JSON document is nested too deeply") from None
+    duplicate = _duplicate_member(body)
+    if duplicate is not None:
+        raise ValidationException(
+            detail="the body names a member twice",
+            extra=[{"message": "names this member more than once", "key": duplicate, "source": "body"}],
+        )
     coerced = _coerced(document, data.annotation)
     if coerced is not None:
         raise ValidationException(
@@ -70,4 +77,45 @@ def _coerced(document: Any, annotation: Any) -> msgspec.ValidationError | None:
         except msgspec.ValidationError:
             return None
         return error
+    return None
+
+
+class _NamedTwice(Exception):
+    """An object of the document names a member more than once."""
+
+
+class _Members(list[tuple[str, Any]]):
+    """An object's members in document order, duplicates kept."""
+
+
+def _refuse_duplicates(members: list[tuple[str, Any]]) -> None:
+    if len(members) > 1 and len({name for name, _ in members}) != len(members):
+        raise _NamedTwice
+    # the values are not needed: the document was decoded already
+
+
+def _duplicate_member(body: bytes) -> str | None:
+    """The path (`attributes.tier`, `items[2].order_id`) of the first member an object of the
+    document names twice, or None. JSON decoders keep the last value of such a member, others
+    the first, so the request is ambiguous rather than read as either."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _NamedTwice:
+        pass
+    except (ValueError, RecursionError):  # read already; past what this decoder takes
+        return None
+    else:
+        return None
+    pending: list[tuple[str, Any]] = [("", json.loads(body, object_pairs_hook=_Members))]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _Members):
+            seen: set[str] = set()
+            for name, _ in value:
+                if name in seen:
+                    return f"{path}.{name}" if path else name
+                seen.add(name)
+            pending.extend((f"{path}.{name}" if path else name, item) for name, item in reversed(value))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{index}]", item) for index, item in reversed(list(enumerate(value))))
     return None

@@ -428,6 +428,58 @@ async def test_wrong_method_is_405_problem(
     assert await snapshot(owner_connection, program.id) == before
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field"),
+    [
+        (CUSTOMERS, {"external_id": "newline", "email": "ann@example.com\n"}, "email"),
+        (PATCH_CUSTOMER, {"email": "ann@example.com\n"}, "email"),
+        (API_KEYS, {"name": "integration", "scope": "checkout\n"}, "scope"),
+        (API_KEYS, {"name": "integration", "scope": "admin\n"}, "scope"),
+    ],
+)
+async def test_a_trailing_newline_does_not_pass_a_pattern(
+    send: Send,
+    owner_connection: asyncpg.Connection,
+    program: ProgramFixture,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    """`$` in a Python pattern also matches before a final newline: such a value is refused
+    like any other that does not fit, never stored (nor a 500 for a scope no key has)."""
+    before = await snapshot(owner_connection, program.id)
+    problem = assert_problem(await send(endpoint, dumps(body)), 422, "invalid-input")
+    assert_names_field(problem, field)
+    assert await snapshot(owner_connection, program.id) == before
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "content", "field"),
+    [
+        (CUSTOMERS, b'{"external_id": "first", "external_id": "second"}', "external_id"),
+        (CUSTOMERS, b'{"external_id": "dup", "attributes": {"tier": "gold", "tier": "basic"}}', "attributes.tier"),
+        (CUSTOMERS, b'{"external_id": "dup", "attributes": {"a": [{"b": 1, "b": 2}]}}', "attributes.a[0].b"),
+        (PATCH_CUSTOMER, b'{"name": "Ann", "email": "a@example.com", "name": "Bob"}', "name"),
+        (SHOPS, b'{"name": "One", "name": "Two"}', "name"),
+        (API_KEYS, b'{"name": "till", "scope": "finance", "scope": "admin"}', "scope"),
+    ],
+)
+async def test_a_member_named_twice_is_refused_naming_it(
+    send: Send,
+    owner_connection: asyncpg.Connection,
+    program: ProgramFixture,
+    endpoint: Endpoint,
+    content: bytes,
+    field: str,
+) -> None:
+    """A JSON object that names a member twice is ambiguous (parsers disagree on which value
+    counts): it is refused naming the member, rather than read as its last value."""
+    before = await snapshot(owner_connection, program.id)
+    problem = assert_problem(await send(endpoint, content), 422, "invalid-input")
+    assert_names_field(problem, field)
+    assert await snapshot(owner_connection, program.id) == before
+
+
 # --- properties ---------------------------------------------------------------------------
 
 # Strings that have broken this stack before, mixed into the random ones.

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.customers import END
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, conflicts
@@ -28,7 +29,7 @@ class ApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A key's name and scope; a checkout key may name the one shop it acts for."""
 
     name: Name
-    scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)$")]
+    scope: Annotated[str, msgspec.Meta(pattern="^(checkout|admin|finance)" + END)]
     shop_id: ShopRef | None = None
 
 
