@@ -18,7 +18,7 @@ from typing import TypeVar
 import asyncpg
 import msgspec
 
-from service.db.transaction import RETRYABLE, in_transaction, transaction, with_retry
+from service.db.transaction import RETRYABLE, UNAVAILABLE, in_transaction, transaction, with_retry
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -33,16 +33,7 @@ log = logging.getLogger("loyalty.jobs")
 # deadlock outlived its retries. Recorded, it would hold back every item tried meanwhile by a
 # back-off they do not deserve (and try each in turn against a database that is gone): it
 # ends the job's round instead, reported as a failed job, and the next round tries again.
-TRANSIENT: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    *RETRYABLE,
-    OSError,  # TimeoutError (a pool that hands out no connection in time) among them
-)
+TRANSIENT: tuple[type[Exception], ...] = (*UNAVAILABLE, asyncpg.InterfaceError, *RETRYABLE)
 
 
 class FailingItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,17 @@ from service.db.piccolo_conf import DB
 T = TypeVar("T")
 
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+# Failures of the database rather than of a request: no connection within the pool's acquire
+# timeout (TimeoutError, an OSError), a server gone, restarting, refusing connections or out
+# of resources. No request caused them, so none is to blame, and each may be sent again.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+)
 MAX_ATTEMPTS = 8
 
 

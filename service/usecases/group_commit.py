@@ -35,7 +35,7 @@ from service.db.ledger import (
     write_entries,
     write_entry,
 )
-from service.db.transaction import autocommit, transaction, with_retry
+from service.db.transaction import UNAVAILABLE, autocommit, transaction, with_retry
 from service.domain.errors import DomainError
 from service.domain.ledger import EntryDraft
 from service.usecases.idempotency import run_once
@@ -101,11 +101,12 @@ class EntryBatcher:
 
     async def _commit_isolating_failures(self, batch: list[Submission]) -> None:
         """Commit the batch; if it fails for a reason other than a refusal, commit each
-        request on its own, so one bad request fails alone."""
+        request on its own, so one bad request fails alone (unless the database is
+        unavailable: then every request gets the failure at once, and may be retried)."""
         try:
             await with_retry(functools.partial(self._commit, batch))
         except Exception as error:
-            if len(batch) == 1:
+            if len(batch) == 1 or isinstance(error, UNAVAILABLE):
                 _fail(batch, error)
                 return
             for submission in batch:
