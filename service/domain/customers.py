@@ -8,12 +8,10 @@ from typing import Annotated, Any
 import msgspec
 
 from service.domain.errors import InvalidInput
+from service.domain.patterns import END
 
 # PostgreSQL text cannot hold NUL (U+0000), so no text field accepts it.
 NO_NUL = r"^[^\x00]*$"
-# A pattern's `$` also matches before a final newline in Python (which msgspec uses): patterns
-# that must end the value end with END, which does not (and means the same in JSON Schema).
-END = r"(?!\n)$"
 ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Email = Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+" + END)]
 PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]

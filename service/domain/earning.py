@@ -39,11 +39,12 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from service.domain.errors import InvalidInput
+from service.domain.patterns import END
 
 NEUTRAL_BP = 10_000  # basis points of a 1x multiplier
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]  # no NUL
-Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}" + END)]
 Minor = Annotated[int, msgspec.Meta(ge=0)]
 Points = Annotated[int, msgspec.Meta(ge=0)]
 BasisPoints = Annotated[int, msgspec.Meta(ge=0)]

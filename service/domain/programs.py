@@ -10,6 +10,7 @@ import msgspec
 
 from service.domain.access import Scope
 from service.domain.errors import InvalidInput
+from service.domain.patterns import END
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]  # no NUL
 
@@ -19,7 +20,7 @@ class ProgramSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     name: Name
     time_zone: str = "Europe/Amsterdam"
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}" + END)] = "EUR"
     point_value_minor: Annotated[int, msgspec.Meta(gt=0)] = 1
 
     def validated(self) -> ProgramSettings:

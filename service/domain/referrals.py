@@ -35,6 +35,7 @@ from service.domain.errors import (
 )
 from service.domain.ledger import AccountKind, EntryDraft, customer_account, system_account, transfer
 from service.domain.orders import ClawbackSplit, ReturnPolicy, split_clawback, take_back_draft
+from service.domain.patterns import END
 from service.domain.tiers import Code as TierCode
 
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L
@@ -44,8 +45,8 @@ VANITY = re.compile(r"^[A-Za-z0-9]{4,20}$")
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 MAX_REWARD = 10**9
 
-CodeText = Annotated[str, msgspec.Meta(min_length=4, max_length=20, pattern=r"^[A-Za-z0-9]+$")]
-Hash = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/=_:.\-]+$")]
+CodeText = Annotated[str, msgspec.Meta(min_length=4, max_length=20, pattern=r"^[A-Za-z0-9]+" + END)]
+Hash = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/=_:.\-]+" + END)]
 
 
 class Status(StrEnum):

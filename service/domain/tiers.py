@@ -30,8 +30,9 @@ import msgspec
 from service.domain.earning import NEUTRAL_BP, Text
 from service.domain.errors import InvalidInput
 from service.domain.expiry import local_midnight
+from service.domain.patterns import END
 
-Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}" + END)]
 MAX_LEVELS = 20
 MAX_PERKS = 20  # per level; bounded where a ladder is set (tiers' TierConfigRequest), not when read back
 

@@ -573,3 +573,20 @@ async def test_any_bytes_are_never_a_500(
     before = await snapshot(owner_connection, program.id)
     response = await send(endpoint, content)
     await _check_never_500(response, owner_connection, program.id, before)
+
+
+async def test_a_trailing_newline_does_not_pass_the_other_strict_patterns(
+    client: httpx.AsyncClient, program: ProgramFixture
+) -> None:
+    """The same for a currency, a referral code in the path and a chain hash in the query."""
+    line = {"sku": "latte", "category": "coffee", "unit_price": 450, "quantity": 1}
+    order = {"currency": "EUR\n", "placed_at": "2026-01-01T12:00:00Z", "lines": [line]}
+    quote = await client.post("/v1/earning/quote", json={"order": order}, headers=program.auth("checkout"))
+    assert_names_field(assert_problem(quote, 422, "invalid-input"), "order.currency")
+    chain = await client.get(
+        "/v1/finance/chain", params={"anchor_seq": 1, "anchor_hash": "a" * 64 + "\n"}, headers=program.auth("finance")
+    )
+    assert_names_field(assert_problem(chain, 422, "invalid-input"), "anchor_hash")
+    code = await client.get("/v1/referral-codes/ABCD%0A", headers=program.auth("admin"))
+    assert code.status_code in (404, 422), code.text  # never found as ABCD
+    assert code.status_code != 200

@@ -19,6 +19,7 @@ from litestar.response import Stream
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.ids import MAX_ROW_ID
+from service.domain.patterns import END
 from service.http.auth import requires
 from service.http.openapi import PROBLEM_RESPONSES, JournalOperation
 from service.http.params import ZERO_MINIMUM, AccountId, EntryId
@@ -178,7 +179,9 @@ class FinanceController(Controller):
         ] = None,
         anchor_hash: Annotated[
             str | None,
-            QueryParameter(pattern="^[0-9a-fA-F]{64}$", description="its chain hash, hex (a past report's `head`)"),
+            QueryParameter(
+                pattern="^[0-9a-fA-F]{64}" + END, description="its chain hash, hex (a past report's `head`)"
+            ),
         ] = None,
     ) -> finance.ChainReport:
         """Recompute the hash chain; name the first broken entry if any; check an anchor."""

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
 from service.domain.earning import Text
+from service.domain.patterns import END
 from service.domain.referrals import CodeText, Hash, ReferralSettings
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, create_or_repeat
@@ -29,12 +30,14 @@ from service.usecases.referrals import (
     ReferralView,
 )
 
-CodePath = Annotated[str, PathParameter(title="Referral code", min_length=4, max_length=20, pattern=r"^[A-Za-z0-9]+$")]
+CodePath = Annotated[
+    str, PathParameter(title="Referral code", min_length=4, max_length=20, pattern=r"^[A-Za-z0-9]+" + END)
+]
 Limit = Annotated[int, QueryParameter(name="limit", ge=1, le=200, description="referrals per page")]
 Cursor = Annotated[
     str | None,
     QueryParameter(
-        name="cursor", pattern=r"^ref_[0-9a-z]{26}$", description="the previous page's next_cursor (a referral id)"
+        name="cursor", pattern=r"^ref_[0-9a-z]{26}" + END, description="the previous page's next_cursor (a referral id)"
     ),
 ]
 
