@@ -15,7 +15,7 @@ NO_NUL = r"^[^\x00]*$"
 ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Email = Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+" + END)]
 PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
-ShopRef = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+ShopRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]  # a shop id named in a body
 MAX_ATTRIBUTE_DEPTH = 32
 # Every customer read answers its attributes (200 to a page of customers), so they are kept small.
 MAX_ATTRIBUTES_BYTES = 16 * 1024  # encoded as compact JSON, in UTF-8

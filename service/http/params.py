@@ -27,5 +27,4 @@ CustomerId = Annotated[str, PathParameter(title="Customer id", min_length=1, max
 ShopId = Annotated[str, PathParameter(title="Shop id", min_length=1, max_length=64)]
 # ids named in a request body
 CustomerRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
-ShopRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 HoldRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]

@@ -590,3 +590,17 @@ async def test_a_trailing_newline_does_not_pass_the_other_strict_patterns(
     code = await client.get("/v1/referral-codes/ABCD%0A", headers=program.auth("admin"))
     assert code.status_code in (404, 422), code.text  # never found as ABCD
     assert code.status_code != 200
+
+
+async def test_an_enrolment_shop_id_is_bounded_like_every_other_id(
+    client: httpx.AsyncClient, owner_connection: asyncpg.Connection, program: ProgramFixture
+) -> None:
+    """A shop id named in a body is at most 64 characters (an id is about 30): a longer one is
+    refused naming it, not looked up and echoed back whole in the answer."""
+    before = await snapshot(owner_connection, program.id)
+    body = {"external_id": "long-shop", "shop_id": "s" * 100_000}
+    response = await client.post("/v1/customers", json=body, headers=program.auth("checkout"))
+    problem = assert_problem(response, 422, "invalid-input")
+    assert_names_field(problem, "shop_id")
+    assert len(response.content) < 2_000
+    assert await snapshot(owner_connection, program.id) == before

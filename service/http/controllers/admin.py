@@ -13,11 +13,12 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.customers import ShopRef
 from service.domain.patterns import END
 from service.domain.programs import ApiKeyRecord, CreatedApiKey, Name, Program, Shop
 from service.http.auth import requires
 from service.http.openapi import BODY_PROBLEM_RESPONSES, PROBLEM_RESPONSES, conflicts
-from service.http.params import IdempotencyKey, ShopRef
+from service.http.params import IdempotencyKey
 from service.usecases import programs
 
 

@@ -13,13 +13,14 @@ from litestar.status_codes import HTTP_200_OK
 from service.db.ledger import WrittenEntry
 from service.domain.access import Principal, Scope
 from service.domain.clock import Clock
+from service.domain.customers import ShopRef
 from service.domain.errors import DomainError
 from service.domain.ledger import Unit
 from service.http.auth import requires
 from service.http.controllers.ledger import Reason
 from service.http.controllers.orders import OrderRequest
 from service.http.openapi import BODY_PROBLEM_RESPONSES
-from service.http.params import CustomerRef, ShopRef
+from service.http.params import CustomerRef
 from service.http.problems import domain_problem
 from service.usecases import bulk, ledger
 from service.usecases.orders import OrderView
