@@ -158,6 +158,22 @@ def _database_url_problem(url: str) -> str | None:
     return None
 
 
+def _pgdata_problem(pgdata: Path) -> str | None:
+    """Why the embedded server must not be given pgdata: it would take an existing path over
+    (as root, chown it to its system user) before initdb refused a file or a directory of
+    other files. Missing, empty and initialised directories are fine."""
+    try:
+        if not pgdata.exists():
+            return None
+        if not pgdata.is_dir():
+            return f"{pgdata} is not a directory"
+        if (pgdata / "PG_VERSION").exists() or not any(pgdata.iterdir()):
+            return None
+    except OSError as error:
+        return f"{pgdata} cannot be read: {error.strerror}"
+    return f"{pgdata} is neither empty nor a PostgreSQL data directory (no PG_VERSION)"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read Settings from the environment; a bad value raises SettingsError naming it."""
     env = os.environ if environ is None else environ
@@ -195,6 +211,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for field, most in _AT_MOST.items():
         if getattr(settings, field) > most:
             raise SettingsError(f"{_VARIABLE_OF[field]} must be at most {most:g}, got {getattr(settings, field)}")
+    if settings.database_url is None and (problem := _pgdata_problem(settings.pgdata)):
+        raise SettingsError(f"LOYALTY_PGDATA {problem}")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"LOYALTY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
     return settings

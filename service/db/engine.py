@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 
 from service.config import Settings
@@ -17,7 +19,9 @@ async def ensure_database(server_dsn: str, database: str) -> str:
     try:
         exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
-            await connection.execute(f'CREATE DATABASE "{database}"')
+            # another process starting at the same time may create it first
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                await connection.execute(f'CREATE DATABASE "{database}"')
     finally:
         await connection.close()
     return with_database(server_dsn, database)

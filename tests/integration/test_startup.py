@@ -247,3 +247,23 @@ def test_serve_stopped_by_sigterm_stops_its_embedded_postgres_too(workspace: Wor
         again.kill()
         raise
     _assert_stopped_cleanly(again, again.interrupt(), workspace.pgdata)
+
+
+def test_serve_killed_hard_does_not_keep_the_embedded_postgres_running_for_ever(workspace: Workspace) -> None:
+    """A serve killed with SIGKILL leaves its pid in the server's list of users; the next serve
+    reuses the server, but neither its Ctrl-C nor `stop-db` stopped it while that dead pid was
+    listed: the server ran on until stopped by hand."""
+    killed = Server(workspace, "killed")
+    try:
+        killed.wait_ready()
+    finally:
+        killed.kill()
+    assert _postgres_processes(workspace.pgdata), "a hard kill leaves the server running, to be reused"
+
+    again = Server(workspace, "after-kill")
+    try:
+        again.wait_ready()
+    except BaseException:
+        again.kill()
+        raise
+    _assert_stopped_cleanly(again, again.interrupt(), workspace.pgdata)

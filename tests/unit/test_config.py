@@ -323,3 +323,28 @@ def test_rate_limits_default_to_generous_and_zero_turns_them_off() -> None:
     assert (Settings().rate_limit_per_s, Settings().rate_limit_burst) == (1000.0, 2000)
     loaded = load_settings({"LOYALTY_RATE_LIMIT_PER_S": "0", "LOYALTY_RATE_LIMIT_BURST": "10"})
     assert (loaded.rate_limit_per_s, loaded.rate_limit_burst) == (0.0, 10)
+
+
+@pytest.mark.parametrize("kind", ["file", "directory with other files"])
+def test_pgdata_that_is_not_a_data_directory_is_refused_before_anything_touches_it(kind: str, tmp_path: Path) -> None:
+    """A LOYALTY_PGDATA that exists but holds no PostgreSQL data (a typo, $HOME, a file) was
+    handed to the embedded server: as root it chowned the path to its system user, then
+    initdb failed with a traceback. Refused at start instead, naming the variable (exit 2)."""
+    target = tmp_path / "target"
+    if kind == "file":
+        target.write_text("x")
+    else:
+        target.mkdir()
+        (target / "precious.txt").write_text("x")
+    with pytest.raises(SettingsError, match="LOYALTY_PGDATA"):
+        load_settings({"LOYALTY_PGDATA": str(target)})
+    # with DATABASE_URL the directory is unused, so not checked
+    assert load_settings({"LOYALTY_PGDATA": str(target), "DATABASE_URL": "postgresql://u@h/d"}).pgdata == target
+
+
+def test_pgdata_empty_or_initialised_or_missing_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / "PG_VERSION").write_text("18\n")
+    for name in ("empty", "made", "missing"):
+        assert load_settings({"LOYALTY_PGDATA": str(tmp_path / name)}).pgdata == tmp_path / name
