@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -78,6 +79,20 @@ def cmd_serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,
     )
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port (taken, or no such address), or None. Checked
+    first: otherwise the embedded PostgreSQL is started, the schema migrated and the demo keys
+    printed before the server finds out."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 async def _serve_prepare(settings: Settings) -> str:
@@ -247,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"loyalty: configuration error: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        taken = _cannot_listen(settings.host, settings.port)
+        if taken is not None:  # before the database is started, migrated and seeded
+            print(f"loyalty: cannot serve on {settings.host}:{settings.port}: {taken}", file=sys.stderr)
+            return 2
         cmd_serve(settings)
     elif args.command == "migrate":
         asyncio.run(prepare_database(settings))

@@ -215,3 +215,21 @@ def test_jobs_run_exits_1_while_an_item_is_failing_even_if_every_job_succeeded(
     lines = capsys.readouterr().out.splitlines()
     assert "failed" not in lines[0]
     assert lines[1].startswith("  failing: expire-holds hld_1, 1 attempts since")
+
+
+def test_serve_on_a_taken_port_says_so_before_touching_the_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Otherwise PostgreSQL is started, the schema migrated and the demo keys printed, and
+    only then does the server find the port taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("LOYALTY_HOST", "127.0.0.1")
+        monkeypatch.setenv("LOYALTY_PORT", str(port))
+        assert cli.main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"loyalty: cannot serve on 127.0.0.1:{port}: "), error
