@@ -19,6 +19,7 @@ import asyncpg
 import msgspec
 
 from service.db.transaction import RETRYABLE, UNAVAILABLE, in_transaction, transaction, with_retry
+from service.domain.errors import described
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -60,7 +61,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+    return described(error, MAX_ERROR_CHARS)
 
 
 async def waiting(connection: asyncpg.Connection, program_id: str, job: str) -> dict[str, datetime]:

@@ -241,3 +241,9 @@ class ReferralCapReached(DomainError):
     problem_type = "referral-cap-reached"
     title = "The referrer's cap is reached"
     status = 409
+
+
+def described(error: BaseException, limit: int) -> str:
+    """An unexpected error as a log or a record keeps it: its type and message, at most `limit`
+    characters."""
+    return f"{type(error).__name__}: {error}"[:limit]

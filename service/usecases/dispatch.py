@@ -43,12 +43,12 @@ from service.domain.destinations import (
     refused_address,
     url_problem,
 )
+from service.domain.errors import described
 from service.domain.webhooks import RetryPolicy, headers, is_success, next_attempt, secrets_in_force, should_disable
 from service.usecases.webhooks import destination_policy
 
 log = logging.getLogger("loyalty.webhooks")
 
-UNREADABLE = event_rows.UNREADABLE_ERROR
 
 USER_AGENT = "loyalty-webhooks/1"
 MAX_ERROR_CHARS = 500
@@ -185,7 +185,7 @@ async def claim_due(program_id: str, clock: Clock, config: DispatchConfig) -> tu
                 row["customer_id"],
                 exc_info=error,
             )
-            unreadable.append((row["delivery_id"], f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS // 2]))
+            unreadable.append((row["delivery_id"], described(error, MAX_ERROR_CHARS // 2)))
             continue
         claimed.append(
             Claimed(
@@ -301,7 +301,7 @@ async def send(
     except TimeoutError:
         return None, f"no answer within {config.timeout_s:g} s"
     except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
-        return None, f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        return None, described(error, MAX_ERROR_CHARS)
 
 
 async def record(
@@ -403,7 +403,7 @@ async def _round(
                 # failed attempt of it, retried with back-off and given up like any other;
                 # the rest of the batch goes on
                 log.exception("delivery %s of program %s could not be sent", claimed.delivery_id, program_id)
-                status, error = None, f"dispatcher error: {type(failure).__name__}: {failure}"[:MAX_ERROR_CHARS]
+                status, error = None, ("dispatcher error: " + described(failure, MAX_ERROR_CHARS))[:MAX_ERROR_CHARS]
                 errors.append(claimed.delivery_id)
                 receivers = False  # ours, not the endpoint's: it does not count towards disabling it
         return await _record_or_log(claimed, status, error, clock, config, receivers)

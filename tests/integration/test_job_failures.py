@@ -512,7 +512,7 @@ async def test_an_event_this_version_cannot_read_stays_pending_holds_its_custome
             program.id,
         )
         assert [(row["status"], row["attempts"]) for row in rows] == [("pending", 0), ("pending", 0), ("delivered", 1)]
-        assert rows[0]["last_error"].startswith(dispatcher.UNREADABLE)
+        assert rows[0]["last_error"].startswith(event_rows.UNREADABLE_ERROR)
         assert (await dispatcher.unreadable_deliveries()).get(program.id) == 1  # what `loyalty jobs run` prints
         scraped = (await client.get("/metrics")).text
         assert f'loyalty_webhook_deliveries_unreadable{{program_id="{program.id}"}} 1.0' in scraped
